@@ -1,0 +1,188 @@
+"""The one data model: `Run`, `Span`, `Sample`, the budget categories and span kinds.
+
+Times are integer nanoseconds relative to the writing process's anchor (`Run.started_at_unix_ns`), so ranks
+and hosts line up by adding their anchors. Collectors emit these records; the store persists them; nothing
+else crosses a module boundary. Large producers (trace import) use `SpanColumns`, the same fields as
+`Span` held column-wise, so a million events never become a million Python objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+"""Version of the on-disk run layout and segment columns; bumped on any incompatible change."""
+
+
+class Category(enum.StrEnum):
+    """Where a step's wall time went. The eight values sum to 100% of each step on each rank."""
+
+    COMPUTE = "compute"
+    DATA_LOADING = "data_loading"
+    CPU_PREPROCESSING = "cpu_preprocessing"
+    SYNC = "sync"
+    CHECKPOINT_IO = "checkpoint_io"
+    MEMCPY = "memcpy"
+    HOST_OVERHEAD = "host_overhead"
+    UNATTRIBUTED = "unattributed"
+
+
+CATEGORIES: tuple[Category, ...] = tuple(Category)
+
+HOST_PRIORITY: tuple[Category, ...] = (
+    Category.CHECKPOINT_IO,
+    Category.SYNC,
+    Category.DATA_LOADING,
+    Category.CPU_PREPROCESSING,
+    Category.MEMCPY,
+)
+"""Which host activity explains device-idle time when several overlap (DESIGN.md, rule 2)."""
+
+
+class SpanKind(enum.StrEnum):
+    """What produced an interval."""
+
+    CPU_OP = "cpu_op"  # a host operator or annotation (Kineto cpu_op / user_annotation / python)
+    RUNTIME = "runtime"  # a CUDA/HIP runtime call on the host (cudaLaunchKernel, cudaMemcpyAsync, ...)
+    KERNEL = "kernel"  # a device compute kernel
+    COLLECTIVE = "collective"  # a communication kernel on the device, or a host-side collective call
+    MEMCPY = "memcpy"  # a device copy
+    MEMSET = "memset"  # a device memset
+    STEP = "step"  # one training step (ProfilerStep#N or gw.step())
+    USER = "user"  # a gpuwatch.span(...) region
+    STACK_SAMPLE = "stack_sample"  # one stack-sampler tick, classified by its frames
+    PHASE = "phase"  # a hooked training phase (forward, backward, optimizer, DataLoader wait, checkpoint)
+
+
+DEVICE_KINDS: frozenset[str] = frozenset({SpanKind.KERNEL, SpanKind.MEMCPY, SpanKind.MEMSET})
+"""Span kinds that live on a device stream (a COLLECTIVE with a stream is a device span too)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One writing process (one rank) of a run."""
+
+    run_id: str
+    """Shared by every rank of the same run."""
+    rank: int
+    """Global rank; 0 when not distributed."""
+    host: str
+    pid: int
+    """The process that wrote these records (the traced process, for imports and attach)."""
+    command: str
+    """The command line of the training process, or the trace file for imports."""
+    world_size: int
+    started_at_unix_ns: int
+    """Wall-clock anchor: every record's `*_ns` time is relative to this."""
+    tool_version: str
+    source: str
+    """How the data was collected: "watch", "attach" or "import"."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Free-form facts (device names, trace file, DataLoader settings, hook errors)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """An interval on one host thread or one device stream."""
+
+    rank: int
+    kind: str
+    """A `SpanKind` value."""
+    name: str
+    start_ns: int
+    """Relative to the writing process's anchor."""
+    end_ns: int
+    category: str | None = None
+    """A `Category` value, or None when the raw span names no cause (the engine decides)."""
+    pid: int = 0
+    tid: int = 0
+    """Host thread id, or 0 for device spans."""
+    stream: int = -1
+    """Device stream, or -1 for host spans."""
+    device_index: int = -1
+    """Device ordinal, or -1 for host spans."""
+    step: int | None = None
+    """Training step the span belongs to, when known at record time."""
+    bytes: int | None = None
+    """Bytes moved (copies, collectives, checkpoints), None when unknown."""
+    correlation: int | None = None
+    """Links a host launch to its device work (Kineto correlation id)."""
+    seq: int | None = None
+    """Collective sequence number within its process group, so ranks can be matched."""
+    attrs: dict[str, Any] | None = None
+    """Anything else (collective name, group size, dtype, file path...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """A gauge at a point in time; the unit lives in `metric` (`gpu_util_pct`, `mem_used_bytes`, `power_mw`)."""
+
+    rank: int
+    metric: str
+    t_ns: int
+    value: float | None
+    """None when the source could not measure it (stored as SQL NULL, never 0 or NaN)."""
+    device_index: int = -1
+    pid: int = 0
+
+
+SPAN_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rank", "INTEGER"),
+    ("pid", "BIGINT"),
+    ("tid", "BIGINT"),
+    ("stream", "BIGINT"),
+    ("device_index", "INTEGER"),
+    ("kind", "VARCHAR"),
+    ("category", "VARCHAR"),
+    ("name", "VARCHAR"),
+    ("start_ns", "BIGINT"),
+    ("end_ns", "BIGINT"),
+    ("step", "BIGINT"),
+    ("bytes", "BIGINT"),
+    ("correlation", "BIGINT"),
+    ("seq", "BIGINT"),
+    ("attrs", "VARCHAR"),
+)
+"""Segment columns of spans, in order, with their SQL types (`attrs` is JSON text)."""
+
+SAMPLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rank", "INTEGER"),
+    ("pid", "BIGINT"),
+    ("device_index", "INTEGER"),
+    ("metric", "VARCHAR"),
+    ("t_ns", "BIGINT"),
+    ("value", "DOUBLE"),
+)
+"""Segment columns of samples, in order, with their SQL types."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpanColumns:
+    """Many spans held column-wise (numpy arrays of equal length), for bulk producers such as trace import.
+
+    Integer columns use -1 where `Span` would hold None for `step`, `bytes`, `correlation` and `seq`; the
+    store turns them back into NULL. `kind`, `category`, `name` and `attrs` are object arrays of str/None.
+    """
+
+    rank: np.ndarray
+    pid: np.ndarray
+    tid: np.ndarray
+    stream: np.ndarray
+    device_index: np.ndarray
+    kind: np.ndarray
+    category: np.ndarray
+    name: np.ndarray
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+    step: np.ndarray
+    bytes: np.ndarray
+    correlation: np.ndarray
+    seq: np.ndarray
+    attrs: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.start_ns.shape[0])

@@ -1,0 +1,100 @@
+"""HTA-compatible temporal breakdown: idle / compute / non-compute share of the device window.
+
+Matches `TraceAnalysis.get_temporal_breakdown()` of HolisticTraceAnalysis (0.5, 0.6) so users can check our
+numbers against a tool they know:
+- device events launched before the start of the last ProfilerStep are kept (HTA drops the last step);
+  the launch time comes from the runtime call with the same correlation id, else the event's own start;
+- times are whole microseconds the way HTA rounds float traces: start rounded up, end rounded down;
+- window = first start to last end of the kept events; compute = union of compute kernels;
+  non-compute = union of all kept events minus compute; idle = window minus union of all.
+On a rank without device events the "device" is the training thread (DESIGN.md rule 3): compute is its
+math, non-compute its exposed communication and copies, idle the rest of all steps but the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpuwatch import intervals as iv
+from gpuwatch.budget import CAT_INDEX, RankBudget
+from gpuwatch.records import Category, SpanColumns, SpanKind
+
+
+@dataclass(frozen=True, slots=True)
+class TemporalBreakdown:
+    idle_pct: float
+    compute_pct: float
+    non_compute_pct: float
+    window_ns: int
+    basis: str
+    """"device" (HTA's definition on device events) or "host" (CPU-only rank, from the training thread)."""
+
+
+def temporal_breakdown(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown | None:
+    if budget.mode == "device":
+        return _device_temporal(cols, budget)
+    return _host_temporal(budget)
+
+
+def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown | None:
+    kinds = cols.kind
+    device = np.isin(
+        kinds,
+        [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value, SpanKind.MEMCPY.value, SpanKind.MEMSET.value],
+    ) & (cols.stream >= 0)
+    idx = np.flatnonzero(device)
+    launch = cols.start_ns[idx].copy()
+    # launch time = start of the host runtime call with the same correlation id
+    runtime = np.flatnonzero((kinds == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    if runtime.size:
+        r_corr = cols.correlation[runtime]
+        order = np.argsort(r_corr, kind="stable")
+        r_corr, r_start = r_corr[order], cols.start_ns[runtime][order]
+        d_corr = cols.correlation[idx]
+        pos = np.clip(np.searchsorted(r_corr, d_corr), 0, max(r_corr.size - 1, 0))
+        found = (d_corr >= 0) & (r_corr[pos] == d_corr)
+        launch = np.where(found, r_start[pos], launch)
+    if budget.steps_from_markers and budget.step_start_ns.size > 1:
+        keep = launch < budget.step_start_ns.max()
+        idx = idx[keep]
+    if idx.size == 0:
+        return None
+    start_us = -(-cols.start_ns[idx] // 1000)  # ceil
+    end_us = cols.end_ns[idx] // 1000  # floor
+    end_us = np.maximum(end_us, start_us)
+    window = int(end_us.max() - start_us.min())
+    if window <= 0:
+        return None
+    busy = iv.total(iv.union(start_us, end_us))
+    is_compute = kinds[idx] == SpanKind.KERNEL.value
+    compute = iv.total(iv.union(start_us[is_compute], end_us[is_compute]))
+    return TemporalBreakdown(
+        idle_pct=100.0 * (window - busy) / window,
+        compute_pct=100.0 * compute / window,
+        non_compute_pct=100.0 * (busy - compute) / window,
+        window_ns=window * 1000,
+        basis="device",
+    )
+
+
+def _host_temporal(budget: RankBudget) -> TemporalBreakdown | None:
+    rows = budget.step_category_ns
+    if rows.shape[0] == 0:
+        return None
+    if budget.steps_from_markers and rows.shape[0] > 1:
+        rows = rows[:-1]  # HTA's window: all steps but the last
+    sums = rows.sum(axis=0)
+    window = int(sums.sum())
+    if window <= 0:
+        return None
+    compute = int(sums[CAT_INDEX[Category.COMPUTE.value]])
+    non_compute = int(sums[CAT_INDEX[Category.SYNC.value]] + sums[CAT_INDEX[Category.MEMCPY.value]])
+    return TemporalBreakdown(
+        idle_pct=100.0 * (window - compute - non_compute) / window,
+        compute_pct=100.0 * compute / window,
+        non_compute_pct=100.0 * non_compute / window,
+        window_ns=window,
+        basis="host",
+    )
