@@ -1,0 +1,116 @@
+"""Which budget category a Python stack of the training thread stands for.
+
+Used by the in-process stack sampler (`gpuwatch.watch`) and by `gpuwatch attach` (py-spy samples). The rules
+are data: each `StackRule` matches a frame by a regular expression over its file path and one over its
+function name. Every frame of the stack is tried; when frames match rules of several categories the budget
+priority decides (checkpoint_io > sync > data_loading > cpu_preprocessing > memcpy > compute >
+host_overhead), the same priority the engine uses for overlapping spans. Users extend `STACK_RULES`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gpuwatch.records import Category
+
+
+@dataclass(frozen=True, slots=True)
+class StackRule:
+    category: Category
+    file: str = ""
+    """Regex searched in the frame's file path ("" matches any file)."""
+    function: str = ""
+    """Regex searched in the frame's function name ("" matches any function)."""
+    label: str = ""
+    """Short human name for evidence ("JPEG decode", "DataLoader wait")."""
+
+
+STACK_RULES: list[StackRule] = [
+    # checkpointing
+    StackRule(Category.CHECKPOINT_IO, r"torch/serialization\.py$", r"^(save|load|_save|_load|_legacy_save)$", "torch.save/load"),
+    StackRule(Category.CHECKPOINT_IO, r"torch/distributed/checkpoint/", "", "torch.distributed.checkpoint"),
+    StackRule(Category.CHECKPOINT_IO, r"safetensors/", "", "safetensors"),
+    # collectives and host-device syncs
+    StackRule(Category.SYNC, r"torch/distributed/distributed_c10d\.py$", "", "torch.distributed collective"),
+    StackRule(Category.SYNC, r"torch/distributed/c10d_logger\.py$", r"wrapper", "torch.distributed collective"),
+    StackRule(Category.SYNC, r"torch/cuda/__init__\.py$", r"^synchronize$", "torch.cuda.synchronize"),
+    StackRule(Category.SYNC, r"torch/cuda/streams\.py$", r"synchronize|wait", "CUDA stream/event wait"),
+    StackRule(Category.SYNC, r"torch/nn/parallel/distributed\.py$", r"_sync|_check_sync|_pre_forward|_post_forward", "DDP sync"),
+    # input pipeline: waiting for the next batch, reading inputs
+    StackRule(Category.DATA_LOADING, r"torch/utils/data/dataloader\.py$", r"__next__|_next_data|_get_data|_try_get_data", "DataLoader wait"),
+    StackRule(Category.DATA_LOADING, r"torch/utils/data/_utils/fetch\.py$", "", "DataLoader fetch"),
+    StackRule(Category.DATA_LOADING, r"multiprocessing/(queues|connection)\.py$", r"^(get|recv|_recv|poll|_poll|recv_bytes)", "worker queue wait"),
+    StackRule(Category.DATA_LOADING, r"(boto3|botocore|s3fs|fsspec|gcsfs|adlfs|urllib3|requests|webdataset|datasets)/", "", "object-store / dataset read"),
+    StackRule(Category.DATA_LOADING, r"^(?!.*/torch/)", r"^(read_file|load_file|read_bytes|fetch_|read_sample|load_sample|readinto)", "file read"),
+    # decode and augmentation
+    StackRule(Category.CPU_PREPROCESSING, r"PIL/", "", "PIL decode/transform"),
+    StackRule(Category.CPU_PREPROCESSING, r"torchvision/(transforms|io)/", "", "torchvision transforms/io"),
+    StackRule(Category.CPU_PREPROCESSING, r"(cv2|simplejpeg|turbojpeg|imageio|decord|av|torchcodec|albumentations)/", "", "image/video decode"),
+    StackRule(Category.CPU_PREPROCESSING, r"^(?!.*/torch/)", r"decode|augment|transform|resize|crop|flip|normalize|jitter|collate|preprocess", "decode/augment (by name)"),
+    StackRule(Category.CPU_PREPROCESSING, r"numpy/", "", "numpy"),
+    # host-device copies
+    StackRule(Category.MEMCPY, r"^(?!.*/torch/)|torch/utils/data/_utils/pin_memory\.py$", r"^(pin_memory|_pin_memory_loop|to_device|copy_to_device)$", "host-device copy"),
+    # the math of the step
+    StackRule(Category.COMPUTE, r"torch/nn/modules/", "", "forward"),
+    StackRule(Category.COMPUTE, r"torch/nn/functional\.py$", "", "forward"),
+    StackRule(Category.COMPUTE, r"torch/autograd/|torch/_tensor\.py$", r"backward|_engine_run_backward|grad", "backward"),
+    StackRule(Category.COMPUTE, r"torch/optim/", "", "optimizer step"),
+    StackRule(Category.COMPUTE, r"torch/_dynamo/|torch/_inductor/|torch/_functorch/", "", "compiled step"),
+    # explicit host overhead
+    StackRule(Category.HOST_OVERHEAD, r"(^|/)logging/|tqdm/|wandb/|tensorboard|torch/utils/tensorboard/|mlflow/", "", "logging/metrics"),
+]
+
+PRIORITY: tuple[Category, ...] = (
+    Category.CHECKPOINT_IO,
+    Category.SYNC,
+    Category.DATA_LOADING,
+    Category.CPU_PREPROCESSING,
+    Category.MEMCPY,
+    Category.COMPUTE,
+    Category.HOST_OVERHEAD,
+)
+_RANK = {c: i for i, c in enumerate(PRIORITY)}
+
+_compiled: list[tuple[re.Pattern[str] | None, re.Pattern[str] | None, StackRule]] = []
+_compiled_from: list[StackRule] = []
+_frame_cache: dict[tuple[str, str], StackRule | None] = {}
+
+
+def _rules() -> list[tuple[re.Pattern[str] | None, re.Pattern[str] | None, StackRule]]:
+    global _compiled, _compiled_from
+    if _compiled_from != STACK_RULES:  # the table was extended: recompile
+        _compiled = [
+            (re.compile(r.file) if r.file else None, re.compile(r.function) if r.function else None, r)
+            for r in STACK_RULES
+        ]
+        _compiled_from = list(STACK_RULES)
+        _frame_cache.clear()
+    return _compiled
+
+
+def frame_rule(filename: str, function: str) -> StackRule | None:
+    """The first rule matching one frame, or None."""
+    rules = _rules()
+    key = (filename, function)
+    if key in _frame_cache:
+        return _frame_cache[key]
+    path = filename.replace("\\", "/")
+    hit = None
+    for file_re, func_re, rule in rules:
+        if (file_re is None or file_re.search(path)) and (func_re is None or func_re.search(function)):
+            hit = rule
+            break
+    _frame_cache[key] = hit
+    return hit
+
+
+def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
+    """The winning rule for a whole stack of (filename, function) frames, in any order; None if none match."""
+    best: StackRule | None = None
+    for filename, function in frames:
+        rule = frame_rule(filename, function)
+        if rule is not None and (best is None or _RANK[rule.category] < _RANK[best.category]):
+            best = rule
+    return best
