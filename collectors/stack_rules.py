@@ -29,37 +29,94 @@ class StackRule:
 
 STACK_RULES: list[StackRule] = [
     # checkpointing
-    StackRule(Category.CHECKPOINT_IO, r"torch/serialization\.py$", r"^(save|load|_save|_load|_legacy_save)$", "torch.save/load"),
+    StackRule(
+        Category.CHECKPOINT_IO,
+        r"torch/serialization\.py$",
+        r"^(save|load|_save|_load|_legacy_save)$",
+        "torch.save/load",
+    ),
     StackRule(Category.CHECKPOINT_IO, r"torch/distributed/checkpoint/", "", "torch.distributed.checkpoint"),
     StackRule(Category.CHECKPOINT_IO, r"safetensors/", "", "safetensors"),
     # collectives and host-device syncs
     StackRule(Category.SYNC, r"torch/distributed/distributed_c10d\.py$", "", "torch.distributed collective"),
-    StackRule(Category.SYNC, r"torch/distributed/c10d_logger\.py$", r"wrapper", "torch.distributed collective"),
+    StackRule(
+        Category.SYNC, r"torch/distributed/c10d_logger\.py$", r"wrapper", "torch.distributed collective"
+    ),
     StackRule(Category.SYNC, r"torch/cuda/__init__\.py$", r"^synchronize$", "torch.cuda.synchronize"),
     StackRule(Category.SYNC, r"torch/cuda/streams\.py$", r"synchronize|wait", "CUDA stream/event wait"),
-    StackRule(Category.SYNC, r"torch/nn/parallel/distributed\.py$", r"_sync|_check_sync|_pre_forward|_post_forward", "DDP sync"),
+    StackRule(
+        Category.SYNC,
+        r"torch/nn/parallel/distributed\.py$",
+        r"_sync|_check_sync|_pre_forward|_post_forward",
+        "DDP sync",
+    ),
     # input pipeline: waiting for the next batch, reading inputs
-    StackRule(Category.DATA_LOADING, r"torch/utils/data/dataloader\.py$", r"__next__|_next_data|_get_data|_try_get_data", "DataLoader wait"),
+    StackRule(
+        Category.DATA_LOADING,
+        r"torch/utils/data/dataloader\.py$",
+        r"__next__|_next_data|_get_data|_try_get_data",
+        "DataLoader wait",
+    ),
     StackRule(Category.DATA_LOADING, r"torch/utils/data/_utils/fetch\.py$", "", "DataLoader fetch"),
-    StackRule(Category.DATA_LOADING, r"multiprocessing/(queues|connection)\.py$", r"^(get|recv|_recv|poll|_poll|recv_bytes)", "worker queue wait"),
-    StackRule(Category.DATA_LOADING, r"(boto3|botocore|s3fs|fsspec|gcsfs|adlfs|urllib3|requests|webdataset|datasets)/", "", "object-store / dataset read"),
-    StackRule(Category.DATA_LOADING, r"^(?!.*/torch/)", r"^(read_file|load_file|read_bytes|fetch_|read_sample|load_sample|readinto)", "file read"),
+    StackRule(
+        Category.DATA_LOADING,
+        r"multiprocessing/(queues|connection)\.py$",
+        r"^(get|recv|_recv|poll|_poll|recv_bytes)",
+        "worker queue wait",
+    ),
+    StackRule(
+        Category.DATA_LOADING,
+        r"(boto3|botocore|s3fs|fsspec|gcsfs|adlfs|urllib3|requests|webdataset|datasets)/",
+        "",
+        "object-store / dataset read",
+    ),
+    StackRule(
+        Category.DATA_LOADING,
+        r"^(?!.*/torch/)",
+        r"^(read_file|load_file|read_bytes|fetch_|read_sample|load_sample|readinto)",
+        "file read",
+    ),
     # decode and augmentation
     StackRule(Category.CPU_PREPROCESSING, r"PIL/", "", "PIL decode/transform"),
     StackRule(Category.CPU_PREPROCESSING, r"torchvision/(transforms|io)/", "", "torchvision transforms/io"),
-    StackRule(Category.CPU_PREPROCESSING, r"(cv2|simplejpeg|turbojpeg|imageio|decord|av|torchcodec|albumentations)/", "", "image/video decode"),
-    StackRule(Category.CPU_PREPROCESSING, r"^(?!.*/torch/)", r"decode|augment|transform|resize|crop|flip|normalize|jitter|collate|preprocess", "decode/augment (by name)"),
+    StackRule(
+        Category.CPU_PREPROCESSING,
+        r"(cv2|simplejpeg|turbojpeg|imageio|decord|av|torchcodec|albumentations)/",
+        "",
+        "image/video decode",
+    ),
+    StackRule(
+        Category.CPU_PREPROCESSING,
+        r"^(?!.*/torch/)",
+        r"decode|augment|transform|resize|crop|flip|normalize|jitter|collate|preprocess",
+        "decode/augment (by name)",
+    ),
     StackRule(Category.CPU_PREPROCESSING, r"numpy/", "", "numpy"),
     # host-device copies
-    StackRule(Category.MEMCPY, r"^(?!.*/torch/)|torch/utils/data/_utils/pin_memory\.py$", r"^(pin_memory|_pin_memory_loop|to_device|copy_to_device)$", "host-device copy"),
+    StackRule(
+        Category.MEMCPY,
+        r"^(?!.*/torch/)|torch/utils/data/_utils/pin_memory\.py$",
+        r"^(pin_memory|_pin_memory_loop|to_device|copy_to_device)$",
+        "host-device copy",
+    ),
     # the math of the step
     StackRule(Category.COMPUTE, r"torch/nn/modules/", "", "forward"),
     StackRule(Category.COMPUTE, r"torch/nn/functional\.py$", "", "forward"),
-    StackRule(Category.COMPUTE, r"torch/autograd/|torch/_tensor\.py$", r"backward|_engine_run_backward|grad", "backward"),
+    StackRule(
+        Category.COMPUTE,
+        r"torch/autograd/|torch/_tensor\.py$",
+        r"backward|_engine_run_backward|grad",
+        "backward",
+    ),
     StackRule(Category.COMPUTE, r"torch/optim/", "", "optimizer step"),
     StackRule(Category.COMPUTE, r"torch/_dynamo/|torch/_inductor/|torch/_functorch/", "", "compiled step"),
     # explicit host overhead
-    StackRule(Category.HOST_OVERHEAD, r"(^|/)logging/|tqdm/|wandb/|tensorboard|torch/utils/tensorboard/|mlflow/", "", "logging/metrics"),
+    StackRule(
+        Category.HOST_OVERHEAD,
+        r"(^|/)logging/|tqdm/|wandb/|tensorboard|torch/utils/tensorboard/|mlflow/",
+        "",
+        "logging/metrics",
+    ),
 ]
 
 PRIORITY: tuple[Category, ...] = (
