@@ -209,7 +209,7 @@ def _evidence(
     out: list[Evidence] = []
     seg_s, seg_e = timeline.points[:-1], timeline.points[1:]
     seen: set[int] = set()
-    for cat_idx, mask in sets:
+    for cat_idx, _ in sets:
         if cat_idx in seen:
             continue
         seen.add(cat_idx)
