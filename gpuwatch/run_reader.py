@@ -143,7 +143,9 @@ class RunReader:
         for name, _ in SPAN_COLUMNS:
             if name in data:
                 arr = data[name]
-                cols[name] = np.asarray(arr.filled() if hasattr(arr, "filled") else arr)
+                if isinstance(arr, np.ma.MaskedArray):  # NULLs: None in text columns (never a "?" fill)
+                    arr = arr.filled(None) if arr.dtype == object else arr.filled()
+                cols[name] = np.asarray(arr)
             else:
                 cols[name] = np.full(n, None, dtype=object)
         return SpanColumns(**cols)
