@@ -144,7 +144,7 @@ class RunReader:
             if name in data:
                 arr = data[name]
                 if isinstance(arr, np.ma.MaskedArray):  # NULLs: None in text columns (never a "?" fill)
-                    arr = arr.filled(None) if arr.dtype == object else arr.filled()
+                    arr = _none_filled(arr) if arr.dtype == object else arr.filled()
                 cols[name] = np.asarray(arr)
             else:
                 cols[name] = np.full(n, None, dtype=object)
@@ -163,6 +163,12 @@ class RunReader:
         if self._con is not None:
             self._con.close()
             self._con = None
+
+
+def _none_filled(arr: np.ma.MaskedArray) -> np.ndarray:
+    out = np.array(arr.data, dtype=object, copy=True)
+    out[np.ma.getmaskarray(arr)] = None  # masked.filled(None) would use numpy's "?" default instead
+    return out
 
 
 def _fields(w: WriterInfo) -> dict[str, Any]:
