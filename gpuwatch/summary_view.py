@@ -20,14 +20,21 @@ SHORT = {
 
 def render_summary(doc: dict[str, Any], console: Any = None) -> None:
     """Print the summary document (`analysis.to_json` shape) as tables: budget per rank, steps, advice."""
+    from rich import box
     from rich.console import Console
+    from rich.padding import Padding
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console()
     console.print(Text(f"gpuwatch run {doc['run_id']}  ({doc['run_dir']})", style="bold"))
 
-    budget = Table(title="Time budget per rank (% of step wall time)", show_lines=False)
+    budget = Table(
+        title="Time budget per rank (% of step wall time)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     budget.add_column("rank", justify="right")
     budget.add_column("steps", justify="right")
     budget.add_column("step ms", justify="right")
@@ -39,10 +46,15 @@ def render_summary(doc: dict[str, Any], console: Any = None) -> None:
         budget.add_row(str(r["rank"]), str(r["steps"]), f"{r['step_time_ms']['median']:.1f}", *cells)
     console.print(budget)
     console.print(
-        "  " + ", ".join(f"{short}={name}" for name, short in SHORT.items() if short != name), style="dim"
+        Padding(
+            Text(", ".join(f"{short}={name}" for name, short in SHORT.items() if short != name), style="dim"),
+            (0, 0, 0, 1),
+        )
     )
 
-    temporal = Table(title="Device time (HTA temporal breakdown, % of window)")
+    temporal = Table(
+        title="Device time (HTA temporal breakdown, % of window)", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     for name in ("rank", "basis", "idle", "compute", "non-compute", "sync: transfer", "sync: waiting"):
         temporal.add_column(name, justify="right")
     for r in doc["ranks"]:
@@ -70,17 +82,12 @@ def render_summary(doc: dict[str, Any], console: Any = None) -> None:
 
     recs = doc["recommendations"]
     if recs:
-        table = Table(title="What to change", show_lines=True)
-        table.add_column("category")
-        table.add_column("rank", justify="right")
-        table.add_column("finding and evidence")
-        table.add_column("change")
-        for rec in recs[:6]:
-            rank = "all" if rec["rank"] is None else str(rec["rank"])
-            table.add_row(
-                rec["category"], rank, Text(f"{rec['title']}\n{rec['evidence']}"), Text(rec["change"])
-            )
-        console.print(table)
+        console.print(Text("What to change", style="bold underline"))
+        for i, rec in enumerate(recs[:6], 1):
+            where = "all ranks" if rec["rank"] is None else f"rank {rec['rank']}"
+            console.print(Text(f"{i}. [{rec['category']}, {where}] {rec['title']}", style="bold"))
+            console.print(Padding(Text(rec["evidence"]), (0, 0, 0, 3)))
+            console.print(Padding(Text(f"-> {rec['change']}", style="cyan"), (0, 0, 0, 3)))
     else:
         console.print("No category above its threshold: nothing to change.")
     for note in doc.get("notes", []):
