@@ -1,0 +1,123 @@
+"""Process groups and the three ways ranks agree on the next parameters.
+
+- `manager`: the naive pattern. After backward, every rank sends each gradient tensor to rank 0 (one
+  `gather` per parameter, nothing overlapped with backward), rank 0 averages them, runs the optimizer, and
+  broadcasts every parameter back (one `broadcast` per parameter). The other ranks wait for all of it.
+- `ddp`: `DistributedDataParallel` — gradients all-reduced in buckets while backward is still running,
+  every rank steps its own optimizer on the averaged gradients.
+- `fsdp2`: `fully_shard` on every block and the root — parameters, gradients and optimizer state sharded,
+  all-gather before use and reduce-scatter after backward (an option; the presets use DDP).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+SYNC_MODES = ("manager", "ddp", "fsdp2")
+
+
+@dataclass(frozen=True, slots=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Join the process group torchrun set up (RANK/WORLD_SIZE/MASTER_*), or form a group of one.
+
+    gloo on CPU, NCCL on CUDA. `device` is "auto", "cpu" or "cuda".
+    """
+    if "RANK" not in os.environ:  # plain `python -m reference_trainer` without --nproc: a world of one
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+        )
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, device_id=dev if use_cuda else None)
+    return DistInfo(rank, world, local_rank, dev, backend)
+
+
+class GradSync:
+    """How the ranks turn their local gradients into the next parameters (see the module docstring)."""
+
+    def __init__(self, mode: str, model: nn.Module, make_optimizer: Any, info: DistInfo) -> None:
+        if mode not in SYNC_MODES:
+            raise ValueError(f"unknown grad sync {mode!r}; choose one of {', '.join(SYNC_MODES)}")
+        self.mode, self.info = mode, info
+        self.raw = model
+        if mode == "ddp":
+            self.module: nn.Module = nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[info.device.index] if info.device.type == "cuda" else None,
+                bucket_cap_mb=25,
+                gradient_as_bucket_view=True,
+            )
+        elif mode == "fsdp2":
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(info.device.type, (info.world_size,))
+            for block in getattr(model, "blocks", []):
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+            self.module = model
+        else:
+            self.module = model
+        # Under the manager pattern only rank 0 owns optimizer state; the others never step.
+        self.optimizer: torch.optim.Optimizer | None = (
+            make_optimizer(model.parameters()) if mode != "manager" or info.rank == 0 else None
+        )
+
+    def step(self) -> None:
+        """Finish the step after backward: agree on gradients, update the parameters, clear gradients."""
+        if self.mode == "manager" and self.info.world_size > 1:
+            self._manager_step()
+            return
+        assert self.optimizer is not None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _manager_step(self) -> None:
+        rank, world = self.info.rank, self.info.world_size
+        params = [p for p in self.raw.parameters() if p.requires_grad]
+        for p in params:  # one collective per tensor, after backward: nothing overlaps with compute
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            if rank == 0:
+                parts = [torch.empty_like(grad) for _ in range(world)]
+                dist.gather(grad.contiguous(), parts, dst=0)
+                p.grad = torch.stack(parts).mean(dim=0)
+            else:
+                dist.gather(grad.contiguous(), None, dst=0)
+        if rank == 0:
+            assert self.optimizer is not None
+            self.optimizer.step()
+        with torch.no_grad():
+            for p in params:
+                dist.broadcast(p.data, src=0)
+        for p in params:
+            p.grad = None
