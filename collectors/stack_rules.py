@@ -77,6 +77,12 @@ STACK_RULES: list[StackRule] = [
         "file read",
     ),
     # decode and augmentation
+    StackRule(
+        Category.CPU_PREPROCESSING,
+        r"PIL/(ImageFile|Image|\w+ImagePlugin)\.py$",
+        r"^(load|load_read|load_prepare|_open|draft|decode|open)$",
+        "image decode (PIL)",
+    ),
     StackRule(Category.CPU_PREPROCESSING, r"PIL/", "", "PIL decode/transform"),
     StackRule(Category.CPU_PREPROCESSING, r"torchvision/(transforms|io)/", "", "torchvision transforms/io"),
     StackRule(
@@ -92,6 +98,7 @@ STACK_RULES: list[StackRule] = [
         "decode/augment (by name)",
     ),
     StackRule(Category.CPU_PREPROCESSING, r"numpy/", "", "numpy"),
+    StackRule(Category.CPU_PREPROCESSING, r"torch/utils/data/_utils/collate\.py$", "", "collate"),
     # host-device copies
     StackRule(
         Category.MEMCPY,

@@ -1,0 +1,597 @@
+"""py-spy as a subprocess: every Python thread's stack over time, for `gpuwatch attach`, with no code change.
+
+Why this shape (measured on py-spy 0.4.3, see the attach note in the issue):
+- `record --format chrometrace` is the only output with a timestamp per sample (microseconds since py-spy
+  started); `speedscope` gives one profile per thread with constant weights (time only by sample index,
+  which drifts when py-spy falls behind or a read fails) and `raw` is folded counts with no time at all.
+- py-spy writes its file only when it stops, so sampling runs in chunks: chunk k+1 is started and has
+  printed "Sampling process..." before chunk k gets SIGINT, and the two are cut at that instant. The run
+  directory therefore grows while it samples, with one chunk of latency.
+- chrometrace merges consecutive identical stacks of a thread into one B/E slice and keys threads by
+  Python thread id only. A forked DataLoader worker's main thread has the same id as the parent thread that
+  forked it, so their events interleave on one track; every increment carries the `process N:` frames that
+  `--subprocesses` adds at the root, which is how `decode_chrometrace` tells them apart again.
+- Always `--nonblocking`: py-spy's default mode ptrace-stops every thread of the target on every sample.
+
+The output is a stream of `ThreadState` changes (a thread's stack from a time on), stitched across chunks
+into closed `StackInterval`s by `IntervalStitcher`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from gpuwatch.errors import AttachError, UsageError
+
+Frame = tuple[str, str, int]
+"""One Python frame: (file path, function name as py-spy reports it, line number)."""
+
+PROCESS_FRAME_RE = re.compile(r"^process (\d+):")
+READY_LINE = b"Sampling process"
+ANCHOR_LAG_NS = 1_000_000
+"""py-spy's chrometrace clock starts about 1 ms after `Popen` returns (Rust start-up); measured against a
+target that switches functions on wall-clock boundaries (offsets -0.6..+13 ms at 100 Hz, so the lag is
+~1 ms, within one sampling interval either way)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadInfo:
+    """One Python thread of the target as `py-spy dump` saw it."""
+
+    pid: int
+    thread_id: int
+    """Python's thread id (pthread_t), the key py-spy's chrometrace uses."""
+    os_tid: int
+    """Kernel thread id (what /proc and the run's `tid` column use); 0 if py-spy could not read it."""
+    name: str
+    active: bool
+    frames: tuple[Frame, ...]
+    """Root first."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadState:
+    """From `t_unix_ns` on, thread (`pid`, `thread_id`) had this stack (until its next state)."""
+
+    t_unix_ns: int
+    pid: int
+    thread_id: int
+    frames: tuple[Frame, ...]
+    """Root first; empty means the thread (or the chunk) ended here."""
+
+
+@dataclass(frozen=True, slots=True)
+class StackInterval:
+    """One thread ran `frames` during [start_unix_ns, end_unix_ns): consecutive equal samples merged."""
+
+    pid: int
+    thread_id: int
+    start_unix_ns: int
+    end_unix_ns: int
+    frames: tuple[Frame, ...]
+
+
+# ---- finding py-spy and mapping its failures -------------------------------------------------------------
+
+
+def find_pyspy(explicit: str | None = None) -> str:
+    """The py-spy executable: `explicit`, else $GPUWATCH_PYSPY, else next to this Python, else on PATH.
+
+    Raises:
+        AttachError: py-spy is not installed (names the fix).
+    """
+    candidates = [explicit or os.environ.get("GPUWATCH_PYSPY") or ""]
+    if not candidates[0]:
+        candidates = [str(Path(sys.executable).parent / "py-spy"), shutil.which("py-spy") or ""]
+    for cand in candidates:
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    if explicit or os.environ.get("GPUWATCH_PYSPY"):
+        raise AttachError(f"py-spy not found or not executable: {candidates[0]}")
+    raise AttachError(
+        "py-spy not found: install it in this environment (pip install py-spy) or pass --py-spy PATH"
+    )
+
+
+def process_state(pid: int) -> str | None:
+    """The one-letter state of a process from /proc ("R", "S", "Z", ...), or None when there is no such pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[-1].split()[0]
+
+
+def process_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    state = process_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def process_comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def check_target(pid: int) -> None:
+    """Reject pids that cannot be a target before starting py-spy (clear messages, no py-spy noise).
+
+    Raises:
+        UsageError: no such process, or the id names a thread of another process.
+        AttachError: the process has already exited (a zombie).
+    """
+    if pid <= 0:
+        raise UsageError(f"not a process id: {pid}")
+    state = process_state(pid)
+    if state is None:
+        raise UsageError(f"no such process: {pid}")
+    if state in ("Z", "X"):
+        raise AttachError(f"process {pid} ({process_comm(pid)}) has already exited (zombie)")
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+        tgid = int(re.search(r"^Tgid:\s*(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+    except (OSError, AttributeError, ValueError):
+        return
+    if tgid != pid:
+        raise UsageError(
+            f"{pid} is a thread of process {tgid}, not a process: run `gpuwatch attach {tgid} --thread {pid}`"
+        )
+
+
+def permission_hint() -> str:
+    """The ways to get ptrace access, most specific first (reads kernel.yama.ptrace_scope when present)."""
+    scope = None
+    try:
+        scope = int(Path("/proc/sys/kernel/yama/ptrace_scope").read_text().strip())
+    except (OSError, ValueError):
+        pass
+    parts = ["run gpuwatch as the same user as the target or as root"]
+    parts.append("grant CAP_SYS_PTRACE (containers: docker run --cap-add SYS_PTRACE)")
+    if scope is None:
+        parts.append("and check kernel.yama.ptrace_scope if your kernel has Yama")
+    elif scope >= 1:
+        parts.append(
+            f"or lower kernel.yama.ptrace_scope (now {scope}; sudo sysctl kernel.yama.ptrace_scope=0)"
+        )
+    else:
+        parts.append(
+            "(kernel.yama.ptrace_scope is 0; the target may be non-dumpable or owned by another user)"
+        )
+    return ", ".join(parts[:-1]) + ", " + parts[-1]
+
+
+def pyspy_failure(pid: int, output: str) -> Exception:
+    """Turn py-spy's error output for `pid` into the one-line gpuwatch error to raise."""
+    text = output.strip()
+    comm = process_comm(pid)
+    if not process_alive(pid):
+        if process_state(pid) is None:
+            return UsageError(f"no such process: {pid}")
+        return AttachError(f"process {pid} ({comm}) exited before py-spy could attach")
+    if re.search(r"permission denied|operation not permitted", text, re.I):
+        return AttachError(f"no permission to read process {pid} ({comm}): {permission_hint()}")
+    m = re.search(r"Unsupported version of Python:?\s*([^\s\n]*)", text)
+    if m:
+        version = m.group(1) or "?"
+        return AttachError(
+            f"process {pid} ({comm}) runs Python {version}, which this py-spy cannot read: "
+            "upgrade py-spy (pip install -U py-spy) or attach to a supported interpreter"
+        )
+    if re.search(
+        r"Failed to find python version|No python processes found|Failed to find a python interpreter|"
+        r"failed to find _PyRuntime|Both python and libpython are invalid",
+        text,
+        re.I,
+    ):
+        return UsageError(
+            f"process {pid} ({comm}) is not a Python process: py-spy found no Python interpreter"
+        )
+    first = next(
+        (ln for ln in text.splitlines() if ln.startswith("Error")), text.splitlines()[0] if text else ""
+    )
+    return AttachError(f"py-spy could not sample process {pid} ({comm}): {first or 'no output'}")
+
+
+def pyspy_version(pyspy: str) -> str:
+    try:
+        out = subprocess.run([pyspy, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return out.strip().split()[-1] if out.strip() else "?"
+
+
+# ---- one-off dump ------------------------------------------------------------------------------------
+
+
+class _DumpFrame(msgspec.Struct):
+    name: str
+    filename: str
+    line: int = 0
+
+
+class _DumpThread(msgspec.Struct):
+    pid: int
+    thread_id: int
+    frames: list[_DumpFrame]
+    thread_name: str | None = None
+    os_thread_id: int | None = None
+    active: bool = False
+
+
+def probe_threads(pyspy: str, pid: int, *, timeout_s: float = 30.0) -> list[ThreadInfo]:
+    """The Python threads of `pid` now (`py-spy dump --json --nonblocking`); also the attach pre-flight.
+
+    Raises:
+        UsageError / AttachError: mapped from py-spy's failure (no such process, not Python, no permission,
+            unsupported Python version).
+    """
+    cmd = [pyspy, "dump", "--json", "--nonblocking", "--pid", str(pid)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise AttachError(f"py-spy dump of process {pid} did not finish within {timeout_s:.0f} s") from None
+    except OSError as exc:
+        raise AttachError(f"cannot run py-spy ({pyspy}): {exc.strerror or exc}") from None
+    if proc.returncode != 0:
+        raise pyspy_failure(pid, (proc.stderr + proc.stdout).decode(errors="replace"))
+    try:
+        threads = msgspec.json.decode(proc.stdout, type=list[_DumpThread])
+    except msgspec.DecodeError as exc:
+        raise AttachError(f"unexpected py-spy dump output for process {pid}: {exc}") from None
+    return [
+        ThreadInfo(
+            pid=t.pid,
+            thread_id=t.thread_id,
+            os_tid=t.os_thread_id or 0,
+            name=t.thread_name or "",
+            active=t.active,
+            frames=tuple((f.filename, f.name, f.line) for f in reversed(t.frames)),
+        )
+        for t in threads
+    ]
+
+
+# ---- chrometrace decoding ------------------------------------------------------------------------------
+
+
+class _Args(msgspec.Struct):
+    filename: str = ""
+    line: int | None = None
+    name: str | None = None
+
+
+class _Event(msgspec.Struct):
+    name: str
+    ph: str
+    pid: int
+    tid: int
+    ts: int
+    args: _Args = msgspec.field(default_factory=_Args)
+
+
+_EVENTS = msgspec.json.Decoder(list[_Event])
+
+
+def decode_chrometrace(data: bytes, anchor_unix_ns: int) -> list[ThreadState]:
+    """Every stack change py-spy recorded, in time order.
+
+    Args:
+        data: py-spy's `--format chrometrace` output (a JSON array of B/E events, `ts` in microseconds).
+        anchor_unix_ns: wall-clock time of `ts == 0` (when that py-spy process started).
+
+    One py-spy increment is the run of events of one track at one `ts` that closes frames (E) and then opens
+    frames (B); the stack after it is one sample. The deepest `process N:` frame names the process the
+    sample came from (tracks of forked workers and their parent coincide, see the module docstring).
+    """
+    if not data.strip():
+        return []
+    events = _EVENTS.decode(data)
+    thread_names: dict[int, int] = {}  # newer py-spy remaps tids and names them "<thread_id>: <name>"
+    stacks: dict[int, list[tuple[str, str, int, int]]] = {}
+    last_ts: dict[int, int] = {}
+    last_ph: dict[int, str] = {}
+    last_pid: dict[int, int] = {}
+    pending: set[int] = set()
+    out: list[ThreadState] = []
+
+    def snapshot(track: int) -> None:
+        pending.discard(track)
+        owner = last_pid.get(track, 0)
+        frames: list[Frame] = []
+        for filename, name, line, _pid in stacks.get(track, ()):
+            if not filename:
+                m = PROCESS_FRAME_RE.match(name)
+                if m:
+                    owner = int(m.group(1))
+                    continue
+            frames.append((filename, name, line))
+        t = anchor_unix_ns + ANCHOR_LAG_NS + last_ts[track] * 1000
+        out.append(ThreadState(t, owner, thread_names.get(track, track), tuple(frames)))
+
+    for ev in events:
+        if ev.ph == "M":
+            if ev.name == "thread_name" and ev.args.name:
+                head = ev.args.name.split(":", 1)[0].strip()
+                if head.isdigit():
+                    thread_names[ev.tid] = int(head)
+            continue
+        track = ev.tid
+        if track in pending and (ev.ts != last_ts[track] or (ev.ph == "E" and last_ph[track] == "B")):
+            snapshot(track)
+        stack = stacks.setdefault(track, [])
+        if ev.ph == "B":
+            stack.append((ev.args.filename, ev.name, ev.args.line or 0, ev.pid))
+            last_pid[track] = ev.pid
+        elif ev.ph == "E" and stack:
+            stack.pop()
+        last_ts[track] = ev.ts
+        last_ph[track] = ev.ph
+        pending.add(track)
+    for track in list(pending):
+        snapshot(track)
+    out.sort(key=lambda s: s.t_unix_ns)
+    return out
+
+
+class IntervalStitcher:
+    """Turns stack changes from consecutive chunks into closed intervals, one open state per thread.
+
+    Chunk k+1 starts at `cut_unix_ns`: chunk k's states before the cut and chunk k+1's states from the cut on
+    are used. A thread absent from chunk k+1 (with `--idle` every live thread appears in its first sample)
+    ended: its interval closes at the cut.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[int, int], tuple[int, tuple[Frame, ...]]] = {}
+
+    def feed_chunk(
+        self, states: list[ThreadState], *, cut_from_ns: int | None, cut_to_ns: int | None, final: bool
+    ) -> list[StackInterval]:
+        """Intervals closed by one chunk's states (kept only within [cut_from_ns, cut_to_ns))."""
+        out: list[StackInterval] = []
+        seen: set[tuple[int, int]] = set()
+        chunk_end = cut_from_ns or 0
+        if cut_from_ns is not None:
+            states = _clamp_before(states, cut_from_ns)
+        for s in states:
+            if cut_to_ns is not None and s.t_unix_ns >= cut_to_ns:
+                continue
+            chunk_end = max(chunk_end, s.t_unix_ns)
+            key = (s.pid, s.thread_id)
+            seen.add(key)
+            prev = self._open.get(key)
+            if prev is not None and prev[1] == s.frames:
+                continue  # same stack as before the cut: the interval goes on
+            if prev is not None and s.t_unix_ns > prev[0]:
+                out.append(StackInterval(key[0], key[1], prev[0], s.t_unix_ns, prev[1]))
+            if s.frames:
+                self._open[key] = (s.t_unix_ns, s.frames)
+            else:
+                self._open.pop(key, None)
+        if cut_from_ns is not None:  # threads that did not show up in this chunk ended at its start
+            for key in [k for k in self._open if k not in seen]:
+                start, frames = self._open.pop(key)
+                if cut_from_ns > start:
+                    out.append(StackInterval(key[0], key[1], start, cut_from_ns, frames))
+        if final:
+            end = cut_to_ns if cut_to_ns is not None else chunk_end
+            for key, (start, frames) in list(self._open.items()):
+                if end > start:
+                    out.append(StackInterval(key[0], key[1], start, end, frames))
+            self._open.clear()
+        out.sort(key=lambda i: i.start_unix_ns)
+        return out
+
+
+def _clamp_before(states: list[ThreadState], cut_ns: int) -> list[ThreadState]:
+    """A chunk's states from `cut_ns` on, where each thread's last state before the cut moves to the cut.
+
+    py-spy may take its first samples just before it prints that it is sampling; a thread whose stack then
+    stays the same has no later state, and dropping that first one would look like the thread ended.
+    """
+    last_before: dict[tuple[int, int], ThreadState] = {}
+    after: list[ThreadState] = []
+    for s in states:
+        if s.t_unix_ns < cut_ns:
+            last_before[(s.pid, s.thread_id)] = s
+        else:
+            after.append(s)
+    moved = [ThreadState(cut_ns, s.pid, s.thread_id, s.frames) for s in last_before.values() if s.frames]
+    return moved + after
+
+
+# ---- the chunked recorder -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    proc: subprocess.Popen[bytes]
+    path: Path
+    anchor_unix_ns: int
+    ready_unix_ns: int
+    """When py-spy said it was sampling: the cut between this chunk and the previous one."""
+
+
+ChunkCallback = Callable[[list[StackInterval], bool], None]
+"""Called from the recorder thread with each chunk's closed intervals; the bool is True on the last chunk."""
+
+
+class PySpyRecorder:
+    """Samples `pid` (and, by default, its child processes) with chunked `py-spy record` runs.
+
+    Args:
+        pyspy: the py-spy executable.
+        pid: the target process.
+        rate_hz: samples per second per thread.
+        chunk_s: seconds per py-spy run (the latency of the live run directory).
+        subprocesses: follow child processes (DataLoader workers).
+        on_chunk: receives each chunk's intervals (recorder thread).
+        workdir: where py-spy writes its chunk files (a temporary directory by default).
+
+    `stop()` ends sampling (SIGINT to the running py-spy, which then writes its last chunk). When the target
+    exits, py-spy ends on its own; `target_exited` is then True. A py-spy failure is kept in `error`.
+    """
+
+    def __init__(
+        self,
+        pyspy: str,
+        pid: int,
+        *,
+        rate_hz: int,
+        chunk_s: float,
+        subprocesses: bool,
+        on_chunk: ChunkCallback,
+        workdir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.pyspy = pyspy
+        self.pid = pid
+        self.rate_hz = rate_hz
+        self.chunk_s = chunk_s
+        self.subprocesses = subprocesses
+        self.on_chunk = on_chunk
+        self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="gpuwatch-pyspy-")
+        self.workdir = Path(workdir if workdir is not None else self._tmp.name)  # type: ignore[union-attr]
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stitcher = IntervalStitcher()
+        self._seq = 0
+        self.target_exited = False
+        self.error: Exception | None = None
+        self.chunks = 0
+        self.pyspy_errors = 0
+        """Samples py-spy reported as failed (torn non-blocking reads), summed over chunks."""
+        self.started_unix_ns: int | None = None
+        self.ended_unix_ns: int | None = None
+        self.done = threading.Event()
+
+    def command(self, out: Path) -> list[str]:
+        cmd = [self.pyspy, "record", "--nonblocking", "--idle", "--format", "chrometrace"]
+        cmd += ["--rate", str(self.rate_hz), "--pid", str(self.pid), "--output", str(out)]
+        if self.subprocesses:
+            cmd.append("--subprocesses")
+        return cmd
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gpuwatch-pyspy", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _launch(self) -> _Chunk:
+        self._seq += 1
+        path = self.workdir / f"chunk-{self._seq:06d}.json"
+        anchor = time.time_ns()
+        # own session: a Ctrl-C at the terminal reaches gpuwatch, which then stops py-spy in order
+        proc = subprocess.Popen(
+            self.command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        anchor = (anchor + time.time_ns()) // 2
+        ready = self._wait_ready(proc)
+        return _Chunk(proc, path, anchor, ready)
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+        """Block until py-spy prints that it samples; returns that time. Raises the mapped failure."""
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:  # py-spy exited before sampling: attach failed (or the target is gone)
+                proc.wait()
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise pyspy_failure(self.pid, err)
+            if READY_LINE in line:
+                return time.time_ns()
+        proc.kill()
+        proc.wait()
+        raise AttachError(f"py-spy did not start sampling process {self.pid} within {timeout_s:.0f} s")
+
+    def _finish(self, chunk: _Chunk) -> tuple[list[ThreadState], bool]:
+        """Stop one py-spy run (if still running) and decode its file. Returns (states, exited_by_itself)."""
+        exited_itself = chunk.proc.poll() is not None
+        if not exited_itself:
+            chunk.proc.send_signal(signal.SIGINT)
+        try:
+            out, err = chunk.proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            chunk.proc.kill()
+            out, err = chunk.proc.communicate()
+        text = (out + err).decode(errors="replace")
+        m = re.search(r"Errors: (\d+)", text)
+        if m:
+            self.pyspy_errors += int(m.group(1))
+        if "process exited" in text or "process ended" in text:
+            exited_itself = True
+        try:
+            data = chunk.path.read_bytes()
+        except OSError:
+            data = b""
+        chunk.path.unlink(missing_ok=True)
+        try:
+            states = decode_chrometrace(data, chunk.anchor_unix_ns)
+        except msgspec.DecodeError:
+            states = []  # py-spy killed mid-write: this chunk is lost, the run goes on
+        return states, exited_itself
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # reported by the orchestrator; never an unhandled thread exception
+            self.error = exc
+        finally:
+            self.ended_unix_ns = time.time_ns()
+            self.done.set()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+
+    def _loop(self) -> None:
+        cur = self._launch()
+        self.started_unix_ns = cur.ready_unix_ns
+        cut_from: int | None = cur.ready_unix_ns
+        while True:
+            next_at = time.monotonic() + self.chunk_s
+            while not self._stop.is_set() and time.monotonic() < next_at:
+                if cur.proc.poll() is not None:
+                    break
+                self._stop.wait(0.05)
+            ended_early = cur.proc.poll() is not None
+            nxt: _Chunk | None = None
+            if not self._stop.is_set() and not ended_early:
+                try:
+                    nxt = self._launch()
+                except Exception as exc:
+                    if not process_alive(self.pid):
+                        self.target_exited = True
+                    else:
+                        self.error = exc
+            cut_to = nxt.ready_unix_ns if nxt is not None else None
+            states, exited_itself = self._finish(cur)
+            self.chunks += 1
+            final = nxt is None
+            if final and exited_itself and not process_alive(self.pid):
+                self.target_exited = True
+            intervals = self._stitcher.feed_chunk(states, cut_from_ns=cut_from, cut_to_ns=cut_to, final=final)
+            self.on_chunk(intervals, final)
+            if nxt is None:
+                return
+            cur, cut_from = nxt, nxt.ready_unix_ns
