@@ -1,0 +1,84 @@
+"""Shared fixtures: the real GPU traces in ../shared/traces, and running the real `gpuwatch` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT.parent / "shared" / "traces"
+HTA_TRACES = TRACES / "hta"
+
+# Every shared trace, by a short name (its folder), with what it is there to exercise.
+SHARED_TRACES: dict[str, str] = {
+    "trace_filter": "trace_filter",  # 2 ranks, NCCL, no flows
+    "nccl_parser_config": "nccl_parser_config/nccl_data.json.gz",  # float sub-µs ts, full NCCL args
+    "trace_diff_control": "trace_diff_control/control.json.gz",  # 109k events, DataLoader, rank 3 of 8
+    "critical_path_alexnet": "critical_path_alexnet",  # no ProfilerStep markers, cuda_sync events
+    "amd_trace": "amd_trace",  # ROCm (hipLaunchKernel), no distributedInfo
+    "cpu_only": "cpu_only",  # gloo, no device events, 30 events
+    "trace_file_list": "trace_file_list/inference_rank_1.json.gz",  # old capitalized categories
+}
+
+
+def shared_trace_path(name: str) -> Path:
+    """Path of a shared trace (file or folder); skips the test when ../shared/traces is absent."""
+    if not HTA_TRACES.is_dir():
+        pytest.skip(f"real traces not found: {HTA_TRACES} (they live in the shared/ folder beside the repo)")
+    path = HTA_TRACES / SHARED_TRACES[name]
+    if not path.exists():
+        pytest.skip(f"shared trace missing: {path}")
+    return path
+
+
+def trace_files(path: Path) -> list[Path]:
+    return sorted(path.glob("*.json*")) if path.is_dir() else [path]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("GPUWATCH_DEBUG", None)  # tests check the user-facing one-line errors
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["COLUMNS"] = "120"
+    return env
+
+
+def run_cli(*args: str | os.PathLike[str], timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run the real command line (`python -m gpuwatch ...`) in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpuwatch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        stdin=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def gpuwatch_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    return run_cli
+
+
+@pytest.fixture(scope="session")
+def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Import a shared trace once per session (in-process, the same code the CLI runs); returns its run."""
+    from gpuwatch.trace_import import import_to_run
+
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in cache:
+            src = shared_trace_path(name)
+            out = tmp_path_factory.mktemp(f"run_{name}") / "run"
+            import_to_run([str(src)], out)
+            cache[name] = out
+        return cache[name]
+
+    return get
