@@ -483,6 +483,9 @@ def _collective_metadata(
         explicit = _as_int(a.seq) if a is not None else None
         counters[(side, pg)] += 1
         seq[i] = explicit if explicit is not None else counters[(side, pg)]
+        # an inferred ordinal only counts collectives inside this trace: cross-rank matching trusts it
+        # within a step only (profiling windows may start at different iterations on different ranks)
+        info["seq_source"] = "trace" if explicit is not None else "order"
         attrs[i] = json.dumps(info)
     for i, a in args.items():  # device copies report their size
         if a is not None and a.nbytes is not None and nbytes[i] < 0:

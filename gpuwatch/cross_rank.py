@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,18 @@ class CrossRankResult:
     matched_collectives: int
 
 
-def _collective_keys(cols: SpanColumns, budget: RankBudget) -> tuple[np.ndarray, list[tuple[str, str, int]]]:
-    """Indices of the rank's matchable collectives and their (side, group, seq) keys."""
+CollectiveKey = tuple[Any, ...]
+
+
+def _collective_keys(cols: SpanColumns, budget: RankBudget) -> tuple[np.ndarray, list[CollectiveKey | None]]:
+    """Indices of the rank's matchable collectives and their keys (None: cannot be matched).
+
+    A sequence number the trace or the hook recorded (NCCL's own) is global: key (side, group, seq). One the
+    importer inferred from call order (attrs `seq_source` "order") only counts collectives inside this
+    trace, and profiling windows often start at different iterations on different ranks (on-demand
+    profiling), so it is only trusted within a step: key (side, group, "step", step number, n-th in that
+    step). Step numbers (ProfilerStep#N) are the training iteration, the same on every rank.
+    """
     is_coll = (cols.kind == SpanKind.COLLECTIVE.value) & (cols.seq >= 0)
     device = is_coll & (cols.stream >= 0)
     # On GPU ranks match device kernels (their start is when the rank really arrived); else host calls.
@@ -61,26 +72,65 @@ def _collective_keys(cols: SpanColumns, budget: RankBudget) -> tuple[np.ndarray,
     if budget.mode == "host":
         pick &= cols.tid == budget.training_tid
     idx = np.flatnonzero(pick)
-    keys = []
-    for i in idx.tolist():
-        group = "0"
+    idx = idx[np.argsort(cols.start_ns[idx], kind="stable")]
+    step_of = _step_index(cols, budget, idx)
+    ordinal: dict[tuple[str, str, int], int] = defaultdict(int)
+    keys: list[CollectiveKey | None] = []
+    for j, i in enumerate(idx.tolist()):
+        group, inferred = "0", False
         raw = cols.attrs[i] if cols.attrs is not None else None
         if isinstance(raw, str) and raw:
             try:
-                group = str(json.loads(raw).get("process_group", "0"))
-            except ValueError:
+                attrs = json.loads(raw)
+                group = str(attrs.get("process_group", "0"))
+                inferred = attrs.get("seq_source") == "order"
+            except (ValueError, AttributeError):
                 pass
-        keys.append(("device" if cols.stream[i] >= 0 else "host", group, int(cols.seq[i])))
+        side = "device" if cols.stream[i] >= 0 else "host"
+        if not inferred or not budget.steps_from_markers:
+            keys.append((side, group, int(cols.seq[i])))
+        elif step_of[j] < 0:
+            keys.append(None)  # outside every step: its order says nothing across ranks
+        else:
+            step_id = int(budget.step_ids[step_of[j]])
+            ordinal[(side, group, step_id)] += 1
+            keys.append((side, group, "step", step_id, ordinal[(side, group, step_id)]))
     return idx, keys
+
+
+def _step_index(cols: SpanColumns, budget: RankBudget, idx: np.ndarray) -> np.ndarray:
+    """Which step (row of the budget, -1 for none) each collective was issued in.
+
+    A device kernel may start in the next step on a busy device; the host call that launched it (same
+    correlation id) says when the rank issued it, so that time decides.
+    """
+    issued = cols.start_ns[idx].copy()
+    runtime = np.flatnonzero((cols.kind == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    on_device = cols.stream[idx] >= 0
+    if runtime.size and on_device.any():
+        r_corr = cols.correlation[runtime]
+        order = np.argsort(r_corr, kind="stable")
+        r_corr, r_start = r_corr[order], cols.start_ns[runtime][order]
+        d_corr = cols.correlation[idx]
+        pos = np.clip(np.searchsorted(r_corr, d_corr), 0, r_corr.size - 1)
+        found = on_device & (d_corr >= 0) & (r_corr[pos] == d_corr)
+        issued = np.where(found, r_start[pos], issued)
+    starts, ends = budget.step_start_ns, budget.step_end_ns
+    if starts.size == 0:
+        return np.full(idx.size, -1, dtype=np.int64)
+    row = np.searchsorted(starts, issued, side="right") - 1
+    inside = (row >= 0) & (issued < ends[np.maximum(row, 0)])
+    return np.where(inside, row, -1)
 
 
 def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> CrossRankResult:
     """Split sync into wait/transfer on every rank and name the rank the others wait for."""
-    arrivals: dict[tuple[str, str, int], dict[int, tuple[int, int]]] = defaultdict(dict)
+    arrivals: dict[CollectiveKey, dict[int, tuple[int, int]]] = defaultdict(dict)
     for rank, (cols, budget) in ranks.items():
         idx, keys = _collective_keys(cols, budget)
         for i, key in zip(idx.tolist(), keys, strict=True):
-            arrivals[key].setdefault(rank, (int(cols.start_ns[i]), int(cols.end_ns[i])))
+            if key is not None:
+                arrivals[key].setdefault(rank, (int(cols.start_ns[i]), int(cols.end_ns[i])))
 
     wait_iv: dict[int, tuple[list[int], list[int]]] = {r: ([], []) for r in ranks}
     caused = defaultdict(int)
