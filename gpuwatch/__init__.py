@@ -10,14 +10,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Category", "__version__"]
+__all__ = ["Category", "Watcher", "__version__", "span", "watch"]
 
 _LAZY = {
     "Category": ("gpuwatch.records", "Category"),
+    "watch": ("gpuwatch.watch", "watch"),
+    "Watcher": ("gpuwatch.watch", "Watcher"),
+    "span": ("gpuwatch.span", "span"),
 }
 
 if TYPE_CHECKING:
     from gpuwatch.records import Category
+    from gpuwatch.span import span
+    from gpuwatch.watch import Watcher, watch
 
 
 def __getattr__(name: str) -> Any:
