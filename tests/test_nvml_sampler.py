@@ -391,3 +391,49 @@ def test_real_gpu_metrics_are_sane() -> None:
         assert total[0] is not None and total[0] > 0
         assert used[0] is not None and 0 <= used[0] <= total[0]
         assert util[0] is None or 0 <= util[0] <= 100
+
+
+def test_samples_land_in_a_real_run_with_null_for_unsupported(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """Through the real segment writer and DuckDB reader: None is SQL NULL, the note is in writer.json."""
+    from collectors.proc_sampler import ProcSampler
+    from gpuwatch.records import Run
+    from gpuwatch.run_reader import RunReader
+    from gpuwatch.segment_writer import SegmentWriter
+
+    device = FakeDevice(gpu_pct=64, processes=[(os.getpid(), 1 << 30)])
+    device.errors["nvmlDeviceGetPowerUsage"] = pynvml.NVMLError_NotSupported()
+    FakeNvml([device]).install(monkeypatch)
+    anchor = time.time_ns()
+    run = Run("", 0, "host", os.getpid(), "pytest", 1, anchor, "test", "watch")
+    writer = SegmentWriter(tmp_path / "run", run, background=False)
+    proc = ProcSampler(interval_s=1.0, anchor_unix_ns=anchor)
+    nvml = NvmlSampler(interval_s=1.0, anchor_unix_ns=anchor, pids=proc.watched_pids, pcie=False)
+    for sampler in (proc, nvml):
+        sampler.sink = writer
+    for _ in range(2):
+        t_ns = proc.clock_ns()
+        proc.sample_once(t_ns)
+        nvml.sample_once(t_ns)
+    nvml.stop()
+    writer.close()
+
+    reader = RunReader(tmp_path / "run")
+    rows = reader.query(
+        "SELECT metric, count(*), count(value) FROM samples WHERE metric IN (?, ?, ?, ?) GROUP BY metric ORDER BY metric",
+        ["gpu_util_pct", "power_mw", "proc_gpu_mem_used_bytes", "proc_cpu_pct"],
+    ).fetchall()
+    assert rows == [
+        ("gpu_util_pct", 2, 2),
+        ("power_mw", 2, 0),  # two rows, both NULL
+        ("proc_cpu_pct", 1, 1),
+        ("proc_gpu_mem_used_bytes", 2, 2),
+    ]
+    assert reader.query(
+        "SELECT DISTINCT pid FROM samples WHERE metric = 'proc_gpu_mem_used_bytes'"
+    ).fetchall() == [(os.getpid(),)]
+    (info,) = reader.writers
+    assert list(info.notes) == ["nvml_nvmlDeviceGetPowerUsage_NVMLError_NotSupported"]
+    assert info.notes["nvml_nvmlDeviceGetPowerUsage_NVMLError_NotSupported"]["count"] == 1
+    reader.close()
