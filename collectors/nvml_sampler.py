@@ -117,13 +117,13 @@ class NvmlSampler(SamplerThread):
             return self._unavailable("nvidia-ml-py is not installed", exc)
         try:
             pynvml.nvmlInit()
-        except pynvml.NVMLError as exc:
+        except Exception as exc:  # NVMLError_LibraryNotFound / DriverNotLoaded / ..., or a broken pynvml
             return self._unavailable("NVIDIA's NVML library or driver is not available", exc)
         try:
             count = pynvml.nvmlDeviceGetCount()
             wanted = range(count) if self.devices is None else [i for i in self.devices if 0 <= i < count]
             self._handles = [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in wanted]
-        except pynvml.NVMLError as exc:
+        except Exception as exc:
             _shutdown()
             return self._unavailable("NVML could not enumerate devices", exc)
         if not self._handles:
