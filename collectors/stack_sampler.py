@@ -37,7 +37,7 @@ MAX_DEPTH = 128
 """Frames read per sample (deep recursion is cut; the innermost frames decide most rules)."""
 MAX_SAMPLES_PER_GAP = 20_000
 """A gap that never closes (no hooks, no gw.step) stops collecting samples here; the last category holds."""
-PROBE_MIN_GAP_NS = 500_000
+PROBE_MIN_GAP_NS = 100_000
 """An unexplained gap at least this long gets its signature probed."""
 PROBE_EVERY_NS = 250_000
 """While probing, one stack every this many ns of the training thread's own events."""

@@ -435,35 +435,23 @@ def _start_meta(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 def _system_samplers(interval_s: float, ctx: Any, rank: int) -> list[Any]:
-    """The NVML and /proc samplers, when their modules exist (built by their own collectors)."""
-    import importlib
-    import inspect
+    """The /proc sampler of this process and its children, and the NVML sampler of the same processes."""
+    found: list[Any] = []
+    proc = None
+    try:
+        from collectors.proc_sampler import ProcSampler
 
-    from collectors.base import SamplerThread
+        proc = ProcSampler(interval_s, ctx.anchor_unix_ns, pid=None, rank=rank)
+        found.append(proc)
+    except Exception as exc:
+        ctx.hook_error("start:proc_sampler", exc)
+    try:
+        from collectors.nvml_sampler import NvmlSampler
 
-    found = []
-    for module_name in ("collectors.nvml_sampler", "collectors.proc_sampler"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        except Exception as exc:
-            ctx.hook_error(f"import:{module_name}", exc)
-            continue
-        for obj in vars(module).values():
-            if (
-                isinstance(obj, type)
-                and issubclass(obj, SamplerThread)
-                and obj is not SamplerThread
-                and obj.__module__ == module.__name__
-                and not inspect.isabstract(obj)
-            ):
-                try:
-                    params = inspect.signature(obj).parameters
-                    extra = {k: v for k, v in (("rank", rank), ("pid", ctx.pid)) if k in params}
-                    found.append(obj(interval_s, ctx.anchor_unix_ns, **extra))
-                except Exception as exc:
-                    ctx.hook_error(f"start:{obj.__name__}", exc)
+        pids = proc.watched_pids if proc is not None else None
+        found.append(NvmlSampler(interval_s, ctx.anchor_unix_ns, pids=pids, rank=rank))
+    except Exception as exc:
+        ctx.hook_error("start:nvml_sampler", exc)
     return found
 
 
