@@ -18,6 +18,7 @@ from gpuwatch.errors import EXIT_RUNTIME, EXIT_USAGE, GpuwatchError
 COMMANDS: dict[str, str] = {
     "import": "gpuwatch.commands.import_cmd",
     "summary": "gpuwatch.commands.summary_cmd",
+    "attach": "gpuwatch.commands.attach_cmd",
 }
 """Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
 
