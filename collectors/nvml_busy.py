@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collectors.base import SamplerThread
-from gpuwatch.records import Category, Sample, Span, SpanKind
+from gpuwatch.records import Category, Span, SpanKind
 
 BUSY_NAME = "GPU busy (NVML utilization; placement within each interval estimated)"
 PLACEMENT_ORDER: tuple[str | None, ...] = (
@@ -120,7 +120,8 @@ class NvmlBusySampler(SamplerThread):
         interval_s: polling interval (NVML's own averaging window is 1/6 s to 1 s).
         anchor_unix_ns: the writer's anchor.
         pids: the target's pids now (callable: DataLoader workers come and go).
-        rank: for the `Sample`s it also emits (`proc_gpu_util_pct` per device and pid).
+        rank: kept for symmetry with the other samplers (the `proc_gpu_util_pct` samples themselves come
+            from `collectors.nvml_sampler`, which attach also runs).
         nvml: the NVML module (`pynvml` from nvidia-ml-py) or None to import it.
 
     Without NVIDIA's driver library it notes that once and `available` stays False: the run is CPU mode.
@@ -158,10 +159,10 @@ class NvmlBusySampler(SamplerThread):
             self._nvml = nv
             self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]
         except Exception as exc:  # no driver, no library, no device: CPU mode
-            sink.note("attach_nvml", f"NVML not available ({type(exc).__name__}: {exc}); CPU mode")
+            sink.note("nvml_unavailable", f"NVML not available ({type(exc).__name__}: {exc}); CPU mode")
             return
         if not self._handles:
-            sink.note("attach_nvml", "NVML found no GPU; CPU mode")
+            sink.note("nvml_unavailable", "NVML found no GPU; CPU mode")
             return
         self.available = True
         super().start(sink)
@@ -195,8 +196,6 @@ class NvmlBusySampler(SamplerThread):
             pct, source = self._process_util(handle, index, pids)
             if pct is None:
                 pct, source = float(nv.nvmlDeviceGetUtilizationRates(handle).gpu), "device"
-            assert self.sink is not None
-            self.sink.emit_sample(Sample(self.rank, "proc_gpu_util_pct", t_ns, pct, index, min(pids)))
             if prev is not None:
                 with self._lock:
                     self._busy.append(BusyInterval(index, prev, t_ns, pct, source))

@@ -205,8 +205,11 @@ def attach(
     stop: threading.Event | None = None,
     progress: Callable[[str], None] | None = None,
     progress_every_s: float = 5.0,
+    nvml: Any = None,
 ) -> AttachResult:
     """Sample `opts.pid` into a run directory until the duration, `stop`, or the target's exit.
+
+    `nvml` replaces the `pynvml` module (tests at the NVML boundary); None imports nvidia-ml-py.
 
     Raises:
         UsageError: no such process, a thread id instead of a process, not a Python process, bad --thread.
@@ -264,7 +267,9 @@ def attach(
     )
     writer = SegmentWriter(out_dir, run)
     rank = facts["rank"]
-    busy_sampler = NvmlBusySampler(0.2, anchor, pids=lambda: {opts.pid, *stacks.workers.pids}, rank=rank)
+    busy_sampler = NvmlBusySampler(
+        0.2, anchor, pids=lambda: {opts.pid, *stacks.workers.pids}, rank=rank, nvml=nvml
+    )
     placer = _BusyPlacer(busy_sampler, writer, rank, opts.pid)
     stacks = AttachStacks(
         writer,

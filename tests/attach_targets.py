@@ -93,9 +93,14 @@ def read_sample(latency_s: float) -> None:
 
 
 class SlowJpegDataset:
-    def __init__(self, blobs: list[bytes], read_latency_s: float) -> None:
+    """Each item: a latency-bound read, then a real JPEG decode; with `truth`, each item's phases are
+    appended to `truth` (one line per item, from whichever process runs it: a worker)."""
+
+    def __init__(self, blobs: list[bytes], read_latency_s: float, truth: str | None = None) -> None:
         self.blobs = blobs
         self.latency = read_latency_s
+        self.truth_path = truth
+        self._truth: Truth | None = None
 
     def __len__(self) -> int:
         return 10**9
@@ -103,9 +108,17 @@ class SlowJpegDataset:
     def __getitem__(self, i: int):  # noqa: ANN204
         import torch
 
+        t0 = time.perf_counter()
         read_sample(self.latency)
+        t1 = time.perf_counter()
         img = decode_images([self.blobs[i % len(self.blobs)]])
-        return torch.from_numpy(augment(img)[0])
+        out = torch.from_numpy(augment(img)[0])
+        t2 = time.perf_counter()
+        if self.truth_path:
+            if self._truth is None:
+                self._truth = Truth(self.truth_path)
+            self._truth.step(i, [("read", t0, t1), ("decode", t1, t2)])
+        return out
 
 
 def mlp(width: int, depth: int):  # noqa: ANN201
@@ -136,7 +149,9 @@ def planted(args: argparse.Namespace) -> None:
     worker_blobs = make_jpegs(8, args.worker_image, seed=1)
     thread_blobs = make_jpegs(args.decode_images, args.thread_image, seed=2)
     loader = DataLoader(
-        SlowJpegDataset(worker_blobs, args.read_latency),
+        SlowJpegDataset(
+            worker_blobs, args.read_latency, truth=args.truth + ".worker" if args.workers else None
+        ),
         batch_size=1,
         num_workers=args.workers,
         prefetch_factor=1 if args.workers else None,
