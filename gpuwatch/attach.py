@@ -303,6 +303,12 @@ def attach(
     if opts.gpu:
         busy_sampler.start(writer)
     samplers = _start_system_samplers(opts, anchor, rank, writer)
+    if progress is not None:
+        until = f"for {opts.duration_s:g} s" if opts.duration_s else "until Ctrl-C"
+        progress(
+            f"sampling process {opts.pid} ({facts['command'][:60]}) at {opts.rate_hz} Hz {until}; "
+            f"run directory {out_dir}"
+        )
     t0 = time.monotonic()
     recorder.start()
     next_progress = t0 + progress_every_s

@@ -158,8 +158,6 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, on_signal)
     try:
-        duration = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-        say(f"sampling process {args.pid} at {args.rate} Hz {duration}; run directory {out}")
         result = attach(opts, stop=stop, progress=say)
     finally:
         for sig, handler in old.items():
