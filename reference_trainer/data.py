@@ -1,8 +1,8 @@
 """Procedurally generated images and short clips, stored encoded as JPEG frames, and the loader around them.
 
 Two sources with different decode costs, both generated once into a data directory (no downloads):
-- `stills`: 640x640 photograph-like images (smooth gradients, shapes, sensor noise), one JPEG each;
-- `clips`: 8-frame clips at 854x480 (shapes moving over a panning background), one JPEG per frame.
+- `stills`: 1024x1024 photograph-like images (smooth gradients, shapes, sensor noise), one JPEG each;
+- `clips`: 8-frame clips at 1280x720 (shapes moving over a panning background), one JPEG per frame.
 Every frame is its own object in storage, so reading a batch costs one storage round trip per frame.
 
 Samples are addressed by `SampleKey` (which source, which item, how many frames, at what size); the
@@ -47,8 +47,8 @@ class SourceSpec:
 
 
 SOURCES: dict[str, SourceSpec] = {
-    "stills": SourceSpec("stills", 640, 640, 1, 64),
-    "clips": SourceSpec("clips", 480, 854, 8, 24),
+    "stills": SourceSpec("stills", 1024, 1024, 1, 64),
+    "clips": SourceSpec("clips", 720, 1280, 8, 24),
 }
 
 

@@ -65,7 +65,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
 class GradSync:
     """How the ranks turn their local gradients into the next parameters (see the module docstring)."""
 
-    def __init__(self, mode: str, model: nn.Module, make_optimizer: Any, info: DistInfo) -> None:
+    def __init__(
+        self, mode: str, model: nn.Module, make_optimizer: Any, info: DistInfo, bucket_mb: float = 25.0
+    ) -> None:
         if mode not in SYNC_MODES:
             raise ValueError(f"unknown grad sync {mode!r}; choose one of {', '.join(SYNC_MODES)}")
         self.mode, self.info = mode, info
@@ -74,7 +76,7 @@ class GradSync:
             self.module: nn.Module = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[info.device.index] if info.device.type == "cuda" else None,
-                bucket_cap_mb=25,
+                bucket_cap_mb=bucket_mb,
                 gradient_as_bucket_view=True,
             )
         elif mode == "fsdp2":

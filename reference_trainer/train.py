@@ -10,7 +10,6 @@ checkpoint computes exactly the losses of an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -113,9 +112,11 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     mcfg = ModelConfig(width=cfg.width, depth=cfg.depth, heads=cfg.heads, patch=cfg.patch)
     model = VideoDiT(mcfg).to(info.device)
-    sync = GradSync(cfg.grad_sync, model, lambda params: torch.optim.AdamW(params, lr=cfg.lr), info)
+    sync = GradSync(
+        cfg.grad_sync, model, lambda params: torch.optim.AdamW(params, lr=cfg.lr), info, cfg.ddp_bucket_mb
+    )
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else run_dir / "trainer" / "checkpoints"
-    ckpt = Checkpointer(cfg.checkpoint, cfg.checkpoint_every, ckpt_dir, info, sync)
+    ckpt = Checkpointer(cfg.checkpoint, cfg.checkpoint_every, ckpt_dir, info, sync, cfg.checkpoint_write_mb_s)
     start = load_checkpoint(cfg.resume, sync, info) if cfg.resume else 0
 
     gpu_decoder = gpu_decoder_name() if (cfg.gpu_decode and info.device.type == "cuda") else None
@@ -190,9 +191,3 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
     if info.rank == 0:
         _log(info, "done: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items()))
     return result
-
-
-def rank_env() -> dict[str, str]:
-    """The torchrun variables this process runs under (empty outside torchrun)."""
-    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
-    return {k: os.environ[k] for k in keys if k in os.environ}

@@ -2,7 +2,7 @@
 
 | cause | switches | naive | fixed |
 | --- | --- | --- | --- |
-| data loading | num_workers, prefetch_factor, persistent_workers, pin_memory | 0, none, no, no | 2, 4, yes, yes (pinning only matters on GPU) |
+| data loading | num_workers, prefetch_factor, persistent_workers, pin_memory | 0, none, no, no | 3, 4, yes, yes (pinning only matters on GPU) |
 | CPU preprocessing | decode_in_workers, reduced_decode, gpu_decode | full-size decode + augmentation on the training thread | decode in the Dataset (workers), DCT-scaled decode; on GPU with nvImageCodec/torchvision, GPU decode |
 | manager node | grad_sync | "manager": rank 0 gathers, averages, steps, broadcasts | "ddp": bucketed all-reduce overlapped with backward ("fsdp2" is the other option) |
 | checkpointing | checkpoint | "sync": torch.save of the full state on rank 0 | "async": DCP async_save on its own gloo group, waited on before the next optimizer step |
@@ -38,8 +38,10 @@ class TrainConfig:
     cpu_threads: int = 1
     """Threads for the trainer's own math on CPU: one, so DataLoader workers and other ranks have cores."""
     # --- storage: a property of where the data lives, the same in every preset
-    read_latency_ms: float = 4.0
+    read_latency_ms: float = 15.0
     """Time to first byte per stored frame (remote storage); see data.fetch_object."""
+    checkpoint_write_mb_s: float = 125.0
+    """Write throughput of the checkpoint store (a cloud volume's baseline); 0 = as fast as the local disk."""
     # --- data loading
     num_workers: int = 0
     prefetch_factor: int | None = None
@@ -56,10 +58,12 @@ class TrainConfig:
     # --- gradient synchronization
     grad_sync: str = "manager"
     """"manager", "ddp" or "fsdp2" (see distributed.py)."""
+    ddp_bucket_mb: float = 2.0
+    """DDP bucket size: small enough that a ~3 M-parameter model gets several buckets to overlap."""
     # --- checkpointing
     checkpoint: str = "sync"
     """"sync" (torch.save on rank 0), "async" (DCP async_save) or "off"."""
-    checkpoint_every: int = 5
+    checkpoint_every: int = 4
     """Steps between checkpoints."""
     checkpoint_dir: str | None = None
     """Default: RUN_DIR/trainer/checkpoints."""
@@ -84,7 +88,7 @@ NAIVE: dict[str, Any] = {
 }
 
 FIXES: dict[str, dict[str, Any]] = {
-    "data": {"num_workers": 2, "prefetch_factor": 4, "persistent_workers": True, "pin_memory": True},
+    "data": {"num_workers": 3, "prefetch_factor": 4, "persistent_workers": True, "pin_memory": True},
     "decode": {"decode_in_workers": True, "reduced_decode": True, "gpu_decode": True},
     "sync": {"grad_sync": "ddp"},
     "checkpoint": {"checkpoint": "async"},

@@ -1,0 +1,313 @@
+"""`python -m reference_trainer.ablation`: naive, each single fix, all fixes — each under gpuwatch — one table.
+
+Every configuration is a real multi-rank run of the reference trainer (`python -m reference_trainer
+--preset naive --fix NAME --nproc N`), and every figure in the table is what `gpuwatch summary --json`
+reports for that run: the median step time, the share of step time in `compute` and in each idle category
+(all ranks together), and the utilization recovered against naive (compute share gained, in percentage
+points, and the step-time speed-up). `--check` also verifies the reference trainer's promises and exits 1
+when one does not hold: naive compute <= 40% on every rank, all fixes >= 80% on every rank, all fixes at
+least 2x faster (median step time), and each single fix moving mostly its own category.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from reference_trainer.config.presets import FIXES
+
+CATEGORIES = (
+    "compute",
+    "data_loading",
+    "cpu_preprocessing",
+    "sync",
+    "checkpoint_io",
+    "memcpy",
+    "host_overhead",
+    "unattributed",
+)
+FIX_CATEGORY = {
+    "data": "data_loading",
+    "decode": "cpu_preprocessing",
+    "sync": "sync",
+    "checkpoint": "checkpoint_io",
+}
+"""The budget category each single fix is meant to shrink."""
+assert set(FIX_CATEGORY) == set(FIXES)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    name: str
+    preset: str
+    fixes: tuple[str, ...]
+
+
+def configurations() -> list[Config]:
+    out = [Config("naive", "naive", ())]
+    out += [Config(f"+{name}", "naive", (name,)) for name in FIXES]
+    out.append(Config("fixed (all fixes)", "fixed", ()))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    config: Config
+    run_dir: Path
+    median_step_ms: float
+    """Median over ranks of each rank's median step time."""
+    budget_pct: dict[str, float]
+    """Share of all ranks' step time per category (0-100)."""
+    compute_pct_by_rank: dict[int, float]
+    straggler_rank: int | None
+    summary: dict[str, Any]
+    """The whole `gpuwatch summary --json` document."""
+
+
+def _progress(msg: str) -> None:
+    print(f"[ablation] {msg}", file=sys.stderr, flush=True)
+
+
+def subprocess_env() -> dict[str, str]:
+    """This environment with the project root on PYTHONPATH (runs from a checkout without installing)."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def run_config(
+    config: Config, out_dir: Path, *, nproc: int, steps: int, extra: list[str], quiet: bool = True
+) -> Path:
+    """Train one configuration under gpuwatch; returns its run directory."""
+    run_dir = out_dir / config.name.replace(" ", "-").replace("(", "").replace(")", "").replace("+", "fix-")
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    cmd = [sys.executable, "-m", "reference_trainer", "--preset", config.preset]
+    for name in config.fixes:
+        cmd += ["--fix", name]
+    cmd += ["--nproc", str(nproc), "--steps", str(steps), "--run-dir", str(run_dir), *extra]
+    proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-3000:])
+        raise SystemExit(f"[ablation] {config.name}: trainer exited {proc.returncode}")
+    if not quiet:
+        sys.stderr.write(proc.stderr)
+    return run_dir
+
+
+def gpuwatch_summary(run_dir: Path) -> dict[str, Any]:
+    """`gpuwatch summary --json RUN_DIR`, exactly as a user would run it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpuwatch", "summary", "--json", str(run_dir)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"[ablation] gpuwatch summary {run_dir} failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
+def read_result(config: Config, run_dir: Path, doc: dict[str, Any]) -> Result:
+    """Combine the ranks of one summary: budget weighted by each rank's step time, median step time."""
+    weighted = dict.fromkeys(CATEGORIES, 0.0)
+    wall = 0.0
+    medians, by_rank = [], {}
+    for r in doc["ranks"]:
+        ms = r["budget_ms_per_step"]
+        n = r["steps"]
+        for c in CATEGORIES:
+            weighted[c] += ms.get(c, 0.0) * n
+        wall += sum(ms.get(c, 0.0) for c in CATEGORIES) * n
+        medians.append(r["step_time_ms"]["median"])
+        by_rank[int(r["rank"])] = r["budget_pct"]["compute"]
+    medians.sort()
+    mid = len(medians) // 2
+    median = medians[mid] if len(medians) % 2 else (medians[mid - 1] + medians[mid]) / 2
+    budget = {c: 100.0 * v / wall if wall else 0.0 for c, v in weighted.items()}
+    straggler = doc.get("straggler") or {}
+    return Result(config, run_dir, median, budget, by_rank, straggler.get("rank"), doc)
+
+
+def markdown_table(results: list[Result]) -> str:
+    """The ablation table: one row per configuration, figures from gpuwatch summary --json."""
+    base = results[0]
+    short = {
+        "data_loading": "data",
+        "cpu_preprocessing": "preproc",
+        "checkpoint_io": "ckpt",
+        "host_overhead": "host",
+        "unattributed": "unattr.",
+    }
+    head = ["configuration", "median step (ms)", "compute %"]
+    head += [f"{short.get(c, c)} %" for c in CATEGORIES[1:]]
+    head += ["compute recovered (pp)", "speed-up"]
+    lines = ["| " + " | ".join(head) + " |", "| " + " | ".join(["---"] + ["---:"] * (len(head) - 1)) + " |"]
+    for r in results:
+        cells = [r.config.name, f"{r.median_step_ms:.0f}", f"{r.budget_pct['compute']:.1f}"]
+        cells += [f"{r.budget_pct[c]:.1f}" for c in CATEGORIES[1:]]
+        gained = r.budget_pct["compute"] - base.budget_pct["compute"]
+        cells += [f"{gained:+.1f}", f"{base.median_step_ms / r.median_step_ms:.2f}x"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def check(results: list[Result]) -> list[str]:
+    """The reference trainer's promises (issue 4); returns the failures (empty when all hold)."""
+    failures = []
+    by_name = {r.config.name: r for r in results}
+    naive, fixed = by_name.get("naive"), by_name.get("fixed (all fixes)")
+    if naive is not None:
+        worst = max(naive.compute_pct_by_rank.values())
+        if worst > 40.0:
+            failures.append(f"naive compute {worst:.1f}% > 40% on some rank")
+    if fixed is not None:
+        worst = min(fixed.compute_pct_by_rank.values())
+        if worst < 80.0:
+            failures.append(f"all fixes: compute {worst:.1f}% < 80% on some rank")
+    if naive is not None and fixed is not None:
+        speedup = naive.median_step_ms / fixed.median_step_ms
+        if speedup < 2.0:
+            failures.append(f"all fixes only {speedup:.2f}x faster than naive (median step time)")
+    if naive is not None:
+        for name, category in FIX_CATEGORY.items():
+            r = by_name.get(f"+{name}")
+            if r is None:
+                continue
+            moved, rank = moved_by_fix(naive, r, category)
+            top = max(moved, key=lambda c: moved[c])
+            if top != category or moved[category] <= 0:
+                failures.append(
+                    f"+{name} moved {top} most on rank {rank} ({moved[top]:.0f} ms/step), not {category} "
+                    f"({moved[category]:.0f} ms/step)"
+                )
+    return failures
+
+
+def rank_ms(r: Result, rank: int) -> dict[str, float]:
+    """Mean ms per step in each category on one rank, from the summary."""
+    for doc in r.summary["ranks"]:
+        if int(doc["rank"]) == rank:
+            return {c: float(doc["budget_ms_per_step"].get(c, 0.0)) for c in CATEGORIES}
+    return dict.fromkeys(CATEGORIES, 0.0)
+
+
+def moved_by_fix(naive: Result, fixed_one: Result, category: str) -> tuple[dict[str, float], int]:
+    """ms per step taken out of each idle category by one fix, on the rank where its cause lives.
+
+    That is the rank where naive spends the most time in the fix's category: rank 0 for the checkpoint
+    (only it saves; the others see its save as waiting, i.e. sync), any rank for data and decode.
+    """
+    ranks = [int(d["rank"]) for d in naive.summary["ranks"]]
+    rank = max(ranks, key=lambda k: rank_ms(naive, k)[category])
+    before, after = rank_ms(naive, rank), rank_ms(fixed_one, rank)
+    return {c: before[c] - after[c] for c in CATEGORIES[1:]}, rank
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m reference_trainer.ablation",
+        description="Run naive, each single fix and all fixes under gpuwatch and print one table of what "
+        "gpuwatch measured (step time, compute share, each idle category, utilization recovered).",
+        epilog="exit codes: 0 ok, 1 a run failed or --check found a broken promise, 2 bad arguments",
+    )
+    p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
+    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    p.add_argument(
+        "--out", default="runs/ablation", help="where the run directories go (default runs/ablation)"
+    )
+    p.add_argument(
+        "--only", action="append", default=[], help="only these configurations (naive, +data, ...)"
+    )
+    p.add_argument("--markdown", default=None, help="also write the table (and the commands) to this file")
+    p.add_argument("--check", action="store_true", help="verify the promises; exit 1 if one fails")
+    p.add_argument(
+        "--json", action="store_true", help="print the results as JSON on stdout instead of the table"
+    )
+    p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
+    args = p.parse_args(argv)
+    extra = [a for a in args.trainer_args if a != "--"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = [
+        c for c in configurations() if not args.only or c.name in args.only or c.name.split()[0] in args.only
+    ]
+    results = []
+    for i, config in enumerate(configs, 1):
+        t0 = time.monotonic()
+        _progress(f"{i}/{len(configs)} {config.name}: training {args.nproc} ranks x {args.steps} steps")
+        run_dir = run_config(config, out, nproc=args.nproc, steps=args.steps, extra=extra)
+        result = read_result(config, run_dir, gpuwatch_summary(run_dir))
+        results.append(result)
+        _progress(
+            f"{i}/{len(configs)} {config.name}: median step {result.median_step_ms:.0f} ms, compute "
+            f"{result.budget_pct['compute']:.1f}% ({time.monotonic() - t0:.0f} s)"
+        )
+    table = markdown_table(results)
+    if args.json:
+        json.dump(
+            [
+                {
+                    "configuration": r.config.name,
+                    "run_dir": str(r.run_dir),
+                    "median_step_ms": r.median_step_ms,
+                    "budget_pct": r.budget_pct,
+                    "compute_pct_by_rank": r.compute_pct_by_rank,
+                    "straggler_rank": r.straggler_rank,
+                }
+                for r in results
+            ],
+            sys.stdout,
+            indent=1,
+        )
+        sys.stdout.write("\n")
+    else:
+        print(table)
+    failures = check(results) if args.check else []
+    if args.markdown:
+        cmd = "python -m reference_trainer.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+        Path(args.markdown).write_text(_markdown_doc(table, results, cmd.strip(), args, failures))
+        _progress(f"wrote {args.markdown}")
+    for f in failures:
+        _progress(f"FAILED: {f}")
+    if args.check and not failures:
+        _progress("all promises hold")
+    return 1 if failures else 0
+
+
+def _markdown_doc(
+    table: str, results: list[Result], cmd: str, args: argparse.Namespace, failures: list[str]
+) -> str:
+    by_rank = "; ".join(
+        f"{r.config.name}: "
+        + ", ".join(f"rank {k} {v:.1f}%" for k, v in sorted(r.compute_pct_by_rank.items()))
+        for r in results
+    )
+    import platform
+
+    checks = "\n".join(f"- FAILED: {f}" for f in failures) if failures else "- every promise held (`--check`)"
+    return (
+        "# Reference trainer ablation\n\n"
+        f"Measured by gpuwatch (`gpuwatch summary --json` of each run) with `{cmd}` on "
+        f"{os.cpu_count()} CPU cores ({platform.machine()}, {args.nproc} ranks, {args.steps} steps each, gloo).\n"
+        'Budget columns are shares of step wall time over all ranks; "compute recovered" is the compute '
+        'share gained against naive in percentage points; "speed-up" is naive\'s median step time over '
+        "the configuration's.\n\n"
+        f"{table}\n\n"
+        f"Compute share per rank: {by_rank}.\n\n"
+        f"{checks}\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
