@@ -33,8 +33,9 @@ from gpuwatch.records import Category, SpanKind
 
 PHASE = SpanKind.PHASE.value
 COMPUTE = Category.COMPUTE.value
-DISCOVERY_STEPS = frozenset({0, 1, 2, 10, 100, 1000, 10_000, 100_000})
-"""Steps during which global module hooks look for new top-level modules (0-2 in case step 0 is odd)."""
+DISCOVERY_STEPS = frozenset({0, 10, 100, 1000, 10_000, 100_000})
+"""Steps during which global module hooks look for new top-level modules (step 0's discovery goes on up
+to step 2 when it found nothing: a first step without a forward)."""
 REDUCER_WAIT_MIN_NS = 50_000
 """Shorter tails of backward are bookkeeping, not a wait for communication."""
 

@@ -1,0 +1,281 @@
+"""`gpuwatch.watch` / `gpuwatch.span` in this process: hooks found without being told, restored after, never
+fatal to the job; spans, discovery of top-level modules, profiler windows, dropped records, ranks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import gpuwatch
+from gpuwatch.analysis import analyze_run, to_json
+from gpuwatch.run_reader import RunReader
+
+torch.set_num_threads(1)
+
+
+def busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def read(run_dir: Path) -> tuple[list[dict], list]:
+    """Every span of rank 0 (as dicts, by start) and the writers."""
+    reader = RunReader(run_dir)
+    try:
+        cols = reader.span_columns(0, with_attrs=True)
+        rows = [
+            {
+                "kind": cols.kind[i],
+                "name": cols.name[i],
+                "category": cols.category[i],
+                "tid": int(cols.tid[i]),
+                "start_ns": int(cols.start_ns[i]),
+                "end_ns": int(cols.end_ns[i]),
+                "attrs": json.loads(cols.attrs[i])
+                if isinstance(cols.attrs[i], str) and cols.attrs[i]
+                else {},
+            }
+            for i in range(len(cols))
+        ]
+        return sorted(rows, key=lambda r: r["start_ns"]), reader.writers
+    finally:
+        reader.close()
+
+
+class Inner(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(16, 16)
+        self.b = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+def loader(n: int = 64, workers: int = 0) -> DataLoader:
+    data = TensorDataset(torch.randn(n, 16), torch.randn(n, 16))
+    return DataLoader(data, batch_size=8, num_workers=workers)
+
+
+def test_forward_backward_optimizer_and_loader_found_without_being_passed(tmp_path: Path) -> None:
+    model = Inner()
+    opt = torch.optim.Adam(model.parameters())
+    with gpuwatch.watch(tmp_path / "run") as gw:
+        for x, y in loader():
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            gw.step()
+    rows, _ = read(tmp_path / "run")
+    names = [r["name"] for r in rows if r["kind"] == "phase"]
+    # only the top-level module is timed, never its submodules
+    assert names.count("forward Inner") == 8
+    assert not any(n.startswith("forward Linear") or n.startswith("forward Sequential") for n in names)
+    assert names.count("backward") == 8 and names.count("optimizer Adam.step") == 8
+    assert names.count("DataLoader.__next__ (num_workers=0)") == 9  # 8 batches + the StopIteration call
+    tids = {r["tid"] for r in rows if r["kind"] in ("phase", "step")}
+    assert tids == {threading.get_native_id()}
+
+
+def test_hooks_are_gone_after_the_watch(tmp_path: Path) -> None:
+    from torch.nn.modules import module as module_mod
+    from torch.optim import optimizer as optim_mod
+    from torch.utils.data import dataloader as dl
+
+    before = (torch.save, torch.load, dl._BaseDataLoaderIter.__next__, torch.distributed.all_reduce)
+    model = Inner()
+    with gpuwatch.watch(tmp_path / "run") as gw:
+        model(torch.randn(2, 16)).sum().backward()
+        gw.step()
+        assert torch.save is not before[0]
+    assert (torch.save, torch.load, dl._BaseDataLoaderIter.__next__, torch.distributed.all_reduce) == before
+    assert not module_mod._global_forward_pre_hooks and not module_mod._global_forward_hooks
+    assert not optim_mod._global_optimizer_pre_hooks and not optim_mod._global_optimizer_post_hooks
+    assert not model._forward_pre_hooks and not model._forward_hooks
+    assert torch.autograd._engine_run_backward.__module__ == "torch.autograd.graph"
+
+
+def test_discovery_stops_after_the_first_steps_and_finds_new_models_later(tmp_path: Path) -> None:
+    from torch.nn.modules import module as module_mod
+
+    first, second = Inner(), Inner()
+    with gpuwatch.watch(tmp_path / "run", sample_hz=0) as gw:
+        for step in range(12):
+            first(torch.randn(2, 16))
+            if step >= 10:
+                second(torch.randn(2, 16))  # a model that appears late (evaluation, a second network)
+            gw.step()
+            if step == 1:
+                # discovery is over: only the top-level module carries hooks, submodules keep the fast path
+                assert not module_mod._global_forward_pre_hooks
+                assert first._forward_pre_hooks and not first.a._forward_pre_hooks
+    rows, _ = read(tmp_path / "run")
+    forwards = [r for r in rows if r["name"] == "forward Inner"]
+    assert len(forwards) == 12 + 2  # steps 0-11 of `first`; `second` in steps 10 (found then) and 11
+
+
+def test_span_context_manager_decorator_error_and_noop(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="category must be one of"):
+        gpuwatch.span("x", category="nap_time")
+    with gpuwatch.span("outside", category="host_overhead"):  # no watch: nothing happens
+        pass
+
+    @gpuwatch.span("log_metrics", category="host_overhead")
+    def log_metrics() -> int:
+        busy(0.01)
+        return 7
+
+    measured = {"decode": 0.0, "rest": 0.0}
+    with gpuwatch.watch(tmp_path / "run", sample_hz=0) as gw:
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with gpuwatch.span("decode", category="cpu_preprocessing", source="synthetic"):
+                busy(0.02)
+            t1 = time.perf_counter()
+            assert log_metrics() == 7
+            with pytest.raises(KeyError):
+                with gpuwatch.span("fails", category="cpu_preprocessing"):
+                    raise KeyError("boom")
+            with gpuwatch.span("just a label"):
+                busy(0.005)
+            measured["decode"] += t1 - t0
+            measured["rest"] += time.perf_counter() - t1
+            gw.step()
+    rows, _ = read(tmp_path / "run")
+    user = [r for r in rows if r["kind"] == "user"]
+    assert [r["name"] for r in user[:4]] == ["decode", "log_metrics", "fails", "just a label"]
+    assert user[0]["attrs"] == {"source": "synthetic"} and user[0]["end_ns"] - user[0]["start_ns"] >= 20e6
+    assert user[2]["attrs"] == {"raised": "KeyError"}  # closed on error
+    assert user[3]["category"] is None
+    budget = to_json(analyze_run(tmp_path / "run"))["ranks"][0]["budget_ms_per_step"]
+    # the label-only span explains nothing: its 5 ms are host_overhead, like the rest of the host time here
+    assert budget["cpu_preprocessing"] == pytest.approx(measured["decode"] / 3 * 1e3, abs=0.5)
+    assert budget["host_overhead"] == pytest.approx(measured["rest"] / 3 * 1e3, abs=0.5)
+    # decorator keeps the function's identity
+    assert log_metrics.__name__ == "log_metrics"
+
+
+def test_a_failing_hook_is_noted_once_and_the_job_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collectors import torch_hooks
+
+    def broken(it: object) -> str:
+        raise RuntimeError("planted hook failure")
+
+    monkeypatch.setattr(torch_hooks, "_loader_name", broken)
+    model = Inner()
+    seen = 0
+    with gpuwatch.watch(tmp_path / "run") as gw:
+        for x, _ in loader():
+            model(x)
+            seen += 1
+            gw.step()
+    assert seen == 8
+    _, writers = read(tmp_path / "run")
+    note = writers[0].notes["hook_error:dataloader"]
+    assert "planted hook failure" in note["message"] and note["count"] == 9
+    notes = to_json(analyze_run(tmp_path / "run"))["notes"]
+    assert any("planted hook failure" in n and "(x9)" in n for n in notes)
+
+
+def test_multiprocess_dataloader_workers_stay_quiet(tmp_path: Path) -> None:
+    """Forked workers inherit the patched classes; only the training process records."""
+    with gpuwatch.watch(tmp_path / "run") as gw:
+        for _ in loader(n=48, workers=2):
+            gw.step()
+    rows, writers = read(tmp_path / "run")
+    assert len(writers) == 1
+    assert sum(r["name"] == "DataLoader.__next__ (num_workers=2)" for r in rows) == 7
+    first = next(r for r in rows if r["name"].startswith("DataLoader.__next__"))
+    assert first["attrs"]["num_workers"] == 2
+
+
+def test_profiler_window_is_imported_onto_the_watch_timeline(tmp_path: Path) -> None:
+    model = Inner()
+    step_bounds = []
+    with gpuwatch.watch(tmp_path / "run", profile_steps=(2, 4), sample_hz=0) as gw:
+        for step in range(6):
+            t0 = time.time_ns()
+            model(torch.randn(64, 16)).sum().backward()
+            busy(0.005)
+            gw.step()
+            step_bounds.append((step, t0, time.time_ns()))
+    assert (tmp_path / "run" / "profiles" / "rank0000-steps-2-4.json.gz").exists()
+    rows, writers = read(tmp_path / "run")
+    anchor = writers[0].run.started_at_unix_ns
+    ops = [r for r in rows if r["kind"] == "cpu_op" and r["name"].startswith("aten::")]
+    assert ops
+    lo = next(t0 for s, t0, _ in step_bounds if s == 2) - anchor
+    hi = next(t1 for s, _, t1 in step_bounds if s == 3) - anchor
+    # imported operators land inside the profiled steps, on the training thread (2 ms of slack for clocks)
+    assert all(lo - 2e6 <= r["start_ns"] and r["end_ns"] <= hi + 2e6 for r in ops)
+    assert {r["tid"] for r in ops} == {threading.get_native_id()}
+    assert sum(r["kind"] == "step" for r in rows) == 6  # the profiler's own step markers are not steps
+    assert "profiler_window" in writers[0].notes
+
+
+def test_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    with gpuwatch.watch(tmp_path / "run", max_queue=20, flush_interval_s=30, sample_hz=0) as gw:
+        for _ in range(50):
+            with gpuwatch.span("tiny", category="host_overhead"):
+                pass
+        gw.step()
+    _, writers = read(tmp_path / "run")
+    assert writers[0].dropped_spans >= 30
+    assert any("dropped" in n for n in to_json(analyze_run(tmp_path / "run"))["notes"])
+
+
+def test_rank_from_environment_and_steps_on_another_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    tids = []
+
+    def train(gw: gpuwatch.Watcher) -> None:
+        tids.append(threading.get_native_id())
+        for _ in range(3):
+            with gpuwatch.span("work", category="cpu_preprocessing"):
+                busy(0.002)
+            gw.step()
+
+    with gpuwatch.watch(tmp_path / "run", sample_hz=0) as gw:
+        worker = threading.Thread(target=train, args=(gw,))
+        worker.start()
+        worker.join()
+    assert [p.name.split("-")[0] for p in (tmp_path / "run").iterdir() if p.is_dir()] == ["rank0003"]
+    reader = RunReader(tmp_path / "run")
+    try:
+        assert reader.writers[0].run.world_size == 4
+        steps = reader.span_columns(3, with_attrs=False)
+        assert set(np.unique(steps.tid[steps.kind == "step"]).tolist()) == set(tids)
+    finally:
+        reader.close()
+
+
+def test_a_watch_that_cannot_start_warns_and_the_loop_runs(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.warns(RuntimeWarning, match="not collecting"):
+        with gpuwatch.watch(blocker / "run") as gw:
+            for _ in range(3):
+                gw.step()
+    assert not gw.enabled
+    with gpuwatch.watch(tmp_path / "run", sample_hz=0) as outer:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with gpuwatch.watch(tmp_path / "other") as inner:
+                inner.step()
+        assert any("already running" in str(w.message) for w in caught)
+        outer.step()
+    assert not (tmp_path / "other").exists()
