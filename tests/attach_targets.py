@@ -13,6 +13,7 @@ Kinds:
   large synchronous `torch.save` every `--ckpt-every` steps. Phases: data, decode, compute, ckpt.
 - `loader0`: `num_workers=0` over a dataset that decodes JPEGs in `__getitem__`; phases data, compute.
 - `bench`: a plain CPU training loop (steps of 10-50 ms) writing only step times, for the overhead benchmark.
+- `cuda`: a GPU training loop (device matmuls, a 10 ms host wait, `.item()` each step), for the gpu marker.
 - `exit-after`: a small training loop that exits by itself after `--seconds`.
 - `nondumpable`: a Python process that made itself non-dumpable (ptrace needs CAP_SYS_PTRACE even for its
   own user), for the permission test.
@@ -239,6 +240,28 @@ def bench(args: argparse.Namespace) -> None:
         i += 1
 
 
+def cuda(args: argparse.Namespace) -> None:
+    """A GPU loop: matmuls on the device, a host-side data wait, a sync every step (`.item()`)."""
+    import torch
+
+    dev = torch.device("cuda")
+    net = WithLoss(args.width, args.depth)
+    net.body.to(dev)
+    opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
+    x = torch.randn(args.batch, args.width, device=dev)
+    i = 0
+    while True:
+        read_sample(0.01)  # host-side wait: the device idles
+        loss = net.loss(net.body(x), x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        loss.item()
+        if i == 2:
+            print(os.getpid(), flush=True)
+        i += 1
+
+
 def exit_after(args: argparse.Namespace) -> None:
     import torch
 
@@ -264,7 +287,7 @@ def nondumpable(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["planted", "loader0", "bench", "exit-after", "nondumpable"])
+    p.add_argument("kind", choices=["planted", "loader0", "bench", "cuda", "exit-after", "nondumpable"])
     p.add_argument("--truth", default=os.devnull)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--read-latency", type=float, default=0.12)
@@ -289,6 +312,7 @@ def main() -> None:
         "planted": planted,
         "loader0": loader0,
         "bench": bench,
+        "cuda": cuda,
         "exit-after": exit_after,
         "nondumpable": nondumpable,
     }[args.kind](args)
