@@ -6,8 +6,10 @@ ProfilerStep markers, CPU-only ranks, ROCm (`hip*`) runtimes, missing `distribut
 (collective name, message sizes, group size, process group, a per-group sequence number), CPU<->GPU
 correlation ids and the rank. Events of kinds it does not know are skipped and counted, never fatal.
 
-Decoding is typed (msgspec) and reads only the fields used; per-event work after decoding stays in list
-comprehensions and numpy, because a Python loop over a million events costs as much as the parse.
+Decoding is typed (msgspec) and reads only the fields used, in chunks of a few MB of events (so a 50 MB
+trace never becomes 50 MB of Python objects at once); per-event work stays in C-level maps and numpy, and
+everything that depends only on a category or a name (kind, budget category, step number) is decided once
+per distinct value, because a Python loop over a million events costs as much as the parse.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import gzip
 import json
 import re
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ from gpuwatch.records import SpanColumns, SpanKind
 # ---- the typed shape of a trace (only the fields we read) ---------------------------------------
 
 
-class _Args(msgspec.Struct, omit_defaults=True):
+class _Args(msgspec.Struct, omit_defaults=True, gc=False):
     correlation: Any = None
     stream: Any = None
     device: Any = None
@@ -49,7 +53,7 @@ class _Args(msgspec.Struct, omit_defaults=True):
     labels: Any = None
 
 
-class _Event(msgspec.Struct):
+class _Event(msgspec.Struct, gc=False):  # scalars and Raw only: no cycles to track
     ph: str = ""
     cat: str | None = None
     name: str | int | float | None = ""
@@ -61,7 +65,9 @@ class _Event(msgspec.Struct):
 
 
 class _Trace(msgspec.Struct):
-    traceEvents: list[_Event] | None = None
+    """The top level of a trace; the events stay raw bytes here and are decoded chunk by chunk."""
+
+    traceEvents: msgspec.Raw = msgspec.Raw(b"null")
     distributedInfo: dict[str, Any] | None = None
     baseTimeNanoseconds: Any = None
     deviceProperties: list[Any] | None = None
@@ -70,14 +76,21 @@ class _Trace(msgspec.Struct):
 _DECODER = msgspec.json.Decoder(_Trace)
 _LIST_DECODER = msgspec.json.Decoder(list[_Event])
 _ARGS_DECODER = msgspec.json.Decoder(list[_Args | None])
+_CHUNK_BYTES = 8 << 20
+"""Events are decoded this many bytes at a time: peak memory stays the trace's bytes plus one chunk."""
+# Between two events of the traceEvents array: `}` `,` `{` `"`, with any whitespace. This can never occur
+# inside a JSON string (a quote there is escaped), and a cut inside a nested array of objects leaves both
+# halves unbalanced, so a wrong cut always fails to decode (and the whole array is then decoded at once).
+_EVENT_BOUNDARY = re.compile(rb'\}\s*(,)\s*\{\s*"')
 
 
-class _LaunchArgs(msgspec.Struct):
+class _LaunchArgs(msgspec.Struct, gc=False):
     """The args of device work and runtime launches, typed for speed (the hot path of an import)."""
 
     correlation: int = -1
     stream: int | str = -1
     device: int = -1
+    nbytes: int = msgspec.field(default=-1, name="bytes")
 
 
 _LAUNCH_DECODER = msgspec.json.Decoder(list[_LaunchArgs | None])
@@ -115,6 +128,7 @@ _IGNORED_CATS = {
     "python_function_with_stack",
 }
 _IGNORED_PHASES = {"M", "s", "f", "t", "i", "I", "C", "R", "n", "b", "e", "N", "O", "D", "P", "p"}
+_QUIET_PHASES = (_IGNORED_PHASES - {"M"}) | {"X"}
 _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 
@@ -167,7 +181,14 @@ def read_trace_bytes(path: Path) -> bytes:
         raise TraceFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
-            return gzip.decompress(raw)
+            # zlib checks the gzip CRC itself, in one C pass (gzip.decompress adds a second one)
+            inflater = zlib.decompressobj(wbits=31)
+            data = inflater.decompress(raw)
+            if not inflater.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            if inflater.unused_data.strip(b"\x00"):  # several gzip members (concatenated files)
+                data = gzip.decompress(raw)
+            return data
         except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
             raise TraceFormatError(f"corrupt or truncated gzip file {path}: {exc}") from None
     return raw
@@ -180,17 +201,25 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
     data = read_trace_bytes(path)
-    trace = _decode(path, data)
-    events = trace.traceEvents or []
-    if not events:
-        raise TraceFormatError(f"{path} has no trace events (is it a PyTorch profiler trace?)")
+    trace, events = _decode(path, data)
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
     if rank is None:
         m = _RANK_IN_NAME.search(path.name)
         rank = int(m.group(1)) if m else default_rank
     world_size = _as_int(dist.get("world_size")) or max(rank + 1, 1)
-    return _to_columns(path, events, trace, rank, world_size, dist)
+    acc = _Accumulator()
+    try:
+        for chunk in _event_chunks(events):
+            acc.add(chunk)
+    except _BadCut:  # a cut between two events was not one after all: decode the array in one piece
+        acc = _Accumulator()
+        acc.add(_decode_events(path, events))
+    if acc.events_total == 0:
+        raise TraceFormatError(f"{path} has no trace events (is it a PyTorch profiler trace?)")
+    if acc.n == 0:
+        raise TraceFormatError(f"{path} has no complete ('X') events gpuwatch can use")
+    return acc.finish(path, trace, rank, world_size, dist)
 
 
 def import_traces(paths: list[str]) -> list[ImportedTrace]:
@@ -207,21 +236,63 @@ def import_traces(paths: list[str]) -> list[ImportedTrace]:
     return results
 
 
-def _decode(path: Path, data: bytes) -> _Trace:
+def _decode(path: Path, data: bytes) -> tuple[_Trace, memoryview]:
+    """The trace's top level, and the raw bytes of its event array (`[...]`, not yet decoded)."""
     stripped = data.lstrip()
     if not stripped:
         raise TraceFormatError(f"{path} is empty")
     try:
-        if stripped[:1] == b"[":
-            return _Trace(traceEvents=_LIST_DECODER.decode(data))
+        if stripped[:1] == b"[":  # a bare event array (chrome://tracing's other format)
+            msgspec.json.decode(data, type=msgspec.Raw)  # invalid JSON is reported as such, up front
+            return _Trace(), memoryview(data)
         trace = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
         raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
     except msgspec.DecodeError as exc:
         raise TraceFormatError(f"{path} is not valid JSON ({exc})") from None
-    if trace.traceEvents is None:
-        raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace (no 'traceEvents')")
-    return trace
+    events = memoryview(trace.traceEvents)
+    if bytes(events[:1]) != b"[":
+        raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace (no 'traceEvents' array)")
+    return trace, events
+
+
+def _decode_events(path: Path, events: memoryview) -> list[_Event]:
+    try:
+        return _LIST_DECODER.decode(events)
+    except msgspec.MsgspecError as exc:
+        raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
+
+
+class _BadCut(Exception):
+    pass
+
+
+def _event_chunks(events: memoryview) -> Iterator[list[_Event]]:
+    """Decode the event array `_CHUNK_BYTES` at a time, cutting between two events."""
+    n = len(events)
+    cuts: list[int] = []
+    pos = _CHUNK_BYTES
+    while pos < n:
+        m = _EVENT_BOUNDARY.search(events, pos)
+        if m is None:
+            break
+        cuts.append(m.start(1))  # the comma between two events
+        pos = m.start(1) + _CHUNK_BYTES
+    if not cuts:
+        try:
+            yield _LIST_DECODER.decode(events)
+        except msgspec.MsgspecError:
+            raise _BadCut() from None
+        return
+    starts = [0] + [c + 1 for c in cuts]
+    ends = [*cuts, n]
+    for k, (lo, hi) in enumerate(zip(starts, ends)):
+        # the first piece keeps the array's "[", the last its "]"; the others get their own
+        piece = b"".join((b"" if k == 0 else b"[", events[lo:hi], b"]" if k < len(cuts) else b""))
+        try:
+            yield _LIST_DECODER.decode(piece)
+        except msgspec.MsgspecError:
+            raise _BadCut() from None
 
 
 def _as_int(value: Any) -> int | None:
@@ -259,149 +330,247 @@ def _kind_of_cat(cat: str | None) -> str | None:
     return None
 
 
-def _to_columns(
-    path: Path, events: list[_Event], trace: _Trace, rank: int, world_size: int, dist: dict[str, Any]
-) -> ImportedTrace:
-    skipped: Counter[str] = Counter()
-    thread_names: dict[int, str] = {}
-    complete: list[_Event] = []
-    for ev in events:
-        if ev.ph == "X":
-            complete.append(ev)
-        elif ev.ph == "M":
-            if ev.name == "thread_name":
-                tid = _as_int(ev.tid)
-                meta = _decode_args(ev.args)
-                if tid is not None and meta is not None and isinstance(meta.name, str):
-                    thread_names[tid] = meta.name
-        elif ev.ph not in _IGNORED_PHASES:
-            skipped[f"unknown phase {ev.ph!r}"] += 1
+# Kineto category classes, decided once per distinct category string.
+_C_UNKNOWN, _C_SKIP, _C_HOST, _C_RUNTIME, _C_KERNEL, _C_MEMCPY, _C_MEMSET = -1, 0, 1, 2, 3, 4, 5
+_KINDS = (
+    SpanKind.CPU_OP.value,
+    SpanKind.RUNTIME.value,
+    SpanKind.KERNEL.value,
+    SpanKind.COLLECTIVE.value,
+    SpanKind.MEMCPY.value,
+    SpanKind.MEMSET.value,
+    SpanKind.STEP.value,
+)
+_K = {k: i for i, k in enumerate(_KINDS)}
+_get_ts, _get_dur, _get_pid, _get_tid = (attrgetter(f) for f in ("ts", "dur", "pid", "tid"))
 
-    # Classify by category once per distinct category, then keep what we import.
-    cats = [e.cat for e in complete]
-    cat_kind = {c: _kind_of_cat(c) for c in set(cats)}
-    for c, k in cat_kind.items():
-        if k is None:
-            skipped[f"unknown cat {c!r}"] += cats.count(c)
-    keep = [e for e in complete if (k := cat_kind[e.cat]) is not None and k != _SKIP]
-    numeric = [isinstance(e.ts, (int, float)) for e in keep]
-    if not all(numeric):
-        skipped["no numeric timestamp"] += numeric.count(False)
-        keep = [e for e, ok in zip(keep, numeric) if ok]
-    if not keep:
-        raise TraceFormatError(f"{path} has no complete ('X') events gpuwatch can use")
-    n = len(keep)
 
-    names_list = [e.name if isinstance(e.name, str) else str(e.name) for e in keep]
-    name_code: dict[str, int] = {}
-    codes = np.fromiter((name_code.setdefault(nm, len(name_code)) for nm in names_list), np.int64, n)
-    uniq_names = list(name_code)
-    raw_kind = [cat_kind[e.cat] for e in keep]
+def _class_of_cat(cat: Any) -> int:
+    kind = _kind_of_cat(cat)
+    if kind is None:
+        return _C_UNKNOWN
+    if kind == _SKIP:
+        return _C_SKIP
+    return {
+        SpanKind.CPU_OP.value: _C_HOST,
+        SpanKind.RUNTIME.value: _C_RUNTIME,
+        "": _C_KERNEL,
+        SpanKind.MEMCPY.value: _C_MEMCPY,
+        SpanKind.MEMSET.value: _C_MEMSET,
+    }[kind]
 
-    # Kind per event: device kernels by name (HTA's rule); steps by ProfilerStep#N names.
-    name_device_kind = np.array([device_kind(nm) for nm in uniq_names], dtype=object)
-    name_step = np.array([_step_number(nm) for nm in uniq_names], dtype=np.int64)
-    kind_arr = np.array(raw_kind, dtype=object)
-    is_kernel_cat = kind_arr == ""
-    kind_arr[is_kernel_cat] = name_device_kind[codes[is_kernel_cat]]
-    is_device = np.isin(kind_arr, list(DEVICE_KIND_CATEGORY))
-    step = np.where(is_device, -1, name_step[codes])
-    kind_arr[step >= 0] = SpanKind.STEP.value
 
-    # Category per event: device kinds map directly; host events by the name rules.
-    name_host_cat = np.array([host_category(nm) for nm in uniq_names], dtype=object)
-    category = name_host_cat[codes]
-    for dkind, dcat in DEVICE_KIND_CATEGORY.items():
-        category[kind_arr == dkind] = dcat
-    category[step >= 0] = None
+class _Accumulator:
+    """Turns decoded chunks of events into column pieces; `finish` joins them into `ImportedTrace`."""
 
-    ts_us = np.fromiter((e.ts for e in keep), np.float64, n)  # type: ignore[misc]
-    dur_us = np.fromiter((e.dur if isinstance(e.dur, (int, float)) else 0.0 for e in keep), np.float64, n)
-    # Anchor on a whole microsecond so relative times keep their sub-microsecond phase exactly.
-    t0_us = float(np.floor(ts_us.min()))
-    start_ns = np.rint((ts_us - t0_us) * 1000.0).astype(np.int64)
-    end_ns = start_ns + np.rint(np.maximum(dur_us, 0.0) * 1000.0).astype(np.int64)
-    base = _as_int(trace.baseTimeNanoseconds) or 0
-    anchor_unix_ns = int(round(t0_us * 1000)) + base
+    def __init__(self) -> None:
+        self.cat_class: dict[Any, int] = {}
+        self.name_code: dict[Any, int] = {}
+        self.name_values: list[str] = []
+        self.name_device_kind: list[int] = []  # kind of a "kernel"-category event with this name
+        self.name_host_cat: list[str | None] = []
+        self.name_step: list[int] = []
+        self.parts: dict[str, list[np.ndarray]] = defaultdict(list)
+        self.args: dict[int, _Args | None] = {}  # collectives' full args, by final span index
+        self.skipped: Counter[str] = Counter()
+        self.thread_names: dict[int, str] = {}
+        self.events_total = 0
+        self.n = 0
 
-    pid = _int_column([e.pid for e in keep])
-    tid = np.where(is_device, 0, _int_column([e.tid for e in keep]))
+    def _codes(self, names: list[Any]) -> np.ndarray:
+        codes = self.name_code
+        for nm in set(names).difference(codes):
+            text = nm if isinstance(nm, str) else str(nm)
+            codes[nm] = len(self.name_values)
+            self.name_values.append(text)
+            self.name_device_kind.append(_K[device_kind(text)])
+            self.name_host_cat.append(host_category(text))
+            self.name_step.append(_step_number(text))
+        return np.fromiter(map(codes.__getitem__, names), np.int64, len(names))
 
-    # Args only where they matter: device work and runtime launches (typed, hot), collectives (full).
-    is_runtime = kind_arr == SpanKind.RUNTIME.value
-    names = np.array(uniq_names, dtype=object)[codes]
-    launch_idx = np.flatnonzero(is_device | is_runtime)
-    correlation = np.full(n, -1, dtype=np.int64)
-    stream = np.full(n, -1, dtype=np.int64)
-    device_index = np.full(n, -1, dtype=np.int32)
-    if launch_idx.size:
-        launch = _decode_launch_args([keep[i].args for i in launch_idx.tolist()])
-        correlation[launch_idx] = [
-            c if type(c) is int else _int_or(c, -1)
-            for c in (a.correlation if a is not None else -1 for a in launch)
-        ]
-        dev_pos = np.flatnonzero(is_device[launch_idx])
-        dev_idx = launch_idx[dev_pos]
-        stream[dev_idx] = [
-            _device_field(launch[j], "stream", keep[i].tid)
-            for j, i in zip(dev_pos.tolist(), dev_idx.tolist())
-        ]
-        device_index[dev_idx] = [
-            _device_field(launch[j], "device", keep[i].pid)
-            for j, i in zip(dev_pos.tolist(), dev_idx.tolist())
-        ]
-    coll_idx = np.flatnonzero(
-        (names == "record_param_comms")
-        | (kind_arr == SpanKind.COLLECTIVE.value)
-        | (kind_arr == SpanKind.MEMCPY.value)
-    )
-    args: dict[int, _Args | None] = {}
-    if coll_idx.size:
-        decoded = _ARGS_DECODER.decode(
-            b"[" + b",".join(bytes(keep[i].args) for i in coll_idx.tolist()) + b"]"
+    def add(self, events: list[_Event]) -> None:
+        self.events_total += len(events)
+        xs = [e for e in events if e.ph == "X"]
+        if len(xs) != len(events):  # flow and instant events are many and carry nothing we use
+            self._other_phases([e for e in events if e.ph not in _QUIET_PHASES])
+        cats = [e.cat for e in xs]
+        for c in set(cats).difference(self.cat_class):
+            self.cat_class[c] = _class_of_cat(c)
+        cls = np.fromiter(map(self.cat_class.__getitem__, cats), np.int8, len(cats))
+        if (cls < 0).any():
+            self.skipped.update(f"unknown cat {c!r}" for c in cats if self.cat_class[c] < 0)
+        keep = cls > 0
+        if not keep.all():
+            xs = [xs[i] for i in np.flatnonzero(keep).tolist()]
+            cls = cls[keep]
+        ts, ok = _float_column(xs, _get_ts)
+        if ok is not None:  # events without a numeric timestamp cannot be placed
+            self.skipped["no numeric timestamp"] += int((~ok).sum())
+            xs = [xs[i] for i in np.flatnonzero(ok).tolist()]
+            cls, ts = cls[ok], ts[ok]
+        n = len(xs)
+        if n == 0:
+            return
+        dur, _ = _float_column(xs, _get_dur, default=0.0)
+        code = self._codes([e.name for e in xs])
+        pid = _int_column_of(xs, _get_pid)
+        tid = _int_column_of(xs, _get_tid)
+        corr = np.full(n, -1, dtype=np.int64)
+        stream = np.full(n, -1, dtype=np.int64)
+        device = np.full(n, -1, dtype=np.int64)
+        nbytes = np.full(n, -1, dtype=np.int64)
+        launch = np.flatnonzero(cls >= _C_RUNTIME)  # runtime calls and device work carry launch args
+        if launch.size:
+            la = _decode_launch_args([xs[i].args for i in launch.tolist()])
+            corr[launch] = _int_list(la, "correlation")
+            dev = np.flatnonzero(cls[launch] >= _C_KERNEL)
+            if dev.size:
+                la_dev = [la[j] for j in dev.tolist()] if dev.size != launch.size else la
+                at = launch[dev]
+                s = _int_list(la_dev, "stream")
+                stream[at] = np.where(s >= 0, s, tid[at])  # old traces: the stream is the tid
+                d = _int_list(la_dev, "device")
+                device[at] = np.where(d >= 0, d, pid[at])  # ... and the device the pid
+                nbytes[at] = _int_list(la_dev, "nbytes")
+        # full args only where they carry NCCL metadata: collective kernels, record_param_comms calls
+        rpc = self.name_code.get("record_param_comms", -2)
+        kernel_kind = np.asarray(self.name_device_kind, dtype=np.int8)[code]
+        full = np.flatnonzero(
+            ((cls == _C_KERNEL) & (kernel_kind == _K[SpanKind.COLLECTIVE.value]))
+            | ((cls == _C_HOST) & (code == rpc))
         )
-        args = dict(zip(coll_idx.tolist(), decoded))
+        if full.size:
+            decoded = _ARGS_DECODER.decode(b"[" + b",".join([xs[i].args for i in full.tolist()]) + b"]")
+            self.args.update(zip((full + self.n).tolist(), decoded))
+        for key, arr in (
+            ("cls", cls), ("code", code), ("ts", ts), ("dur", dur), ("pid", pid), ("tid", tid),
+            ("corr", corr), ("stream", stream), ("device", device), ("nbytes", nbytes),
+        ):  # fmt: skip
+            self.parts[key].append(arr)
+        self.n += n
 
-    nbytes = np.full(n, -1, dtype=np.int64)
-    seq = np.full(n, -1, dtype=np.int64)
-    attrs = np.full(n, None, dtype=object)
-    _collective_metadata(args, kind_arr, names, start_ns, nbytes, seq, attrs)
+    def _other_phases(self, events: list[_Event]) -> None:
+        for ev in events:
+            if ev.ph == "M":
+                if ev.name == "thread_name":
+                    tid = _as_int(ev.tid)
+                    meta = _decode_args(ev.args)
+                    if tid is not None and meta is not None and isinstance(meta.name, str):
+                        self.thread_names[tid] = meta.name
+            elif ev.ph not in _IGNORED_PHASES:
+                self.skipped[f"unknown phase {ev.ph!r}"] += 1
 
-    host_pids = pid[~is_device]
-    main_pid = int(Counter(host_pids.tolist()).most_common(1)[0][0]) if host_pids.size else 0
-    device_names = [
-        str(d.get("name")) for d in (trace.deviceProperties or []) if isinstance(d, dict) and d.get("name")
-    ]
-    cols = SpanColumns(
-        rank=np.full(n, rank, dtype=np.int32),
-        pid=pid,
-        tid=tid,
-        stream=stream,
-        device_index=device_index,
-        kind=kind_arr,
-        category=category,
-        name=names,
-        start_ns=start_ns,
-        end_ns=end_ns,
-        step=step,
-        bytes=nbytes,
-        correlation=correlation,
-        seq=seq,
-        attrs=attrs,
-    )
-    return ImportedTrace(
-        path=path,
-        rank=rank,
-        world_size=world_size,
-        spans=cols,
-        anchor_unix_ns=anchor_unix_ns,
-        pid=main_pid,
-        backend=dist.get("backend") if isinstance(dist.get("backend"), str) else None,
-        device_names=device_names,
-        events_total=len(events),
-        skipped=dict(skipped),
-        thread_names=thread_names,
-    )
+    def finish(
+        self, path: Path, trace: _Trace, rank: int, world_size: int, dist: dict[str, Any]
+    ) -> ImportedTrace:
+        col = {k: np.concatenate(v) for k, v in self.parts.items()}
+        self.parts.clear()
+        n, cls, code = self.n, col["cls"], col["code"]
+        # kind: by category, kernels by name (HTA's rule), steps by ProfilerStep#N names
+        kind = np.full(n, _K[SpanKind.CPU_OP.value], dtype=np.int8)
+        kind[cls == _C_RUNTIME] = _K[SpanKind.RUNTIME.value]
+        is_kernel_cat = cls == _C_KERNEL
+        kind[is_kernel_cat] = np.asarray(self.name_device_kind, dtype=np.int8)[code[is_kernel_cat]]
+        kind[cls == _C_MEMCPY] = _K[SpanKind.MEMCPY.value]
+        kind[cls == _C_MEMSET] = _K[SpanKind.MEMSET.value]
+        is_device = cls >= _C_KERNEL
+        step = np.where(is_device, -1, np.asarray(self.name_step, dtype=np.int64)[code])
+        kind[step >= 0] = _K[SpanKind.STEP.value]
+        kind_arr = np.array(_KINDS, dtype=object)[kind]
+        # category: device kinds map directly; host events by the name rules (decided per name)
+        host_cat = np.empty(len(self.name_host_cat), dtype=object)
+        host_cat[:] = self.name_host_cat
+        category = host_cat[code]
+        for dkind, dcat in DEVICE_KIND_CATEGORY.items():
+            category[kind == _K[dkind]] = dcat
+        category[step >= 0] = None
+
+        ts_us, dur_us = col["ts"], col["dur"]
+        # Anchor on a whole microsecond so relative times keep their sub-microsecond phase exactly.
+        t0_us = float(np.floor(ts_us.min()))
+        start_ns = np.rint((ts_us - t0_us) * 1000.0).astype(np.int64)
+        end_ns = start_ns + np.rint(np.maximum(dur_us, 0.0) * 1000.0).astype(np.int64)
+        base = _as_int(trace.baseTimeNanoseconds) or 0
+        anchor_unix_ns = int(round(t0_us * 1000)) + base
+        values = np.empty(len(self.name_values), dtype=object)
+        values[:] = self.name_values
+        names = values[code]
+
+        nbytes = col["nbytes"]
+        seq = np.full(n, -1, dtype=np.int64)
+        attrs = np.full(n, None, dtype=object)
+        _collective_metadata(self.args, kind_arr, names, start_ns, nbytes, seq, attrs)
+
+        pid = col["pid"]
+        host_pids = pid[~is_device]
+        main_pid = 0
+        if host_pids.size:
+            uniq, counts = np.unique(host_pids, return_counts=True)
+            main_pid = int(uniq[np.argmax(counts)])
+        device_names = [
+            str(d.get("name"))
+            for d in (trace.deviceProperties or [])
+            if isinstance(d, dict) and d.get("name")
+        ]
+        cols = SpanColumns(
+            rank=np.full(n, rank, dtype=np.int32),
+            pid=pid,
+            tid=np.where(is_device, 0, col["tid"]),
+            stream=col["stream"],
+            device_index=col["device"].astype(np.int32),
+            kind=kind_arr,
+            category=category,
+            name=names,
+            start_ns=start_ns,
+            end_ns=end_ns,
+            step=step,
+            bytes=nbytes,
+            correlation=col["corr"],
+            seq=seq,
+            attrs=attrs,
+        )
+        return ImportedTrace(
+            path=path,
+            rank=rank,
+            world_size=world_size,
+            spans=cols,
+            anchor_unix_ns=anchor_unix_ns,
+            pid=main_pid,
+            backend=dist.get("backend") if isinstance(dist.get("backend"), str) else None,
+            device_names=device_names,
+            events_total=self.events_total,
+            skipped=dict(self.skipped),
+            thread_names=self.thread_names,
+        )
+
+
+def _float_column(events: list[_Event], get: Any, default: float | None = None) -> tuple[np.ndarray, Any]:
+    """A float64 column of a field; with `default` None, also a mask of the events whose value is numeric
+    (None when all are, the common case)."""
+    try:
+        return np.fromiter(map(get, events), np.float64, len(events)), None
+    except (TypeError, ValueError):
+        pass
+    vals = [get(e) for e in events]
+    ok = np.array([isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals], dtype=bool)
+    fill = 0.0 if default is None else default
+    arr = np.array([v if good else fill for v, good in zip(vals, ok.tolist())], dtype=np.float64)
+    return arr, (None if default is not None else ok)
+
+
+def _int_column_of(events: list[_Event], get: Any) -> np.ndarray:
+    try:
+        return np.fromiter(map(get, events), np.int64, len(events))
+    except (TypeError, ValueError, OverflowError):
+        return _int_column([get(e) for e in events])
+
+
+def _int_list(args: list[Any], field_name: str) -> np.ndarray:
+    """An int64 column of a launch-args field; -1 where the args or the field are missing or odd."""
+    try:
+        return np.fromiter(map(attrgetter(field_name), args), np.int64, len(args))
+    except (TypeError, ValueError, AttributeError, OverflowError):  # null args, string ids: one by one
+        return np.array([_int_or(getattr(a, field_name, None), -1) for a in args], dtype=np.int64)
 
 
 def _step_number(name: str) -> int:
@@ -417,19 +586,11 @@ def _decode_args(raw: msgspec.Raw) -> _Args | None:
 
 
 def _decode_launch_args(raws: list[msgspec.Raw]) -> list[Any]:
-    blob = b"[" + b",".join(bytes(r) for r in raws) + b"]"
+    blob = b"".join((b"[", b",".join(raws), b"]"))  # Raw is a buffer: joined without copies of its own
     try:
         return _LAUNCH_DECODER.decode(blob)
     except msgspec.ValidationError:  # an odd trace (string correlation ids): take the slow, lenient path
         return _ARGS_DECODER.decode(blob)
-
-
-def _device_field(args: Any, name: str, fallback: Any) -> int:
-    value = getattr(args, name, None) if args is not None else None
-    parsed = _as_int(value) if value is not None and value != -1 else None
-    if parsed is None:
-        parsed = _as_int(fallback)
-    return -1 if parsed is None else parsed
 
 
 def _int_column(values: list[Any]) -> np.ndarray:
