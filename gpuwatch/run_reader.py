@@ -125,30 +125,69 @@ class RunReader:
         raise AssertionError("unreachable")
 
     def span_columns(self, rank: int | None = None, *, with_attrs: bool = False) -> SpanColumns:
-        """All spans (of one rank, or all), sorted by start; None-able integers come back as -1."""
+        """All spans (of one rank, or all), sorted by start; None-able integers come back as -1.
+
+        Text columns (name, kind, category) travel as 64-bit hashes and are decoded through a dictionary
+        of their distinct values, so each distinct string is one Python object shared by every span that
+        carries it: a million spans with a few thousand names cost a few thousand strings, not a million.
+        `attrs` (NULL for almost every span) is fetched only where set, in the same total order.
+        """
         where, params = ("WHERE rank = ?", [rank]) if rank is not None else ("", [])
+        text = ("name", "kind", "category")
         select = []
         for name, _ in SPAN_COLUMNS:
             if name in ("step", "bytes", "correlation", "seq"):
                 select.append(f"coalesce({name}, -1) AS {name}")
-            elif name == "attrs" and not with_attrs:
-                continue
-            else:
+            elif name in text:
+                select.append(f'hash("{name}") AS "{name}"')
+            elif name != "attrs":
                 select.append(f'"{name}"')
-        data = self.query(
-            f"SELECT {', '.join(select)} FROM spans {where} ORDER BY start_ns, end_ns DESC", params
-        ).fetchnumpy()
+        select.append("attrs IS NOT NULL AS has_attrs")
+        # a total order (ties broken by every column), so the attrs query below lines up row for row
+        order = (
+            "ORDER BY start_ns, end_ns DESC, rank, pid, tid, stream, device_index, hash(kind), hash(name), "
+            "hash(category), step, bytes, correlation, seq, hash(attrs)"
+        )
+        data = self.query(f"SELECT {', '.join(select)} FROM spans {where} {order}", params).fetchnumpy()
+        decoded = self._decode_text(where, params, {t: np.asarray(data[t]) for t in text})
         n = len(data["start_ns"])
         cols = {}
         for name, _ in SPAN_COLUMNS:
-            if name in data:
+            if name in decoded:
+                cols[name] = decoded[name]
+            elif name in data:
                 arr = data[name]
-                if isinstance(arr, np.ma.MaskedArray):  # NULLs: None in text columns (never a "?" fill)
-                    arr = _none_filled(arr) if arr.dtype == object else arr.filled()
-                cols[name] = np.asarray(arr)
+                cols[name] = np.asarray(arr.filled() if isinstance(arr, np.ma.MaskedArray) else arr)
             else:
                 cols[name] = np.full(n, None, dtype=object)
+        if with_attrs:
+            has = np.asarray(data["has_attrs"], dtype=bool)
+            if has.any():
+                cond = f"{where} AND attrs IS NOT NULL" if where else "WHERE attrs IS NOT NULL"
+                rows = self.query(f"SELECT attrs FROM spans {cond} {order}", params).fetchall()
+                cols["attrs"][has] = [r[0] for r in rows]
         return SpanColumns(**cols)
+
+    def _decode_text(
+        self, where: str, params: list[Any], hashed: dict[str, np.ndarray]
+    ) -> dict[str, np.ndarray]:
+        """Hash columns back to object arrays of shared strings (None for NULL) via the distinct values."""
+        union = " UNION ".join(f'SELECT DISTINCT "{t}" AS v FROM spans {where}' for t in hashed)
+        rows = self.query(f"SELECT hash(v) AS h, v FROM ({union})", params * len(hashed)).fetchall()
+        hashes = np.array([h for h, _ in rows], dtype=np.uint64)
+        order = np.argsort(hashes)
+        keys = hashes[order]
+        if keys.size and (np.diff(keys) == 0).any():  # two strings, one 64-bit hash: fetch the text itself
+            cols = ", ".join(f'"{t}"' for t in hashed)
+            sql = f"SELECT {cols} FROM spans {where} ORDER BY start_ns, end_ns DESC"
+            data = self.query(sql, params).fetchnumpy()
+            return {
+                t: _none_filled(a) if isinstance(a, np.ma.MaskedArray) else np.asarray(a)
+                for t, a in data.items()
+            }
+        values = np.empty(len(rows), dtype=object)
+        values[:] = [rows[i][1] for i in order.tolist()]
+        return {t: values[np.searchsorted(keys, h.astype(np.uint64))] for t, h in hashed.items()}
 
     def samples(self, metric: str, rank: int | None = None) -> dict[str, np.ndarray]:
         """Samples of one metric: arrays `t_ns`, `value` (NaN where NULL), `device_index`, `pid`, `rank`."""
