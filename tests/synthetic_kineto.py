@@ -186,11 +186,9 @@ class RankTrace:
             a.update(
                 {
                     "Trace name": "PyTorch Profiler",
-                    "Trace iteration": 0,
                     "Profiler Event Index": self._ext,
                     "Input Dims": [[64, 1024], [1024, 1024], []],
                     "Input type": ["float", "float", "Scalar"],
-                    "Module Hierarchy": "",
                     "Call stack": "",
                 }
             )

@@ -1,0 +1,261 @@
+"""Import + time-budget throughput: `gpuwatch import` then `gpuwatch summary --json`, as a user runs them
+(two processes), against HolisticTraceAnalysis's parse + temporal breakdown on the same files.
+
+Each tool runs in its own process; wall time is the best of `--repeat` runs, peak RSS the largest
+resident set of a process (`os.wait4`'s rusage of that very child). HTA runs in its own virtualenv
+(`--hta-python`, default /work/hta-venv/bin/python or $GPUWATCH_HTA_PYTHON; create it with
+`python3 -m venv /work/hta-venv && /work/hta-venv/bin/pip install traceinsight`, the package that ships
+HTA 0.6); without it the benchmark still runs and says so.
+
+Inputs: the real traces in ../shared/traces (when present) and generated ones (benchmarks/make_big_trace.py):
+a 54 MB / 216k-event trace (the size of HTA's largest test traces, with the event mix of the real
+trace_diff_control/control.json.gz) and a million-event trace. Generated files are cached in --cache.
+
+    python benchmarks/import_speed.py                 # everything
+    python benchmarks/import_speed.py --only 216k     # one input
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "traces" / "hta"
+DEFAULT_HTA = os.environ.get("GPUWATCH_HTA_PYTHON", "/work/hta-venv/bin/python")
+
+HTA_SCRIPT = r"""
+import json, logging, sys, time, warnings
+logging.disable(logging.CRITICAL)
+warnings.filterwarnings("ignore")
+t0 = time.perf_counter()
+from hta.trace_analysis import TraceAnalysis
+analysis = TraceAnalysis(trace_dir=sys.argv[1])
+df = analysis.get_temporal_breakdown(visualize=False)
+out = {int(r["rank"]): [float(r["idle_time_pctg"]), float(r["compute_time_pctg"]),
+                        float(r["non_compute_time_pctg"])] for _, r in df.iterrows()}
+print(json.dumps({"seconds_in_process": time.perf_counter() - t0, "temporal": out}))
+"""
+
+
+@dataclass
+class Measured:
+    seconds: float
+    peak_rss_mib: float
+    stdout: str
+
+
+_RSS_PROBE = (
+    "import resource, subprocess, sys\n"
+    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)\n"
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+)
+
+
+def run_once(argv: list[str]) -> tuple[float, str]:
+    """Wall time of one process run to completion, and its stdout."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t = time.perf_counter()
+    proc = subprocess.run(argv, capture_output=True, env=env)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv[:4])}... failed ({proc.returncode}): {proc.stderr.decode()[-400:]}"
+        )
+    return seconds, proc.stdout.decode()
+
+
+def measure(make_argv: Callable[[], list[str]], repeat: int) -> Measured:
+    """Best wall time of `repeat` runs, and the peak RSS of one more run inside a probe process whose
+    RUSAGE_CHILDREN high-water mark is that run alone (ours and HTA's measured the same way)."""
+    runs = [run_once(make_argv()) for _ in range(repeat)]
+    seconds, stdout = min(runs, key=lambda r: r[0])
+    _, rss = run_once([sys.executable, "-c", _RSS_PROBE, *make_argv()])
+    return Measured(seconds, float(rss.strip()), stdout)
+
+
+@dataclass
+class Input:
+    label: str
+    path: Path
+    events: int
+    mbytes: float
+
+
+class _EventCount(msgspec.Struct):
+    traceEvents: list[msgspec.Raw] = []
+
+
+def count_events(path: Path) -> tuple[int, float]:
+    """Events in a trace and its uncompressed size in MB."""
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    return len(msgspec.json.decode(data, type=_EventCount).traceEvents), len(data) / 1e6
+
+
+def inputs(cache: Path, only: str | None) -> list[Input]:
+    found: list[Input] = []
+    shared = {
+        "control (35 MB, real)": SHARED / "trace_diff_control" / "control.json.gz",
+        "nccl_parser_config (real)": SHARED / "nccl_parser_config" / "nccl_data.json.gz",
+        "trace_filter rank 0 (real)": SHARED / "trace_filter" / "sampled_rank-0.json.gz",
+    }
+    for label, path in shared.items():
+        if path.exists():
+            found.append(Input(label, path, *count_events(path)))
+    if not SHARED.exists():
+        print(f"shared traces not found at {SHARED}: generated traces only", file=sys.stderr)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_big_trace import generate
+
+    cache.mkdir(parents=True, exist_ok=True)
+    for label, events in (("generated 216k", 216_000), ("generated 1M", 1_000_000)):
+        path = cache / f"big_{events}.json.gz"
+        if not path.exists():
+            t = time.perf_counter()
+            n, size = generate(path, events)
+            print(
+                f"generated {path} ({n} events, {size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
+                file=sys.stderr,
+            )
+        found.append(Input(label, path, *count_events(path)))
+    if only:
+        found = [i for i in found if only.lower() in i.label.lower()]
+    return found
+
+
+def hta_python(arg: str | None) -> str | None:
+    exe = arg or DEFAULT_HTA
+    if not exe or not Path(exe).exists():
+        return None
+    probe = subprocess.run([exe, "-c", "import hta.trace_analysis"], capture_output=True)
+    return exe if probe.returncode == 0 else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best time is kept)")
+    ap.add_argument("--only", help="only inputs whose label contains this")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gpuwatch-bench")
+    ap.add_argument("--hta-python", help="python of a virtualenv where HTA imports")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+
+    hta = hta_python(args.hta_python)
+    if hta is None:
+        print(
+            "HTA unavailable (no virtualenv with `hta` importable; see the docstring): gpuwatch only",
+            file=sys.stderr,
+        )
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="gpuwatch-bench-"))
+    try:
+        for inp in inputs(args.cache, args.only):
+            row = bench_one(inp, work, hta, args.repeat)
+            rows.append(row)
+            print(_line(row), file=sys.stderr)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(_table(rows, hta is not None))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def bench_one(inp: Input, work: Path, hta: str | None, repeat: int) -> dict:
+    """gpuwatch import + summary --json on one input (and HTA on the same file); one table row."""
+    gw = [sys.executable, "-m", "gpuwatch"]
+    run_dir = work / "run"
+
+    def import_once() -> list[str]:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return [*gw, "import", str(inp.path), "--out", str(run_dir)]
+
+    imported = measure(import_once, repeat)
+    summary = measure(lambda: [*gw, "summary", str(run_dir), "--json"], repeat)
+    doc = json.loads(summary.stdout)
+    ours_t = {
+        r["rank"]: [r["temporal_pct"][k] for k in ("idle", "compute", "non_compute")] for r in doc["ranks"]
+    }
+    total = imported.seconds + summary.seconds
+    row = {
+        "input": inp.label,
+        "events": inp.events,
+        "mb": inp.mbytes,
+        "import_s": imported.seconds,
+        "summary_s": summary.seconds,
+        "total_s": total,
+        "import_rss_mib": imported.peak_rss_mib,
+        "summary_rss_mib": summary.peak_rss_mib,
+        "events_per_s": inp.events / total,
+    }
+    if hta is None:
+        return row
+    hdir = work / "hta"  # HTA reads a directory of traces
+    shutil.rmtree(hdir, ignore_errors=True)
+    hdir.mkdir()
+    (hdir / inp.path.name).symlink_to(inp.path)
+    h = measure(lambda: [hta, "-c", HTA_SCRIPT, str(hdir)], max(1, repeat - 1))
+    hta_t = {int(k): v for k, v in json.loads(h.stdout.strip().splitlines()[-1])["temporal"].items()}
+    row.update(
+        hta_s=h.seconds,
+        hta_rss_mib=h.peak_rss_mib,
+        time_ratio=total / h.seconds,
+        rss_ratio=max(imported.peak_rss_mib, summary.peak_rss_mib) / h.peak_rss_mib,
+        temporal_max_diff_pp=max(
+            abs(a - b) for r in hta_t for a, b in zip(ours_t.get(r, [999.0] * 3), hta_t[r])
+        ),
+    )
+    return row
+
+
+def _line(r: dict) -> str:
+    s = f"{r['input']}: import {r['import_s']:.2f} s + summary {r['summary_s']:.2f} s"
+    if "hta_s" in r:
+        s += f" vs HTA {r['hta_s']:.2f} s (ratio {r['time_ratio']:.3f})"
+    return s
+
+
+def _table(rows: list[dict], with_hta: bool) -> str:
+    head = ["input", "events", "MB", "import s", "summary s", "total s", "events/s", "RSS MiB (imp/sum)"]
+    if with_hta:
+        head += ["HTA s", "HTA MiB", "time ratio", "RSS ratio", "temporal diff pp"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [
+            r["input"],
+            f"{r['events']:,}",
+            f"{r['mb']:.0f}",
+            f"{r['import_s']:.2f}",
+            f"{r['summary_s']:.2f}",
+            f"{r['total_s']:.2f}",
+            f"{r['events_per_s'] / 1e3:.0f}k",
+            f"{r['import_rss_mib']:.0f} / {r['summary_rss_mib']:.0f}",
+        ]
+        if with_hta:
+            cells += [
+                f"{r['hta_s']:.2f}",
+                f"{r['hta_rss_mib']:.0f}",
+                f"{r['time_ratio']:.3f} (1/{1 / r['time_ratio']:.1f})",
+                f"{r['rss_ratio']:.2f}",
+                f"{r['temporal_max_diff_pp']:.2f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
