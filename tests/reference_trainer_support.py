@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,3 +41,32 @@ def step_losses(run_dir: Path, rank: int) -> dict[int, float]:
         if doc.get("event") == "step" and doc.get("loss") is not None:
             out[int(doc["step"])] = float(doc["loss"])
     return out
+
+
+def shared_data_root() -> Path:
+    """One generated data set for every reference-trainer test on this machine (kept between sessions)."""
+    from reference_trainer.data import ensure_dataset
+
+    root = Path(tempfile.gettempdir()) / "gpuwatch-reference-trainer-tests"
+    ensure_dataset(root)
+    return root
+
+
+def gpuwatch_json(run_dir: Path) -> dict:
+    """`gpuwatch summary --json RUN_DIR` through the real CLI."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpuwatch", "summary", "--json", str(run_dir)],
+        cwd=ROOT,
+        env=trainer_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def trainer_records(run_dir: Path, rank: int, event: str = "step") -> list[dict]:
+    """The trainer's own per-step records of one rank (its perf_counter timings)."""
+    path = run_dir / "trainer" / f"metrics-rank{rank}.jsonl"
+    return [d for d in map(json.loads, path.read_text().splitlines()) if d.get("event") == event]

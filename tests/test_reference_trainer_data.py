@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from reference_trainer_support import shared_data_root
 
 from reference_trainer.data import (
     SOURCES,
@@ -24,8 +25,8 @@ from reference_trainer.data import (
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_dataset(tmp_path_factory.mktemp("rt-data"))
+def data_dir() -> Path:
+    return ensure_dataset(shared_data_root())
 
 
 def test_sources_are_real_jpegs_of_their_size(data_dir: Path) -> None:
