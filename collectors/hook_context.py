@@ -163,7 +163,13 @@ class HookContext:
     def hook_error(self, where: str, exc: BaseException) -> None:
         """Record a failing hook once (later failures are counted by the sink); never raises."""
         try:
-            self.sink.note(f"hook_error:{where}", f"{where} hook failed and was skipped: {exc!r}")
+            at = ""
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None:  # where it broke, for a bug report
+                at = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+            self.sink.note(f"hook_error:{where}", f"{where} hook failed and was skipped: {exc!r}{at}")
         except Exception:
             pass
 

@@ -155,7 +155,10 @@ class ProfilerWindow(Collector):
 def shift_columns(cols: SpanColumns, shift_ns: int, rank: int) -> SpanColumns:
     """Imported spans on the writer's timeline, without the profiler's step markers."""
     keep = cols.kind != SpanKind.STEP.value
-    fields = {name: getattr(cols, name)[keep] for name in SpanColumns.__dataclass_fields__}
+    fields = {}
+    for name in SpanColumns.__dataclass_fields__:
+        value = getattr(cols, name)
+        fields[name] = value[keep] if isinstance(value, np.ndarray) and value.shape == keep.shape else value
     fields["start_ns"] = fields["start_ns"] + np.int64(shift_ns)
     fields["end_ns"] = fields["end_ns"] + np.int64(shift_ns)
     fields["rank"] = np.full(int(keep.sum()), rank, dtype=np.int32)

@@ -326,6 +326,8 @@ class Watcher:
         for collector in self._collectors:
             if getattr(collector, "name", "") == "stack_sampler":
                 meta["stack_samples"] = collector.samples
+                meta["stack_probes"] = collector.probes
+                meta["stack_probe_samples"] = collector.probe_samples
         return meta
 
     def _teardown_quietly(self) -> None:

@@ -157,9 +157,16 @@ def test_span_context_manager_decorator_error_and_noop(tmp_path: Path) -> None:
     assert user[2]["attrs"] == {"raised": "KeyError"}  # closed on error
     assert user[3]["category"] is None
     budget = to_json(analyze_run(tmp_path / "run"))["ranks"][0]["budget_ms_per_step"]
-    # the label-only span explains nothing: its 5 ms are host_overhead, like the rest of the host time here
-    assert budget["cpu_preprocessing"] == pytest.approx(measured["decode"] / 3 * 1e3, abs=0.5)
-    assert budget["host_overhead"] == pytest.approx(measured["rest"] / 3 * 1e3, abs=0.5)
+    # the label-only span explains nothing: its 5 ms are host_overhead, like log_metrics's 10 ms
+    recorded = sum(r["end_ns"] - r["start_ns"] for r in user if r["category"] == "cpu_preprocessing") / 3e6
+    assert budget["cpu_preprocessing"] == pytest.approx(recorded, abs=0.05)  # the engine counts the spans
+    assert budget["cpu_preprocessing"] == pytest.approx(measured["decode"] / 3 * 1e3, abs=1.5), (
+        user,
+        measured,
+    )
+    explained_rest = budget["host_overhead"] + budget["unattributed"]  # no sampler: the glue is unattributed
+    assert explained_rest == pytest.approx(measured["rest"] / 3 * 1e3, abs=1.5)
+    assert budget["host_overhead"] >= 10 + 5 - 0.5
     # decorator keeps the function's identity
     assert log_metrics.__name__ == "log_metrics"
 
@@ -214,7 +221,7 @@ def test_profiler_window_is_imported_onto_the_watch_timeline(tmp_path: Path) -> 
     rows, writers = read(tmp_path / "run")
     anchor = writers[0].run.started_at_unix_ns
     ops = [r for r in rows if r["kind"] == "cpu_op" and r["name"].startswith("aten::")]
-    assert ops
+    assert ops, {k: v for k, v in writers[0].notes.items() if "nvml" not in k}
     lo = next(t0 for s, t0, _ in step_bounds if s == 2) - anchor
     hi = next(t1 for s, _, t1 in step_bounds if s == 3) - anchor
     # imported operators land inside the profiled steps, on the training thread (2 ms of slack for clocks)
@@ -279,3 +286,86 @@ def test_a_watch_that_cannot_start_warns_and_the_loop_runs(tmp_path: Path) -> No
         assert any("already running" in str(w.message) for w in caught)
         outer.step()
     assert not (tmp_path / "other").exists()
+
+
+def test_short_pure_python_gaps_are_explained_by_probes(tmp_path: Path) -> None:
+    """A sampling thread rarely gets the GIL during a few ms of pure Python (it waits for the switch interval
+    while the loop runs on); the gap probe traces that gap once and its signature explains every step."""
+    model = Inner()
+    data = TensorDataset(torch.randn(8 * 25, 16), torch.randn(8 * 25, 16))
+
+    class SlowReads(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(data)
+
+        def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+            time.sleep(0.002)  # releases the GIL: the sampler gets it here, inside a hooked region
+            return data[i]
+
+    python_s = 0.0
+    total_s = 0.0
+    with gpuwatch.watch(tmp_path / "run") as gw:
+        t_step = time.perf_counter()
+        for x, y in DataLoader(SlowReads(), batch_size=8):
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            t0 = time.perf_counter()
+            n = 0
+            while time.perf_counter() - t0 < 0.004:  # bookkeeping in pure Python, never releasing the GIL
+                n += sum(range(200))
+            python_s += time.perf_counter() - t0
+            now = time.perf_counter()
+            total_s += now - t_step
+            gw.step()
+            t_step = time.perf_counter()
+            total_s += t_step - now
+    doc = to_json(analyze_run(tmp_path / "run"))["ranks"][0]
+    truth_pct = 100 * python_s / total_s
+    assert doc["budget_pct"]["host_overhead"] == pytest.approx(truth_pct, abs=3.0)
+    assert any(
+        e["name"] == "test_watch_api.py:test_short_pure_python_gaps_are_explained_by_probes"
+        for e in doc["evidence"]
+    )
+    _, writers = read(tmp_path / "run")
+    assert writers[0].run.meta["stack_probes"] >= 1
+
+
+def test_stack_classification_of_real_frames() -> None:
+    import sys as _sys
+
+    from collectors.stack_sampler import StackSampler
+
+    def decode_jpeg_batch() -> object:
+        return _sys._getframe()
+
+    def log_progress() -> object:
+        return _sys._getframe()
+
+    assert StackSampler.classify(decode_jpeg_batch()) == ("cpu_preprocessing", "decode/augment (by name)")
+    category, label = StackSampler.classify(log_progress())
+    assert category == "host_overhead" and label == "test_watch_api.py:log_progress"
+    assert StackSampler.classify(_sys._getframe())[0] == "host_overhead"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_phases_copies_and_syncs_become_device_and_memcpy_spans(tmp_path: Path) -> None:
+    model = Inner().cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = TensorDataset(torch.randn(64, 16), torch.randn(64, 16))
+    with gpuwatch.watch(tmp_path / "run") as gw:
+        for x, y in DataLoader(data, batch_size=8, pin_memory=True):
+            x, y = x.cuda(non_blocking=True), y.to("cuda", non_blocking=True)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            loss.item()
+            gw.step()
+    rows, _ = read(tmp_path / "run")
+    device = [r for r in rows if r["kind"] == "kernel"]
+    assert {r["name"] for r in device} >= {"forward Inner", "backward", "optimizer SGD.step"}
+    assert all(r["tid"] == 0 and r["end_ns"] >= r["start_ns"] for r in device)
+    copies = [r for r in rows if r["kind"] == "memcpy"]
+    assert len(copies) == 16 and all(r["attrs"]["direction"] == "h2d" for r in copies)
+    assert sum(r["name"] == "Tensor.item (device sync)" for r in rows) == 8
+    assert to_json(analyze_run(tmp_path / "run"))["ranks"][0]["mode"] == "device"
