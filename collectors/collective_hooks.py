@@ -113,7 +113,7 @@ class CollectiveHooks(Collector):
             label = f"dist.{spec.name}"
 
             def collective(*args: Any, **kwargs: Any) -> Any:
-                ctx = hc.ACTIVE
+                ctx = hc.current()
                 if ctx is None or ctx.flag(_FLAG):
                     return original(*args, **kwargs)
                 try:

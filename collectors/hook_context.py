@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -246,5 +247,24 @@ os.register_at_fork(after_in_child=_disable_in_child)
 
 
 def activate(ctx: HookContext | None) -> None:
-    global ACTIVE
+    global ACTIVE, _compiling
     ACTIVE = ctx
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None)
+    _compiling = getattr(compiler, "is_compiling", _never)
+
+
+def _never() -> bool:
+    return False
+
+
+_compiling: Callable[[], bool] = _never
+
+
+def current() -> HookContext | None:
+    """The active context, or None when not watching or while torch.compile traces the caller: a hook
+    traced into a graph would break it (timing calls cannot be compiled), so hooks step aside there."""
+    ctx = ACTIVE
+    if ctx is None or _compiling():
+        return None
+    return ctx

@@ -64,6 +64,8 @@ class TorchHooks(Collector):
         self._opt_stack: list[tuple[Any, int, Any]] = []
         self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
         self.ddp_seen = False
+        self.dynamo_mode = False
+        """True once torch.compile compiled code while the global module hooks were on (they then stay)."""
         self._reducer_seq = 0
         self._started = False
 
@@ -114,11 +116,22 @@ class TorchHooks(Collector):
             while self._opt_stack:
                 self._opt_stack.pop()
                 self.ctx.abandon("optimizer")
-            if self._global_handles:
-                self._adopt_found()
-                if self._hooked or finished_step >= 2:
-                    self._stop_discovery()
-            if finished_step + 1 in DISCOVERY_STEPS and not self._global_handles:
+            if self._global_handles and not self.dynamo_mode:
+                if _dynamo_compiled():
+                    # torch.compile traced code under our global hooks: adding or removing module hooks now
+                    # would change its guards and recompile it, so the global hooks stay (they step aside
+                    # inside compiled code, and time the eager top-level modules from here on)
+                    self.dynamo_mode = True
+                    self._found.clear()
+                    self.ctx.note_once(
+                        "torch_compile",
+                        "torch.compile in use: module timing stays on global hooks (no recompiles)",
+                    )
+                else:
+                    self._adopt_found()
+                    if self._hooked or finished_step >= 2:
+                        self._stop_discovery()
+            if finished_step + 1 in DISCOVERY_STEPS and not self._global_handles and not _dynamo_compiled():
                 self._start_discovery()
             if self.timer is not None:
                 self.timer.poll()
@@ -164,7 +177,8 @@ class TorchHooks(Collector):
         name = self._names.get(module)
         if name is None:
             cls = type(module).__name__
-            inner = getattr(module, "module", None)  # DDP / compiled wrappers: say what they wrap
+            # DDP / FSDP / torch.compile wrappers: say what they wrap
+            inner = getattr(module, "_orig_mod", None) or getattr(module, "module", None)
             if inner is not None and hasattr(inner, "forward"):
                 cls = f"{cls}({type(inner).__name__})"
             name = self._names[module] = f"forward {cls}"
@@ -173,7 +187,7 @@ class TorchHooks(Collector):
         return name
 
     def _enter(self, module: Any, top_ok: bool) -> None:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None or threading.get_ident() != ctx.train_ident:
             return
         if self._fwd_stack or not top_ok:
@@ -183,7 +197,7 @@ class TorchHooks(Collector):
         self._fwd_stack.append((module, ctx.begin("forward"), token))
 
     def _exit(self, module: Any) -> None:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None or threading.get_ident() != ctx.train_ident or not self._fwd_stack:
             return
         entry = self._fwd_stack.pop()
@@ -196,12 +210,16 @@ class TorchHooks(Collector):
         if self.timer is not None:
             self.timer.stop(entry[2], SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
 
+    # The four hooks below check `hc.current()` first: under torch.compile tracing it is None, so the traced
+    # hook is an immediate return (nothing to break the graph on).
     def _global_pre(self, module: Any, args: Any) -> None:
+        ctx = hc.current()
+        if ctx is None:
+            return
         try:
             if module in self._hooked:
                 return  # its instance hook handles it
-            ctx = hc.ACTIVE
-            if ctx is not None and not self._fwd_stack and threading.get_ident() == ctx.train_ident:
+            if not self._fwd_stack and not self.dynamo_mode and threading.get_ident() == ctx.train_ident:
                 self._found.append(module)
                 self._name(module)
             self._enter(module, True)
@@ -209,6 +227,8 @@ class TorchHooks(Collector):
             self._fwd_error(exc)
 
     def _global_post(self, module: Any, args: Any, output: Any) -> None:
+        if hc.current() is None:
+            return
         try:
             if module not in self._hooked:
                 self._exit(module)
@@ -216,19 +236,23 @@ class TorchHooks(Collector):
             self._fwd_error(exc)
 
     def _instance_pre(self, module: Any, args: Any) -> None:
+        if hc.current() is None:
+            return
         try:
             self._enter(module, True)
         except Exception as exc:
             self._fwd_error(exc)
 
     def _instance_post(self, module: Any, args: Any, output: Any) -> None:
+        if hc.current() is None:
+            return
         try:
             self._exit(module)
         except Exception as exc:
             self._fwd_error(exc)
 
     def _fwd_error(self, exc: BaseException) -> None:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is not None:
             ctx.hook_error("forward", exc)
 
@@ -244,7 +268,7 @@ class TorchHooks(Collector):
         hooks = self
 
         def _engine_run_backward(*args: Any, **kwargs: Any) -> Any:
-            ctx = hc.ACTIVE
+            ctx = hc.current()
             if ctx is None:
                 return original(*args, **kwargs)
             try:
@@ -330,7 +354,7 @@ class TorchHooks(Collector):
 
     def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
-            ctx = hc.ACTIVE
+            ctx = hc.current()
             if ctx is None or threading.get_ident() != ctx.train_ident:
                 return None
             token = self.timer.start() if self.timer is not None else None
@@ -341,7 +365,7 @@ class TorchHooks(Collector):
 
     def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         try:
-            ctx = hc.ACTIVE
+            ctx = hc.current()
             if ctx is None or threading.get_ident() != ctx.train_ident or not self._opt_stack:
                 return
             opt, t0, token = self._opt_stack.pop()
@@ -358,6 +382,17 @@ class TorchHooks(Collector):
             self._patcher.patch(torch.Tensor, method, _wrap_copy)
         self._patcher.patch(torch.Tensor, "item", _wrap_item)
         self._patcher.patch(torch.cuda, "synchronize", _wrap_synchronize)
+
+
+def _dynamo_compiled() -> bool:
+    """Has torch.compile (dynamo) compiled anything in this process? (False when it was never imported.)"""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return False
+    try:
+        return bool(utils.counters["stats"].get("unique_graphs", 0))
+    except Exception:
+        return True  # cannot tell: assume compiled code exists and never touch module hooks again
 
 
 # ---- DataLoader wrappers (module level: they are installed on the class) ---------------------------
@@ -385,7 +420,7 @@ def _loader_attrs(it: Any) -> dict[str, Any]:
 
 def _wrap_next(original: Any) -> Any:
     def __next__(self: Any) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None:
             return original(self)
         try:
@@ -421,7 +456,7 @@ def _wrap_next(original: Any) -> Any:
 
 def _wrap_get_iterator(original: Any) -> Any:
     def _get_iterator(self: Any) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None:
             return original(self)
         try:
@@ -472,7 +507,7 @@ def _wrap_copy(original: Any) -> Any:
     method = original.__name__
 
     def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None:
             return original(self, *args, **kwargs)
         t0 = ctx.now_ns()
@@ -501,7 +536,7 @@ def _wrap_copy(original: Any) -> Any:
 
 def _wrap_item(original: Any) -> Any:
     def item(self: Any) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None or not self.is_cuda:
             return original(self)
         t0 = ctx.now_ns()
@@ -518,7 +553,7 @@ def _wrap_item(original: Any) -> Any:
 
 def _wrap_synchronize(original: Any) -> Any:
     def synchronize(*args: Any, **kwargs: Any) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.current()
         if ctx is None:
             return original(*args, **kwargs)
         t0 = ctx.now_ns()

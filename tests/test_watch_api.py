@@ -369,3 +369,30 @@ def test_gpu_phases_copies_and_syncs_become_device_and_memcpy_spans(tmp_path: Pa
     assert len(copies) == 16 and all(r["attrs"]["direction"] == "h2d" for r in copies)
     assert sum(r["name"] == "Tensor.item (device sync)" for r in rows) == 8
     assert to_json(analyze_run(tmp_path / "run"))["ranks"][0]["mode"] == "device"
+
+
+def test_torch_compile_is_not_recompiled_or_broken_by_the_hooks(tmp_path: Path) -> None:
+    """Module hooks that appear or disappear change torch.compile's guards (a recompile, minutes on a big
+    model): once compiled code exists the hooks stay as they are, and inside compiled code they step aside."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    def train(watched: bool) -> tuple[int, int]:
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        compiled = torch.compile(Inner(), backend="eager")
+        watcher = gpuwatch.watch(tmp_path / "run", sample_hz=0) if watched else None
+        gw = watcher.start() if watcher is not None else None
+        for _ in range(12):  # past step 10, where eager runs would look for new modules again
+            compiled(torch.randn(4, 16)).sum().backward()
+            if gw is not None:
+                gw.step()
+        if watcher is not None:
+            watcher.close()
+        return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+    assert train(watched=True) == train(watched=False)
+    rows, writers = read(tmp_path / "run")
+    assert sum(r["name"] == "forward OptimizedModule(Inner)" for r in rows) == 12, {r["name"] for r in rows}
+    assert "torch_compile" in writers[0].notes
