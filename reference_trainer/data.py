@@ -1,8 +1,8 @@
 """Procedurally generated images and short clips, stored encoded as JPEG frames, and the loader around them.
 
 Two sources with different decode costs, both generated once into a data directory (no downloads):
-- `stills`: 1024x1024 photograph-like images (smooth gradients, shapes, sensor noise), one JPEG each;
-- `clips`: 8-frame clips at 1280x720 (shapes moving over a panning background), one JPEG per frame.
+- `stills`: 1536x1536 photograph-like images (smooth gradients, shapes, sensor noise), one JPEG each;
+- `clips`: 8-frame 1080p clips (shapes moving over a panning background), one JPEG per frame.
 Every frame is its own object in storage, so reading a batch costs one storage round trip per frame.
 
 Samples are addressed by `SampleKey` (which source, which item, how many frames, at what size); the
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +47,8 @@ class SourceSpec:
 
 
 SOURCES: dict[str, SourceSpec] = {
-    "stills": SourceSpec("stills", 1024, 1024, 1, 64),
-    "clips": SourceSpec("clips", 720, 1280, 8, 24),
+    "stills": SourceSpec("stills", 1536, 1536, 1, 48),
+    "clips": SourceSpec("clips", 1080, 1920, 8, 16),
 }
 
 
@@ -78,11 +78,15 @@ class EncodedSample:
 
 
 def _still(rng: np.random.Generator, h: int, w: int) -> Image.Image:
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    fx, fy, ph = rng.uniform(20, 80), rng.uniform(20, 80), rng.uniform(0, 6.28)
-    img = np.stack([128 + 100 * np.sin(x / fx + ph + c) * np.cos(y / fy - c) for c in range(3)], axis=-1)
-    img += rng.normal(0, 3, (h, w, 3))  # sensor noise: keeps the JPEG entropy of a real photo
-    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    # smooth colour field (computed at 1/8 size, upscaled), sensor noise, then flat shapes on top: about the
+    # JPEG size and decode cost of a real photograph of the same size
+    sh, sw = max(h // 8, 2), max(w // 8, 2)
+    y, x = np.mgrid[0:sh, 0:sw].astype(np.float32)
+    fx, fy, ph = rng.uniform(3, 10), rng.uniform(3, 10), rng.uniform(0, 6.28)
+    small = np.stack([128 + 100 * np.sin(x / fx + ph + c) * np.cos(y / fy - c) for c in range(3)], axis=-1)
+    field = Image.fromarray(np.clip(small, 0, 255).astype(np.uint8)).resize((w, h), Image.Resampling.BICUBIC)
+    noisy = np.asarray(field).astype(np.int16) + rng.integers(-5, 6, (h, w, 3), dtype=np.int16)
+    im = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     for _ in range(int(rng.integers(6, 14))):
         cx, cy, r = int(rng.integers(0, w)), int(rng.integers(0, h)), int(rng.integers(8, h // 4))
@@ -164,6 +168,16 @@ def default_data_root() -> Path:
 # ---------------------------------------------------------------------------------------------- decode
 
 
+def augment_params(seed: int) -> tuple[float, float, float, bool, float, float]:
+    """One sample's augmentation, the same on every decode path: crop origin (x, y) and side as fractions,
+    horizontal flip, contrast gain, brightness bias."""
+    rng = np.random.default_rng(seed)
+    crop = float(rng.uniform(0.8, 1.0))
+    ox, oy = float(rng.uniform(0, 1 - crop)), float(rng.uniform(0, 1 - crop))
+    flip = bool(rng.random() < 0.5)
+    return ox, oy, crop, flip, float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.1, 0.1))
+
+
 def decode_frames(
     frames: tuple[bytes, ...] | list[bytes], size: int, seed: int, reduced: bool
 ) -> torch.Tensor:
@@ -174,10 +188,7 @@ def decode_frames(
     or 1/8 of the size, never below twice the output) and augments at that size: same statistics, a
     fraction of the work.
     """
-    rng = np.random.default_rng(seed)
-    crop = rng.uniform(0.8, 1.0)
-    ox, oy, flip = rng.uniform(0, 1 - crop), rng.uniform(0, 1 - crop), rng.random() < 0.5
-    gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1)
+    ox, oy, crop, flip, gain, bias = augment_params(seed)
     out = np.empty((len(frames), size, size, 3), dtype=np.float32)
     for i, blob in enumerate(frames):
         im = Image.open(io.BytesIO(blob))
@@ -219,36 +230,44 @@ def decode_batch(batch: list[EncodedSample], reduced: bool = False) -> torch.Ten
 
 
 def gpu_decoder_name() -> str | None:
-    """Which GPU JPEG decoder can run here ("nvimagecodec" or "torchvision"), or None (no CUDA, no library)."""
+    """Which GPU JPEG decoder can run here ("nvimgcodec", "torchcodec" or "torchvision"), or None.
+
+    None without CUDA or without any of those libraries: the trainer then decodes on the CPU.
+    """
     if not torch.cuda.is_available():
         return None
-    try:
-        from nvidia import nvimagecodec  # noqa: F401
+    import importlib.util
 
-        return "nvimagecodec"
-    except ImportError:
-        pass
-    try:
-        import torchvision.io  # noqa: F401
-
-        return "torchvision"
-    except ImportError:
-        return None
+    for name, module in (
+        ("nvimgcodec", "nvidia.nvimgcodec"),
+        ("torchcodec", "torchcodec.decoders"),
+        ("torchvision", "torchvision.io"),
+    ):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return name
+        except (ImportError, ValueError):
+            continue
+    return None
 
 
 def decode_batch_gpu(batch: list[EncodedSample], device: torch.device, decoder: str) -> torch.Tensor:
-    """Decode on the GPU (nvImageCodec or torchvision.io.decode_jpeg on CUDA), augment there, (B, 3, T, H, W).
+    """Decode on the GPU (nvImageCodec, TorchCodec or torchvision's nvJPEG path), augment there: (B, 3, T, H, W).
 
     The host only hands over the compressed bytes; crop, flip, jitter and resize run as GPU kernels.
     """
     import torch.nn.functional as F
 
     blobs = [f for s in batch for f in s.frames]
-    if decoder == "nvimagecodec":
-        from nvidia import nvimagecodec
+    if decoder == "nvimgcodec":
+        from nvidia import nvimgcodec
 
-        images = nvimagecodec.Decoder(device_id=device.index or 0).decode(blobs)
-        hwc = [torch.as_tensor(img, device=device) for img in images]
+        images = nvimgcodec.Decoder(device_id=device.index or 0).decode(blobs)
+        hwc = [torch.from_dlpack(img) for img in images]  # zero-copy, HWC uint8 on the device
+    elif decoder == "torchcodec":
+        from torchcodec.decoders import decode_jpeg
+
+        hwc = [decode_jpeg(b, device=str(device)).permute(1, 2, 0) for b in blobs]
     else:
         import torchvision.io
 
@@ -256,10 +275,7 @@ def decode_batch_gpu(batch: list[EncodedSample], device: torch.device, decoder: 
         hwc = [t.permute(1, 2, 0) for t in torchvision.io.decode_jpeg(datas, device=device)]
     out, i = [], 0
     for s in batch:
-        rng = np.random.default_rng(s.seed)
-        crop = rng.uniform(0.8, 1.0)
-        ox, oy, flip = rng.uniform(0, 1 - crop), rng.uniform(0, 1 - crop), rng.random() < 0.5
-        gain, bias = rng.uniform(0.8, 1.2), rng.uniform(-0.1, 0.1)
+        ox, oy, crop, flip, gain, bias = augment_params(s.seed)
         frames = []
         for img in hwc[i : i + len(s.frames)]:
             h, w = img.shape[:2]

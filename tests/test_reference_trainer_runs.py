@@ -1,7 +1,7 @@
-"""The reference trainer under gpuwatch, end to end: what gpuwatch says about the naive and the fixed preset.
+"""The reference trainer under gpuwatch, end to end: the demo, and what gpuwatch says about naive and fixed.
 
-Two real 2-rank gloo runs (torchrun, DataLoader workers, JPEG decode, manager node or DDP, torch.save or DCP
-async_save) read back through `gpuwatch summary --json`. gpuwatch must name every planted cause in the naive
+The demo (shortened to a few steps) makes two real 2-rank gloo runs (torchrun, DataLoader workers, JPEG
+decode, manager node or DDP, torch.save or DCP async_save), read back through `gpuwatch summary --json`. gpuwatch must name every planted cause in the naive
 run, agree with the trainer's own perf_counter timings of the same steps, and see the causes gone in the
 fixed run. (The 40-step figures — naive compute <= 40%, fixed >= 80%, 2x — are timing claims; they live in
 `python -m reference_trainer.ablation --check`, not in a test.)
@@ -9,10 +9,12 @@ fixed run. (The 40-step figures — naive compute <= 40%, fixed >= 80%, 2x — a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from reference_trainer_support import gpuwatch_json, run_trainer, shared_data_root, trainer_records
+from reference_trainer_support import ROOT, gpuwatch_json, shared_data_root, trainer_env, trainer_records
 
 pytestmark = pytest.mark.slow
 
@@ -20,17 +22,34 @@ STEPS = 8
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
-    base = tmp_path_factory.mktemp("rt-runs")
-    out = {}
-    for preset in ("naive", "fixed"):
-        run_dir = base / preset
-        run_trainer(
-            ["--preset", preset, "--nproc", "2", "--steps", str(STEPS), "--checkpoint-every", "4",
-             "--data-dir", str(shared_data_root()), "--run-dir", str(run_dir)]
-        )  # fmt: skip
-        out[preset] = (run_dir, gpuwatch_json(run_dir))
-    return out
+def demo(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
+    """The README's main job, shortened: `python -m reference_trainer.demo` (naive, then fixed)."""
+    out = tmp_path_factory.mktemp("rt-demo")
+    proc = subprocess.run(
+        [sys.executable, "-m", "reference_trainer.demo", "--steps", str(STEPS), "--out", str(out),
+         "--", "--checkpoint-every", "4", "--data-dir", str(shared_data_root())],
+        cwd=ROOT, env=trainer_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc.out_dir = out  # type: ignore[attr-defined]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(demo: subprocess.CompletedProcess[str]) -> dict[str, tuple[Path, dict]]:
+    out = demo.out_dir  # type: ignore[attr-defined]
+    return {preset: (out / preset, gpuwatch_json(out / preset)) for preset in ("naive", "fixed")}
+
+
+def test_demo_prints_what_gpuwatch_says_about_each_run(demo: subprocess.CompletedProcess[str]) -> None:
+    stdout, stderr = demo.stdout, demo.stderr
+    assert "=== --preset naive" in stdout and "=== --preset fixed" in stdout
+    assert stdout.count("Time budget per rank") == 2  # gpuwatch summary, once per run
+    assert "Ranks wait for rank 0" in stdout  # the manager node, named
+    assert "What to change" in stdout and "reference_trainer --fix" in stdout
+    assert "=== naive vs fixed" in stdout and "faster steps" in stdout
+    assert "[demo] training --preset naive" in stderr and "[demo] fixed done" in stderr  # progress on stderr
+    assert "[demo]" not in stdout
 
 
 def _evidence(rank_doc: dict, category: str) -> str:
