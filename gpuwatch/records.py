@@ -183,6 +183,9 @@ class SpanColumns:
     correlation: np.ndarray
     seq: np.ndarray
     attrs: np.ndarray
+    name_code: np.ndarray | None = None
+    """Optional int64 per span, equal exactly for equal names (set by readers that dictionary-encode names,
+    so the engine groups spans by name without comparing strings); None: the engine derives it."""
 
     def __len__(self) -> int:
         return int(self.start_ns.shape[0])
