@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuwatch import intervals as iv
-from gpuwatch.budget import CAT_INDEX, RankBudget
+from gpuwatch.budget import CAT_INDEX, RankBudget, kind_in
 from gpuwatch.records import Category, SpanColumns, SpanKind
 
 
@@ -40,7 +40,7 @@ def temporal_breakdown(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdo
 
 def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown | None:
     kinds = cols.kind
-    device = np.isin(
+    device = kind_in(
         kinds,
         [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value, SpanKind.MEMCPY.value, SpanKind.MEMSET.value],
     ) & (cols.stream >= 0)
