@@ -119,11 +119,11 @@ def inputs(cache: Path, only: str | None) -> list[Input]:
     if not SHARED.exists():
         print(f"shared traces not found at {SHARED}: generated traces only", file=sys.stderr)
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from make_big_trace import generate
+    from make_big_trace import GENERATOR_VERSION, generate
 
     cache.mkdir(parents=True, exist_ok=True)
     for label, events in (("generated 216k", 216_000), ("generated 1M", 1_000_000)):
-        path = cache / f"big_{events}.json.gz"
+        path = cache / f"big_{events}_v{GENERATOR_VERSION}.json.gz"
         if not path.exists():
             t = time.perf_counter()
             n, size = generate(path, events)

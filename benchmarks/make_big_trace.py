@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from synthetic_kineto import ELEMENTWISE, GEMM, US, RankTrace, write_events_stream  # noqa: E402
 
+GENERATOR_VERSION = 3
+"""Bumped whenever the generated traces change (benchmarks cache them under this version)."""
 SENDRECV = "ncclKernel_SendRecv_RING_SIMPLE_Sum_int8_t(ncclWorkElem)"
 ADAM = "void multi_tensor_apply_kernel<TensorListMetadata<4>, AdamFunctor<float>, float>(int, int*, float*)"
 

@@ -113,7 +113,8 @@ class SegmentWriter:
             name = segment_name("spans", self._seq, self._seq, "parquet")
             tmp = self.folder / f".{name}.tmp"
             frame = {field: getattr(cols, field) for field in _SPAN_FIELDS}
-            con = duckdb.connect()
+            # one thread: writing one file gains little from a second one, which doubles the buffers
+            con = duckdb.connect(config={"threads": 1})
             try:
                 con.register("frame", frame)
                 select = ", ".join(_parquet_select(field, sql_type) for field, sql_type in SPAN_COLUMNS)
