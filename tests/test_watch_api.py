@@ -396,3 +396,19 @@ def test_torch_compile_is_not_recompiled_or_broken_by_the_hooks(tmp_path: Path) 
     rows, writers = read(tmp_path / "run")
     assert sum(r["name"] == "forward OptimizedModule(Inner)" for r in rows) == 12, {r["name"] for r in rows}
     assert "torch_compile" in writers[0].notes
+
+
+def test_safetensors_saves_and_loads_are_checkpoint_io(tmp_path: Path) -> None:
+    """safetensors imported after the watch started: wrapped at the next step boundary."""
+    with gpuwatch.watch(tmp_path / "run", sample_hz=0) as gw:
+        gw.step()
+        st = pytest.importorskip("safetensors.torch")
+        gw.step()  # the boundary where newly imported checkpoint libraries get wrapped
+        path = tmp_path / "w.safetensors"
+        st.save_file({"w": torch.randn(256, 256)}, str(path))
+        assert st.load_file(str(path))["w"].shape == (256, 256)
+        gw.step()
+    rows, _ = read(tmp_path / "run")
+    ckpt = {r["name"]: r for r in rows if r["category"] == "checkpoint_io"}
+    assert set(ckpt) == {"safetensors.save_file", "safetensors.load_file"}
+    assert ckpt["safetensors.save_file"]["attrs"]["path"] == str(path)
