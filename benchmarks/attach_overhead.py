@@ -1,17 +1,22 @@
 """How much `gpuwatch attach` slows the trainer it samples, against py-spy's default (blocking) mode.
 
-One real CPU training loop (forward/backward/SGD steps of ~20 ms, timed by itself with perf_counter) runs
-the whole time; the script rotates through three modes in several rounds so drift and neighbours' load hit
-every mode alike:
-  bare      nothing attached
-  attach    `gpuwatch attach PID --rate 100` (py-spy --nonblocking --idle --subprocesses, chunked, plus the
-            /proc and NVML samplers)
+Two identical real CPU training loops (forward/backward/SGD, steps of ~20 ms, each timing itself with
+perf_counter) run side by side the whole time. In each phase one of them is sampled and the other is the
+control: both live through the same moment of the machine (a shared 2-core box whose load from other jobs
+swings step times by 2x within a minute), so the ratio sampled/control cancels that drift. Roles swap every
+round. Modes:
+  bare      nothing attached (the noise floor: the ratio of two unsampled twins)
+  attach    `gpuwatch attach PID --rate 100` (py-spy --nonblocking --idle --subprocesses in chunks, plus the
+            /proc and NVML samplers and the Python side that classifies and writes the run)
   pyspy-nb  `py-spy record --nonblocking --idle --subprocesses --rate 100` alone (py-spy's share of attach)
-  blocking  `py-spy record --idle --rate 100 --pid PID` (py-spy's default: it stops the target's threads for
-            each sample)
-and prints the target's median step time per mode and the ratios to bare. Target: attach < 1% slowdown.
+  blocking  `py-spy record --idle --rate 100` (py-spy's default mode: it stops every thread of the target
+            for each sample)
+Printed: per mode, the geometric mean over rounds of (median step of the sampled twin / median step of the
+control twin), for wall time and for the trainer thread's CPU time; each mode samples twin 0 and twin 1 in
+turn, so a difference between the twins themselves (their cores) cancels with an even number of rounds.
+Target for attach: under 1% slowdown.
 
-    python benchmarks/attach_overhead.py [--rounds 3] [--phase-s 8] [--width 512]
+    python benchmarks/attach_overhead.py [--rounds 4] [--phase-s 8] [--width 768]
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
-WARMUP_S = 3.0  # after starting a sampler: interpreter start-up, py-spy's attach and first chunk
+WARMUP_S = 3.0  # after starting a sampler: interpreter start-up, py-spy's attach, the first chunk
 MODES = ("bare", "attach", "pyspy-nb", "blocking")
 
 
@@ -66,110 +71,116 @@ def steps_in(log: Path, lo_ns: int, hi_ns: int) -> np.ndarray:
     return data[keep, 1:] / 1e6
 
 
-def run_mode(mode: str, pid: int, phase_s: float, tmp: Path, n: int) -> tuple[int, int]:
-    """Run one mode for `phase_s` seconds; returns the wall-clock window to read steps from."""
+def sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[str] | None:
     if mode == "bare":
-        lo = time.time_ns()
-        time.sleep(phase_s)
-        return lo, time.time_ns()
+        return None
     if mode == "attach":
-        cmd = [sys.executable, "-m", "gpuwatch", "attach", str(pid), "--rate", "100", "--quiet"]
-        cmd += ["--duration", str(phase_s + WARMUP_S), "--out", str(tmp / f"run{n}"), "--json"]
-    else:  # py-spy alone, the same flags as attach ("pyspy-nb") or its default blocking mode
-        cmd = ["py-spy", "record", "--rate", "100", "--pid", str(pid), "--format", "raw", "--idle"]
-        cmd += ["--duration", str(int(round(phase_s + WARMUP_S))), "--output", str(tmp / f"{mode}{n}.txt")]
-        if mode == "pyspy-nb":
-            cmd += ["--nonblocking", "--subprocesses"]
-    start = time.time_ns()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        return [sys.executable, "-m", "gpuwatch", "attach", str(pid), "--rate", "100", "--quiet",
+                "--duration", f"{seconds:g}", "--out", str(out)]  # fmt: skip
+    cmd = ["py-spy", "record", "--rate", "100", "--pid", str(pid), "--format", "raw", "--idle"]
+    cmd += ["--duration", str(int(round(seconds))), "--output", str(out)]
+    return cmd + (["--nonblocking", "--subprocesses"] if mode == "pyspy-nb" else [])
+
+
+def run_phase(mode: str, pid: int, phase_s: float, out: Path) -> tuple[int, int]:
+    """Sample `pid` in `mode` (or nothing); returns the wall-clock window in which it was sampling."""
+    cmd = sampler_cmd(mode, pid, phase_s + WARMUP_S, out)
+    proc = (
+        None
+        if cmd is None
+        else subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+    )
     time.sleep(WARMUP_S)
     lo = time.time_ns()
     time.sleep(phase_s - 0.5)
     hi = time.time_ns()
-    _, err = proc.communicate(timeout=120)
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} failed: {err.decode(errors='replace')[-500:]}")
-    assert hi > start
+    if proc is not None:
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise SystemExit(f"{mode} failed: {err.decode(errors='replace')[-500:]}")
     return lo, hi
 
 
-def raise_priority(pid: int, nice: int) -> str:
-    """Give the trainer priority over the machine's other load (a dedicated training node's situation:
-    samplers then use spare CPU instead of the trainer's). Root only; otherwise say so and go on."""
+def raise_priority(pid: int, nice: int) -> bool:
+    """Give a trainer priority over the machine's other load, as on a training node where samplers use spare
+    CPU; both twins get it. Root only."""
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
         for tid in os.listdir(f"/proc/{pid}/task"):
             os.setpriority(os.PRIO_PROCESS, int(tid), nice)
-        return f"trainer at nice {nice}"
-    except (PermissionError, OSError):
-        return "trainer at default priority (not root)"
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--phase-s", type=float, default=8.0)
-    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--rounds", type=int, default=4, help="rounds; each runs every mode once")
+    p.add_argument("--phase-s", type=float, default=8.0, help="seconds measured per mode per round")
+    p.add_argument("--width", type=int, default=768)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--nice", type=int, default=-10, help="trainer priority (root); 0 to leave it as is")
+    p.add_argument("--nice", type=int, default=-10, help="trainers' priority when root (0: leave as is)")
     p.add_argument("--target", metavar="LOG", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.target:
         target(args.target, args.width, args.depth, args.batch)
         return
 
+    ratios: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    steps_ms: dict[str, list[float]] = {m: [] for m in MODES}
     with tempfile.TemporaryDirectory(prefix="attach-overhead-") as tmp_s:
         tmp = Path(tmp_s)
-        log = tmp / "steps.txt"
-        cmd = [sys.executable, str(HERE), "--target", str(log), "--width", str(args.width)]
-        cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
-        trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        logs = [tmp / "twin0.txt", tmp / "twin1.txt"]
+        twins = []
+        for log in logs:
+            cmd = [sys.executable, str(HERE), "--target", str(log), "--width", str(args.width)]
+            cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
+            twins.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
         try:
-            pid = int(trainer.stdout.readline())  # type: ignore[union-attr]
-            priority = raise_priority(pid, args.nice) if args.nice else "trainer at default priority"
-            time.sleep(2.0)  # warm caches and allocator
-            per_mode: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+            pids = [int(t.stdout.readline()) for t in twins]  # type: ignore[union-attr]
+            niced = args.nice != 0 and all(raise_priority(pid, args.nice) for pid in pids)
+            time.sleep(3.0)  # warm caches and allocators
             for r in range(args.rounds):
                 k = r % len(MODES)
-                order = MODES[k:] + MODES[:k]  # rotate so no mode always follows another
-                for mode in order:
-                    lo, hi = run_mode(mode, pid, args.phase_s, tmp, r)
-                    got = steps_in(log, lo, hi)
-                    per_mode[mode].append(got)
+                for mode in MODES[k:] + MODES[:k]:  # rotated: no mode always follows another
+                    s = (r + MODES.index(mode)) % 2  # each mode samples twin 0 and twin 1 in turn
+                    lo, hi = run_phase(mode, pids[s], args.phase_s, tmp / f"{mode}-{r}")
+                    sampled, control = steps_in(logs[s], lo, hi), steps_in(logs[1 - s], lo, hi)
+                    wall = float(np.median(sampled[:, 0]) / np.median(control[:, 0]))
+                    cpu = float(np.median(sampled[:, 1]) / np.median(control[:, 1]))
+                    ratios[mode].append((wall, cpu))
+                    steps_ms[mode].append(float(np.median(sampled[:, 0])))
                     print(
-                        f"round {r + 1} {mode:8s}: {len(got):4d} steps, median wall {np.median(got[:, 0]):.3f} ms, "
-                        f"CPU {np.median(got[:, 1]):.3f} ms",
+                        f"round {r + 1} {mode:8s} twin {s}: {len(sampled):4d} steps, median "
+                        f"{np.median(sampled[:, 0]):7.3f} ms vs control {np.median(control[:, 0]):7.3f} ms "
+                        f"-> wall x{wall:.4f}, CPU x{cpu:.4f}",
                         flush=True,
                     )
         finally:
-            trainer.kill()
-            trainer.wait()
+            for t in twins:
+                t.kill()
+                t.wait()
 
-    wall = {m: float(np.median(np.concatenate(v)[:, 0])) for m, v in per_mode.items()}
-    cpu = {m: float(np.median(np.concatenate(v)[:, 1])) for m, v in per_mode.items()}
     print()
     print(
-        f"target: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread, {priority}; "
-        f"{args.rounds} rounds x {args.phase_s:g} s per mode, modes rotated; medians over all rounds"
+        f"twins: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread each"
+        f"{', nice ' + str(args.nice) if niced else ''}; {args.rounds} rounds x {args.phase_s:g} s per mode"
     )
-    print(f"  {'mode':8s} {'wall ms':>9s} {'ratio':>7s} {'CPU ms':>9s} {'ratio':>7s}  steps")
+    print(f"  {'mode':8s}  {'step ms':>8s}  {'wall ratio, geo-mean (min..max)':>32s}  {'CPU ratio':>9s}")
+    med = {}
     for mode in MODES:
-        steps = sum(len(a) for a in per_mode[mode])
+        w = np.array([x[0] for x in ratios[mode]])
+        c = np.array([x[1] for x in ratios[mode]])
+        med[mode] = float(np.exp(np.log(w).mean()))  # geometric mean: twin 0 and twin 1 biases cancel
         print(
-            f"  {mode:8s} {wall[mode]:9.3f} {wall[mode] / wall['bare']:7.4f} "
-            f"{cpu[mode]:9.3f} {cpu[mode] / cpu['bare']:7.4f}  {steps}"
+            f"  {mode:8s}  {np.median(steps_ms[mode]):8.2f}  {med[mode]:16.4f} ({w.min():.3f}..{w.max():.3f})"
+            f"  {float(np.exp(np.log(c).mean())):9.4f}"
         )
-    rounds = [
-        float(np.median(a[:, 0])) / float(np.median(b[:, 0]))
-        for a, b in zip(per_mode["attach"], per_mode["bare"])
-    ]
-    print(f"  attach/bare wall per round: {', '.join(f'{x:.4f}' for x in rounds)}")
     print(
-        f"slowdown of the median step: gpuwatch attach (nonblocking, 100 Hz) "
-        f"{100 * (wall['attach'] / wall['bare'] - 1):+.2f}%; py-spy alone non-blocking "
-        f"{100 * (wall['pyspy-nb'] / wall['bare'] - 1):+.2f}%; py-spy default blocking mode (100 Hz) "
-        f"{100 * (wall['blocking'] / wall['bare'] - 1):+.2f}%"
+        f"median step slowdown vs the unsampled twin: gpuwatch attach (non-blocking, 100 Hz) "
+        f"{100 * (med['attach'] - 1):+.2f}%, py-spy alone non-blocking {100 * (med['pyspy-nb'] - 1):+.2f}%, "
+        f"py-spy default blocking {100 * (med['blocking'] - 1):+.2f}%; noise floor (bare twins) "
+        f"{100 * (med['bare'] - 1):+.2f}%"
     )
 
 
