@@ -446,6 +446,10 @@ class _Accumulator:
                 stream[at] = np.where(s >= 0, s, tid[at])  # old traces: the stream is the tid
                 d = _int_list(la_dev, "device")
                 device[at] = np.where(d >= 0, d, pid[at])  # ... and the device the pid
+                for col, field_name in ((stream, "tid"), (device, "pid")):
+                    bad = at[col[at] < 0]  # a name ("stream 7", "GPU 0"), not a number: still a device
+                    if bad.size:
+                        col[bad] = [_device_id(getattr(xs[i], field_name)) for i in bad.tolist()]
                 nbytes[at] = _int_list(la_dev, "nbytes")
         # full args only where they carry NCCL metadata: collective kernels, record_param_comms calls
         rpc = self.name_code.get("record_param_comms", -2)
@@ -563,11 +567,15 @@ def _float_column(events: list[_Event], get: Any, default: float | None = None) 
     """A float64 column of a field; with `default` None, also a mask of the events whose value is numeric
     (None when all are, the common case)."""
     try:
-        return np.fromiter(map(get, events), np.float64, len(events)), None
+        arr = np.fromiter(map(get, events), np.float64, len(events))
+        if not np.isnan(arr).any():  # numpy reads None as NaN: those take the careful path below
+            return arr, None
     except (TypeError, ValueError):
         pass
     vals = [get(e) for e in events]
-    ok = np.array([isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals], dtype=bool)
+    ok = np.array(
+        [isinstance(v, (int, float)) and not isinstance(v, bool) and v == v for v in vals], dtype=bool
+    )
     fill = 0.0 if default is None else default
     arr = np.array([v if good else fill for v, good in zip(vals, ok.tolist())], dtype=np.float64)
     return arr, (None if default is not None else ok)
@@ -684,6 +692,18 @@ def _stable_int(value: Any) -> int:
     if key not in _STRING_IDS:
         _STRING_IDS[key] = -1_000_000 - len(_STRING_IDS)
     return _STRING_IDS[key]
+
+
+def _device_id(value: Any) -> int:
+    """A non-negative stream or device number from a name: "stream 7" -> 7, "GPU 0" -> 0; names without
+    a number get stable numbers from 1_000_000 (device spans are told from host spans by stream >= 0)."""
+    parsed = _as_int(value)
+    if parsed is not None and parsed >= 0:
+        return parsed
+    m = re.search(r"\d+", str(value))
+    if m:
+        return int(m.group())
+    return 1_000_000 + (-_stable_int(str(value)) - 1_000_000)
 
 
 def _int_or(value: Any, default: int) -> int:

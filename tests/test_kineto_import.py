@@ -280,3 +280,41 @@ def test_chunked_decode_of_a_real_trace(monkeypatch: pytest.MonkeyPatch) -> None
     events = ki._decode(path, ki.read_trace_bytes(path))[1]
     assert len(list(ki._event_chunks(events))) > 50
     _same_columns(import_trace(path).spans, whole.spans)
+
+
+def test_odd_but_valid_events_take_the_lenient_paths(tmp_path: Path) -> None:
+    """Chrome traces from other producers: string pids/tids, null args, string correlation ids, missing
+    durations, non-numeric timestamps (skipped and counted), numeric names. Nothing is fatal."""
+    events = [
+        {"ph": "X", "cat": "user_annotation", "name": "ProfilerStep#1", "pid": "host", "tid": "main",
+         "ts": 100, "dur": 1000},
+        {"ph": "X", "cat": "cpu_op", "name": 42, "pid": "host", "tid": "main", "ts": 150, "args": None},
+        {"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": "host", "tid": "main",
+         "ts": 200, "dur": 5, "args": {"correlation": "77"}},
+        {"ph": "X", "cat": "kernel", "name": "gemm", "pid": "GPU 0", "tid": "stream 7", "ts": 210.5,
+         "dur": 50.25, "args": {"correlation": "77", "device": "0"}},
+        {"ph": "X", "cat": "kernel", "name": "gemm2", "pid": 0, "tid": 7, "ts": 300, "dur": 10, "args": None},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::bad_ts", "pid": "host", "tid": "main", "ts": None, "dur": 1},
+        {"ph": "X", "cat": "cpu_op", "name": "aten::str_ts", "pid": "host", "tid": "main", "ts": "soon"},
+    ]  # fmt: skip
+    path = tmp_path / "odd.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    imp = import_trace(path)
+    cols = imp.spans
+    assert len(cols) == 5 and imp.skipped == {"no numeric timestamp": 2}
+    order = np.argsort(cols.start_ns, kind="stable")
+    assert cols.name[order].tolist() == ["ProfilerStep#1", "42", "cudaLaunchKernel", "gemm", "gemm2"]
+    assert cols.kind[order].tolist() == ["step", "cpu_op", "runtime", "kernel", "kernel"]
+    k = order[3]
+    assert cols.correlation[k] == 77 and cols.device_index[k] == 0 and cols.stream[k] == 7  # "stream 7"
+    assert (
+        cols.end_ns[k] - cols.start_ns[k] == 50_250 and cols.start_ns[k] - cols.start_ns[order[0]] == 110_500
+    )
+    assert cols.stream[order[4]] == 7 and cols.device_index[order[4]] == 0  # stream/device from tid/pid
+    assert cols.end_ns[order[1]] == cols.start_ns[order[1]]  # no dur: an instant
+    from gpuwatch.budget import compute_rank_budget
+
+    budget = compute_rank_budget(0, cols)
+    assert budget.mode == "device" and budget.step_category_ns.sum() == 1_000_000
+    compute = budget.step_category_ns[0][0]
+    assert compute == 50_250 + 10_000  # both kernels are device work, whatever their ids looked like
