@@ -29,7 +29,7 @@ from collectors import hook_context as hc
 from collectors.base import Collector, RecordSink
 from collectors.device_timer import DeviceTimer
 from collectors.hook_context import HookContext, Patcher
-from gpuwatch.records import Category, SpanKind
+from gpuwatch.records import Category, Span, SpanKind
 
 PHASE = SpanKind.PHASE.value
 COMPUTE = Category.COMPUTE.value
@@ -325,8 +325,6 @@ class TorchHooks(Collector):
             return
         self._reducer_seq += 1
         name = "DDP reducer wait" if self.ddp_seen else "autograd final callbacks (distributed)"
-        from gpuwatch.records import Span
-
         ctx.emit(
             Span(
                 rank=ctx.rank,
@@ -378,10 +376,9 @@ class TorchHooks(Collector):
 
     # ---- GPU only: copies and host-device syncs -------------------------------------------------------
     def _install_gpu(self, torch: Any) -> None:
-        for method in ("to", "cuda", "cpu"):
-            self._patcher.patch(torch.Tensor, method, _wrap_copy)
-        self._patcher.patch(torch.Tensor, "item", _wrap_item)
-        self._patcher.patch(torch.cuda, "synchronize", _wrap_synchronize)
+        from collectors.device_copy_hooks import install_device_copy_hooks
+
+        install_device_copy_hooks(self._patcher, torch)
 
 
 def _dynamo_compiled() -> bool:
@@ -480,89 +477,3 @@ def _wrap_get_iterator(original: Any) -> Any:
                 ctx.hook_error("dataloader", exc)
 
     return _get_iterator
-
-
-# ---- GPU wrappers ----------------------------------------------------------------------------------
-def _emit_after(ctx: HookContext, t0: int, name: str, category: str, kind: str, **fields: Any) -> None:
-    from gpuwatch.records import Span
-
-    on_train = threading.get_ident() == ctx.train_ident
-    ctx.emit(
-        Span(
-            rank=ctx.rank,
-            kind=kind,
-            name=name,
-            start_ns=t0,
-            end_ns=ctx.now_ns(),
-            category=category,
-            pid=ctx.pid,
-            tid=ctx.train_tid if on_train else threading.get_native_id(),
-            step=ctx.step,
-            **fields,
-        )
-    )
-
-
-def _wrap_copy(original: Any) -> Any:
-    method = original.__name__
-
-    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
-        ctx = hc.current()
-        if ctx is None:
-            return original(self, *args, **kwargs)
-        t0 = ctx.now_ns()
-        out = original(self, *args, **kwargs)
-        try:
-            if out is not self and out.device.type != self.device.type:
-                src, dst = self.device.type, out.device.type
-                direction = "h2d" if src == "cpu" else ("d2h" if dst == "cpu" else "d2d")
-                _emit_after(
-                    ctx,
-                    t0,
-                    f"Tensor.{method} {direction}",
-                    Category.MEMCPY.value,
-                    SpanKind.MEMCPY.value,
-                    bytes=int(self.numel() * self.element_size()),
-                    attrs={"direction": direction, "non_blocking": bool(kwargs.get("non_blocking", False))},
-                )
-        except Exception as exc:
-            ctx.hook_error("memcpy", exc)
-        return out
-
-    copy.__name__ = method
-    copy.__doc__ = original.__doc__
-    return copy
-
-
-def _wrap_item(original: Any) -> Any:
-    def item(self: Any) -> Any:
-        ctx = hc.current()
-        if ctx is None or not self.is_cuda:
-            return original(self)
-        t0 = ctx.now_ns()
-        out = original(self)
-        try:
-            _emit_after(ctx, t0, "Tensor.item (device sync)", Category.SYNC.value, SpanKind.CPU_OP.value)
-        except Exception as exc:
-            ctx.hook_error("item", exc)
-        return out
-
-    item.__doc__ = original.__doc__
-    return item
-
-
-def _wrap_synchronize(original: Any) -> Any:
-    def synchronize(*args: Any, **kwargs: Any) -> Any:
-        ctx = hc.current()
-        if ctx is None:
-            return original(*args, **kwargs)
-        t0 = ctx.now_ns()
-        out = original(*args, **kwargs)
-        try:
-            _emit_after(ctx, t0, "torch.cuda.synchronize", Category.SYNC.value, SpanKind.CPU_OP.value)
-        except Exception as exc:
-            ctx.hook_error("synchronize", exc)
-        return out
-
-    synchronize.__doc__ = original.__doc__
-    return synchronize

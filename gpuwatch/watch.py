@@ -118,7 +118,6 @@ class Watcher:
         self._closing = False
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
-        self._started_at = 0.0
 
     # ---- public ----------------------------------------------------------------------------------------
     @property
@@ -251,7 +250,6 @@ class Watcher:
             self.run_dir, run, flush_interval_s=opts["flush_interval_s"], max_queue=opts["max_queue"]
         )
         self.ctx = ctx = HookContext(self.writer, self.rank, self.writer.run.started_at_unix_ns)
-        self._started_at = time.monotonic()
         activate(ctx)
         self.enabled = True
         self._start_collectors(ctx)
@@ -354,6 +352,9 @@ class Watcher:
             return  # signal handlers can only be set from the main thread
         try:
             self._prev_sigterm = signal.getsignal(signal.SIGTERM)
+            if self._prev_sigterm is None:  # a handler installed from C: we could not chain to it
+                self.ctx.note_once("sigterm", "SIGTERM has a non-Python handler: not flushing on SIGTERM")
+                return
             signal.signal(signal.SIGTERM, self._on_sigterm)
             self._sigterm_installed = True
         except (ValueError, OSError) as exc:
@@ -369,7 +370,7 @@ class Watcher:
         self._sigterm_installed = False
         try:
             if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
-                signal.signal(signal.SIGTERM, self._prev_sigterm or signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, self._prev_sigterm)
         except (ValueError, OSError):
             pass
 
