@@ -256,11 +256,13 @@ class AttachStacks:
                 compute.most_common(1)[0][0], "most forward/backward/optimizer time"
             )
         elif final or self._chunks >= DECIDE_AFTER_CHUNKS:
-            key = self._main_thread_key()
-            if key is None and busy:
-                key = busy.most_common(1)[0][0]
-            if key is not None:
-                self.training = self._make_thread(key, "main thread (no forward/backward/optimizer seen)")
+            fallback = self._main_thread_key()
+            if fallback is None and busy:
+                fallback = busy.most_common(1)[0][0]
+            if fallback is not None:
+                self.training = self._make_thread(
+                    fallback, "main thread (no forward/backward/optimizer seen)"
+                )
 
     def _main_thread_key(self) -> ThreadKey | None:
         keys = {(iv.pid, iv.thread_id) for iv in self._buffer if iv.pid == self.target_pid}

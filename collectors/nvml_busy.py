@@ -154,7 +154,9 @@ class NvmlBusySampler(SamplerThread):
         try:
             nv = self._nvml
             if nv is None:
-                import pynvml as nv  # nvidia-ml-py
+                import pynvml  # nvidia-ml-py
+
+                nv = pynvml
             nv.nvmlInit()
             self._nvml = nv
             self._handles = [nv.nvmlDeviceGetHandleByIndex(i) for i in range(nv.nvmlDeviceGetCount())]

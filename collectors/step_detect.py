@@ -102,7 +102,7 @@ def _loop_candidates(
 ) -> tuple[list[tuple[tuple[Frame, ...], str, str, float]], str]:
     """Candidate loop frames (prefix, file, function, share) from the root down, and a reason if none."""
     total = float(dur.sum()) or 1.0
-    idx = np.arange(len(stacks))
+    idx: list[int] = list(range(len(stacks)))
     prefix: tuple[Frame, ...] = ()
     out: list[tuple[tuple[Frame, ...], str, str, float]] = []
     for depth in range(256):
@@ -110,7 +110,7 @@ def _loop_candidates(
         for i in idx:
             st = stacks[i]
             if len(st) > depth and st[:depth] == prefix:
-                groups[(st[depth][0], st[depth][1])].append(int(i))
+                groups[(st[depth][0], st[depth][1])].append(i)
         if not groups:
             break
         key, members = max(groups.items(), key=lambda kv: float(dur[kv[1]].sum()))
@@ -125,12 +125,12 @@ def _loop_candidates(
         lines = [stacks[i][depth][2] for i in members]
         if _recurring(lines) >= 2:
             out.append((prefix, key[0], key[1], share))
-        line_dur: Counter[int] = Counter()
+        line_dur: dict[int, float] = defaultdict(float)
         for i, line in zip(members, lines):
             line_dur[line] += float(dur[i])
-        top_line = line_dur.most_common(1)[0][0]
+        top_line = max(line_dur, key=line_dur.__getitem__)
         prefix = prefix + ((key[0], key[1], top_line),)
-        idx = np.array([i for i, line in zip(members, lines) if line == top_line], dtype=np.int64)
+        idx = [i for i, line in zip(members, lines) if line == top_line]
     return out, "" if out else "the training thread runs no loop (no frame's line recurs)"
 
 

@@ -175,3 +175,18 @@ def test_ctrl_c_stops_cleanly_with_a_complete_run(tmp_path: Path) -> None:
     writer = json.loads(next(run.glob("rank*/writer.json")).read_text())
     assert writer["status"] == "ended"
     assert writer["meta"]["attach"]["training_thread"]["tid"] == target.pid
+
+
+def test_a_python_process_that_does_not_train_falls_back_to_its_main_thread(tmp_path: Path) -> None:
+    """No forward/backward anywhere: the main thread is taken, no steps are claimed, and the report says why."""
+    run = tmp_path / "run"
+    with Target("nondumpable", "--seconds", "60") as target:  # a plain sleep loop (root may still read it)
+        if os.geteuid() != 0:
+            pytest.skip("the idle target is non-dumpable; only root can read it")
+        proc = run_cli("attach", target.pid, "--duration", "3", "--out", run, "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)["attach"]
+    assert report["training_thread"]["tid"] == target.pid
+    assert report["training_thread"]["how"].startswith("main thread")
+    det = report["step_detection"]
+    assert not det["used"] and det["confidence"] == 0.0
