@@ -11,6 +11,7 @@ Consumes the `StackInterval`s of `PySpyRecorder` (every thread of the target and
 
 from __future__ import annotations
 
+import linecache
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import numpy as np
 
 from collectors.base import RecordSink
 from collectors.pyspy_sampler import Frame, StackInterval
-from collectors.stack_rules import classify_stack
+from collectors.stack_rules import classify_stack, higher_priority, source_rule
 from collectors.step_detect import DEFAULT_MIN_CONFIDENCE, LoopMarker, StepDetection, detect_steps
 from gpuwatch.records import Category, Span, SpanKind
 
@@ -64,7 +65,9 @@ def leaf_label(frames: tuple[Frame, ...]) -> str:
 class StackClassifier:
     """Stack -> (category or None, label), cached per distinct stack (stacks repeat thousands of times)."""
 
-    def __init__(self, max_cache: int = 50_000) -> None:
+    def __init__(self, max_cache: int = 50_000, *, device_syncs: bool = False) -> None:
+        self.device_syncs = device_syncs
+        """Also classify by the innermost line's text (`SOURCE_RULES`): on a GPU, `loss.item()` waits."""
         self._cache: dict[tuple[Frame, ...], tuple[str | None, str]] = {}
         self._worker_cache: dict[tuple[Frame, ...], tuple[str | None, str]] = {}
         self._max = max_cache
@@ -74,6 +77,9 @@ class StackClassifier:
         if hit is None:
             # leaf first: among rules of one category the innermost frame names the cause
             rule = classify_stack((f, short_function(n)) for f, n, _ in reversed(frames))
+            if frames and self.device_syncs:  # the innermost line shows C calls py-spy cannot see (`.item()`)
+                filename, _, line = frames[-1]
+                rule = higher_priority(rule, source_rule(filename, linecache.getline(filename, line)))
             hit = (rule.category.value, rule.label) if rule is not None else (None, leaf_label(frames))
             if len(self._cache) >= self._max:
                 self._cache.clear()
@@ -169,6 +175,7 @@ class AttachStacks:
         thread_override: (pid, thread id) chosen by the user, or None to find the training thread.
         min_step_confidence: steps are emitted from this confidence on.
         on_training_spans: called with each batch of emitted training-thread spans (device-busy placement).
+        device_syncs: the target uses a GPU: a line calling `.item()`/`.cpu()`/`synchronize()` is sync.
     """
 
     def __init__(
@@ -183,6 +190,7 @@ class AttachStacks:
         thread_override: ThreadKey | None = None,
         min_step_confidence: float = DEFAULT_MIN_CONFIDENCE,
         on_training_spans: Callable[[list[Span]], None] | None = None,
+        device_syncs: bool = False,
     ) -> None:
         self.sink = sink
         self.rank = rank
@@ -193,7 +201,7 @@ class AttachStacks:
         self.override = thread_override
         self.min_conf = min_step_confidence
         self.on_training_spans = on_training_spans
-        self.classifier = StackClassifier()
+        self.classifier = StackClassifier(device_syncs=device_syncs)
         self.training: TrainingThread | None = None
         self.workers = WorkerReport()
         self.steps: StepDetection | None = None

@@ -178,3 +178,35 @@ def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
         if rule is not None and (best is None or _RANK[rule.category] < _RANK[best.category]):
             best = rule
     return best
+
+
+# ---- the source line the innermost Python frame is on ----------------------------------------------------
+# A sampler that sees only Python frames cannot see a C method such as `loss.item()`: the innermost frame is
+# the user's line calling it. On a GPU that call blocks until the device catches up, so the line's text
+# names the cause. These rules match that text (samplers that can read the target's source files use them;
+# the categories join the stack's by the same priority).
+
+SOURCE_RULES: list[StackRule] = [
+    StackRule(
+        Category.SYNC,
+        function=r"\.(item|tolist|cpu|numpy)\(\s*\)|\bsynchronize\(",
+        label="host-device sync (.item()/.cpu()/synchronize)",
+    ),
+]
+"""Rules over source text: `function` holds the regex searched in the line (`file` restricts the file)."""
+
+
+def source_rule(filename: str, text: str) -> StackRule | None:
+    """The first `SOURCE_RULES` rule matching the source `text` of a line in `filename`, or None."""
+    path = filename.replace("\\", "/")
+    for rule in SOURCE_RULES:
+        if (not rule.file or re.search(rule.file, path)) and re.search(rule.function, text):
+            return rule
+    return None
+
+
+def higher_priority(a: StackRule | None, b: StackRule | None) -> StackRule | None:
+    """The rule whose category wins by the budget priority (either may be None)."""
+    if a is None or b is None:
+        return a or b
+    return a if _RANK[a.category] <= _RANK[b.category] else b

@@ -267,10 +267,12 @@ def attach(
     )
     writer = SegmentWriter(out_dir, run)
     rank = facts["rank"]
-    busy_sampler = NvmlBusySampler(
-        0.2, anchor, pids=lambda: {opts.pid, *stacks.workers.pids}, rank=rank, nvml=nvml
-    )
+    worker_pids: list[int] = []  # filled in by the stack attribution as workers show up
+
+    busy_sampler = NvmlBusySampler(0.2, anchor, pids=lambda: {opts.pid, *worker_pids}, rank=rank, nvml=nvml)
     placer = _BusyPlacer(busy_sampler, writer, rank, opts.pid)
+    if opts.gpu:  # before the stacks: whether there is a GPU decides how `.item()` lines count
+        busy_sampler.start(writer)
     stacks = AttachStacks(
         writer,
         rank=rank,
@@ -281,7 +283,9 @@ def attach(
         thread_override=override,
         min_step_confidence=opts.min_step_confidence,
         on_training_spans=placer.add,
+        device_syncs=busy_sampler.available,
     )
+    worker_pids = stacks.workers.pids  # the lambda above reads this name: now the live list
 
     def on_chunk(intervals: list[Any], final: bool) -> None:
         try:
@@ -300,8 +304,6 @@ def attach(
         subprocesses=opts.subprocesses,
         on_chunk=on_chunk,
     )
-    if opts.gpu:
-        busy_sampler.start(writer)
     samplers = _start_system_samplers(opts, anchor, rank, writer)
     if progress is not None:
         until = f"for {opts.duration_s:g} s" if opts.duration_s else "until Ctrl-C"

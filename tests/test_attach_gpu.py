@@ -206,3 +206,22 @@ def test_real_gpu_trainer(tmp_path: Path) -> None:
     assert rank["mode"] == "device"
     assert rank["budget_pct"]["compute"] > 5
     assert rank["budget_pct"]["data_loading"] > 1  # the 10 ms host wait each step (file read rule)
+
+
+def test_a_line_waiting_on_the_device_is_sync_on_a_gpu_only(tmp_path: Path) -> None:
+    """py-spy sees no C calls: on `print(loss.item())` the innermost frame is the user's line. Its text
+    (read from the target's own source file) names the wait; on a CPU-only run the same line is host work."""
+    from collectors.attach_stacks import StackClassifier
+
+    src = tmp_path / "train.py"
+    src.write_text(
+        "for b in dl:\n    loss = model(b)\n    print(loss.item())\n    torch.cuda.synchronize()\n"
+    )
+    fwd = (f"{tmp_path}/torch/nn/modules/linear.py", "Linear.forward", 10)
+    gpu, cpu = StackClassifier(device_syncs=True), StackClassifier()
+    item = ((str(src), "<module>", 3),)
+    assert gpu.classify(item) == ("sync", "host-device sync (.item()/.cpu()/synchronize)")
+    assert gpu.classify(((str(src), "<module>", 4),))[0] == "sync"
+    assert cpu.classify(item) == (None, "<module> (train.py:3)")
+    # a deeper Python frame is where the thread is: the line calling it does not matter then
+    assert gpu.classify(((str(src), "<module>", 2), fwd)) == ("compute", "forward")
