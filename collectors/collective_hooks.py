@@ -102,6 +102,12 @@ class CollectiveHooks(Collector):
             return
         try:
             self.ctx.distributed = bool(self._c10d.is_initialized())
+            if self.ctx.distributed and self._c10d.get_rank() != self.ctx.rank:
+                self.ctx.note_once(
+                    "rank_mismatch",
+                    f"this process is rank {self._c10d.get_rank()} but was recorded as rank {self.ctx.rank}: "
+                    "start gpuwatch.watch after init_process_group, set RANK, or pass rank=",
+                )
         except Exception:
             pass
 
