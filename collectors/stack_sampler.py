@@ -43,6 +43,8 @@ PROBE_EVERY_NS = 250_000
 """While probing, one stack every this many ns of the training thread's own events."""
 PROBE_RETRY_STEPS = 20
 """A signature still unexplained after a probe is probed again this many steps later."""
+MAX_SIGNATURES = 10_000
+"""Gap signatures remembered (span names with a counter in them would otherwise grow this forever)."""
 
 _OWN_DIRS = tuple(
     os.path.dirname(os.path.abspath(path)) + os.sep
@@ -251,7 +253,13 @@ class StackSampler(Collector):
                 self._emit(start, end, category, label, 0, inferred=True)
             return
         samples.sort()
-        sig = self._signatures.setdefault(signature, _Signature())
+        sig = self._signatures.get(signature)
+        if sig is None:
+            sig = (
+                _Signature()
+                if len(self._signatures) >= MAX_SIGNATURES
+                else self._signatures.setdefault(signature, _Signature())
+            )
         if not sig.counts:
             self._learned = True
         # runs of equal category; a change splits at the midpoint between the two samples
@@ -273,7 +281,7 @@ class StackSampler(Collector):
     def _want_probe(self, key: str) -> None:
         step = self.ctx.step
         last = self._probed_at.get(key)
-        if last is not None and step - last < PROBE_RETRY_STEPS:
+        if (last is not None and step - last < PROBE_RETRY_STEPS) or len(self._probed_at) >= MAX_SIGNATURES:
             return
         self._probed_at[key] = step
         self.ctx.probe_keys.add(key)
