@@ -172,6 +172,10 @@ class Watcher:
             if threading.get_ident() != ctx.train_ident and self._step_index == 0:
                 self._rehome(ctx)
             t = ctx.begin("step")
+        except Exception as exc:
+            ctx.hook_error("step", exc)
+            return
+        try:
             index = self._step_index
             self.writer.emit_span(
                 Span(
@@ -189,9 +193,10 @@ class Watcher:
             self._step_index = index + 1
             ctx.step = index + 1
             self._on_boundary(index)
-            ctx.abandon("step")
         except Exception as exc:
             ctx.hook_error("step", exc)
+        finally:
+            ctx.abandon("step")  # gpuwatch's own work above is not the job's: the next gap starts now
 
     def close(self, status: str = "ended") -> None:
         """Stop collecting and write everything (idempotent; a forked child never closes its parent's run)."""
