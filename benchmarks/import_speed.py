@@ -161,6 +161,7 @@ def main() -> int:
             file=sys.stderr,
         )
     rows = []
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="gpuwatch-bench-"))
     try:
         for inp in inputs(args.cache, args.only):
@@ -170,6 +171,11 @@ def main() -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(_table(rows, hta is not None))
+    # other work on the machine slows both tools; the ratios compare runs made side by side
+    print(
+        f"\n{os.cpu_count()} cores, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after; "
+        f"best of {args.repeat} runs per tool (HTA: best of {max(1, args.repeat - 1)}), peak RSS of one more run."
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
