@@ -44,9 +44,14 @@ class Peak:
     """Where the figure comes from, stated in the log."""
 
 
-def measure_cpu_peak(threads: int, size: int = 768, repeats: int = 4) -> float:
-    """The best fp32 GEMM rate (FLOP/s) of this CPU with `threads` threads: the peak the trainer can reach."""
+def measure_cpu_peak(threads: int, size: int = 384, repeats: int = 50) -> float:
+    """The best fp32 GEMM rate (FLOP/s) of this CPU with `threads` threads: the peak the trainer can reach.
+
+    Many short GEMMs (about 1 ms each), best one taken: on a shared machine some of them run uncontended,
+    which a few long ones would not.
+    """
     a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up: first-call allocation and kernel selection
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,8 @@ def train(
 ) -> dict[str, float]:
     """Train one rank for `cfg.steps` steps; returns the whole-run metrics of this rank."""
     run_dir = Path(run_dir)
+    # torch suggests at most one DataLoader worker per core; ours mostly wait on storage, so more is the fix
+    warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
     info = init_distributed(cfg.device)
     if info.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)  # the trainer's math on few threads: workers need cores
