@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = [
         c for c in configurations() if not args.only or c.name in args.only or c.name.split()[0] in args.only
     ]
+    load_before = os.getloadavg()[0]
     results = []
     for i, config in enumerate(configs, 1):
         t0 = time.monotonic()
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     failures = check(results) if args.check else []
     if args.markdown:
         cmd = "python -m reference_trainer.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-        Path(args.markdown).write_text(_markdown_doc(table, results, cmd.strip(), args, failures))
+        loads = (load_before, os.getloadavg()[0])
+        Path(args.markdown).write_text(_markdown_doc(table, results, cmd.strip(), args, failures, loads))
         _progress(f"wrote {args.markdown}")
     for f in failures:
         _progress(f"FAILED: {f}")
@@ -286,23 +288,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _markdown_doc(
-    table: str, results: list[Result], cmd: str, args: argparse.Namespace, failures: list[str]
+    table: str,
+    results: list[Result],
+    cmd: str,
+    args: argparse.Namespace,
+    failures: list[str],
+    loads: tuple[float, float],
 ) -> str:
+    import platform
+
     by_rank = "; ".join(
         f"{r.config.name}: "
         + ", ".join(f"rank {k} {v:.1f}%" for k, v in sorted(r.compute_pct_by_rank.items()))
         for r in results
     )
-    import platform
-
     checks = "\n".join(f"- FAILED: {f}" for f in failures) if failures else "- every promise held (`--check`)"
+    cores = os.cpu_count()
     return (
         "# Reference trainer ablation\n\n"
-        f"Measured by gpuwatch (`gpuwatch summary --json` of each run) with `{cmd}` on "
-        f"{os.cpu_count()} CPU cores ({platform.machine()}, {args.nproc} ranks, {args.steps} steps each, gloo).\n"
-        'Budget columns are shares of step wall time over all ranks; "compute recovered" is the compute '
-        'share gained against naive in percentage points; "speed-up" is naive\'s median step time over '
-        "the configuration's.\n\n"
+        f"Measured by gpuwatch (`gpuwatch summary --json` of each run) with `{cmd}` on {cores} CPU cores "
+        f"({platform.machine()}), {args.nproc} ranks (gloo), {args.steps} steps per configuration. Each "
+        f"configuration is `python -m reference_trainer --preset naive --fix NAME --nproc {args.nproc} --steps "
+        f"{args.steps}` (or `--preset fixed`). The 1-minute load average was {loads[0]:.1f} before and "
+        f"{loads[1]:.1f} after: above {cores}, other jobs shared the cores and every CPU-bound figure is slower.\n\n"
+        'Budget columns are shares of step wall time over all ranks; "compute recovered" is the compute share '
+        'gained against naive in percentage points; "speed-up" is naive\'s median step time over the '
+        "configuration's.\n\n"
         f"{table}\n\n"
         f"Compute share per rank: {by_rank}.\n\n"
         f"{checks}\n"
