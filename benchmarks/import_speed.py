@@ -107,22 +107,29 @@ def count_events(path: Path) -> tuple[int, float]:
 
 
 def inputs(cache: Path, only: str | None) -> list[Input]:
+    """The shared real traces that exist, then the generated ones (made on first use, then cached)."""
+
+    def wanted(label: str) -> bool:
+        return not only or only.lower() in label.lower()
+
     found: list[Input] = []
     shared = {
         "control (35 MB, real)": SHARED / "trace_diff_control" / "control.json.gz",
         "nccl_parser_config (real)": SHARED / "nccl_parser_config" / "nccl_data.json.gz",
         "trace_filter rank 0 (real)": SHARED / "trace_filter" / "sampled_rank-0.json.gz",
     }
-    for label, path in shared.items():
-        if path.exists():
-            found.append(Input(label, path, *count_events(path)))
     if not SHARED.exists():
         print(f"shared traces not found at {SHARED}: generated traces only", file=sys.stderr)
+    for label, path in shared.items():
+        if path.exists() and wanted(label):
+            found.append(Input(label, path, *count_events(path)))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from make_big_trace import GENERATOR_VERSION, generate
 
     cache.mkdir(parents=True, exist_ok=True)
     for label, events in (("generated 216k", 216_000), ("generated 1M", 1_000_000)):
+        if not wanted(label):
+            continue
         path = cache / f"big_{events}_v{GENERATOR_VERSION}.json.gz"
         if not path.exists():
             t = time.perf_counter()
@@ -132,8 +139,6 @@ def inputs(cache: Path, only: str | None) -> list[Input]:
                 file=sys.stderr,
             )
         found.append(Input(label, path, *count_events(path)))
-    if only:
-        found = [i for i in found if only.lower() in i.label.lower()]
     return found
 
 
