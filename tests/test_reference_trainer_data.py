@@ -79,7 +79,7 @@ def test_progressive_schedule_goes_images_then_low_medium_high_video() -> None:
 
 
 def test_workers_produce_what_the_training_thread_would(data_dir: Path) -> None:
-    sampler = BucketBatchSampler(rank=1, world_size=2, steps=4, seed=3)
+    sampler = BucketBatchSampler(rank=1, world_size=2, steps=2, seed=3)
     in_workers = torch.utils.data.DataLoader(
         EncodedVideoDataset(data_dir, decode=True, reduced_decode=False, read_latency_ms=1),
         batch_sampler=sampler,
@@ -99,5 +99,5 @@ def test_workers_produce_what_the_training_thread_would(data_dir: Path) -> None:
         assert torch.equal(a, decode_batch(b, reduced=False))
         assert a.shape[2] in (1, 4)
         n += 1
-    assert n == 4
+    assert n == 2
     assert np.isfinite(a.numpy()).all()

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from reference_trainer.model import ModelConfig, VideoDiT, flops_per_sample, param_count, rectified_flow_loss
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The trainer's own setting on CPU; two OpenMP threads on a busy 2-core machine spin 50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_cpu_default_size_and_shapes() -> None:
