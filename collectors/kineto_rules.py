@@ -3,7 +3,8 @@
 The rules are data: an ordered table of (regular expression over the event name, category); the first match
 wins. Users extend it by appending to `HOST_NAME_RULES` before importing. Device kernels are classified the
 way HTA does (so the temporal view agrees with it): communication when the name starts with "nccl" or
-contains "gloo:", memory when it contains "Memcpy" or "Memset", compute otherwise.
+"hccl" or contains "ncclKernel" (or "gloo:"), memory when it contains "Memcpy" or "Memset", compute
+otherwise.
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ def host_category(name: str) -> str | None:
     return result
 
 
+_COMM_KERNEL = re.compile(r"^nccl|^hccl|ncclKernel|ncclDevKernel|gloo:")
+
+
 def device_kind(name: str) -> str:
-    """SpanKind of a device kernel by name, as HTA classifies it."""
-    if name.startswith("nccl") or "gloo:" in name:
+    """SpanKind of a device kernel by name, as HTA classifies it (HTA 0.6.1's communication pattern:
+    `^nccl`, `^hccl`, `ncclKernel` anywhere; RCCL kernels on ROCm carry the same names)."""
+    if _COMM_KERNEL.search(name):
         return SpanKind.COLLECTIVE.value
     if "Memcpy" in name:
         return SpanKind.MEMCPY.value

@@ -13,12 +13,13 @@ math, non-compute its exposed communication and copies, idle the rest of all ste
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpuwatch import intervals as iv
-from gpuwatch.budget import CAT_INDEX, RankBudget, kind_in
+from gpuwatch.budget import CAT_INDEX, RankBudget, kind_in, name_codes
 from gpuwatch.records import Category, SpanColumns, SpanKind
 
 
@@ -75,7 +76,7 @@ def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown
     if window <= 0:
         return None
     busy = iv.total(iv.union(start_us, end_us))
-    is_compute = kinds[idx] == SpanKind.KERNEL.value
+    is_compute = _hta_compute(cols, idx)
     compute = iv.total(iv.union(start_us[is_compute], end_us[is_compute]))
     return TemporalBreakdown(
         idle_pct=100.0 * (window - busy) / window,
@@ -84,6 +85,31 @@ def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown
         window_ns=window * 1000,
         basis="device",
     )
+
+
+# HTA 0.6.1's kernel types (hta/common/types.py, all `re.match`): communication first, then memory, then
+# computation = anything its compute pattern does not exclude; the rest ("other": syncs, DMA, launches) and
+# communication and memory all count as non-compute in the temporal breakdown.
+_HTA_COMM = re.compile(r"(^nccl.*)|(^hip)|(^hccl)|(.*ncclKernel.*)")
+_HTA_MEMORY = re.compile(r"(^(hip)?Memcpy)|(^(hip)?Memset)|(^dma)")
+_HTA_NOT_COMPUTE = re.compile(
+    r"(^nccl)|(.*Memcpy)|(.*Memset)|(.*dma)|(^.*Sync)|(^Stream Wait Event)|(cuda.*LaunchKernel)"
+    r"|(^runFunction)|(^hip)|(^job_exe)|(^packet)|(^pe_exe)|(^cpum_exe_subgraph)|(^hccl)"
+    r"|(^collective_subgraph_execution)"
+)
+
+
+def _is_hta_compute(name: str) -> bool:
+    return not (_HTA_COMM.match(name) or _HTA_MEMORY.match(name) or _HTA_NOT_COMPUTE.match(name))
+
+
+def _hta_compute(cols: SpanColumns, idx: np.ndarray) -> np.ndarray:
+    """Which of the device spans `idx` HTA counts as computation, deciding once per distinct name."""
+    codes = name_codes(cols)[idx]
+    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    names = cols.name[idx[first]]
+    verdict = np.array([_is_hta_compute(str(n)) for n in names.tolist()], dtype=bool)
+    return verdict[inverse] if uniq.size else np.zeros(0, dtype=bool)
 
 
 def _host_temporal(budget: RankBudget) -> TemporalBreakdown | None:
