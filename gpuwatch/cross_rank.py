@@ -133,7 +133,7 @@ def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> Cros
                 arrivals[key].setdefault(rank, (int(cols.start_ns[i]), int(cols.end_ns[i])))
 
     wait_iv: dict[int, tuple[list[int], list[int]]] = {r: ([], []) for r in ranks}
-    caused = defaultdict(int)
+    caused: dict[int, int] = defaultdict(int)
     caused_iv: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     matched = 0
     for per_rank in arrivals.values():
@@ -165,8 +165,8 @@ def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> Cros
     total_wait = sum(caused.values())
     if total_wait > 0:
         worst = max(caused, key=lambda r: caused[r])
-        s, e = (np.array(x, dtype=np.int64) for x in caused_iv[worst])
-        doing = ranks[worst][1].timeline.category_ns_within(s, e)
+        c_s, c_e = (np.array(x, dtype=np.int64) for x in caused_iv[worst])
+        doing = ranks[worst][1].timeline.category_ns_within(c_s, c_e)
         straggler = Straggler(
             rank=worst,
             caused_wait_ns=int(caused[worst]),
