@@ -56,6 +56,14 @@ HOST_OVERHEAD = Category.HOST_OVERHEAD.value
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
 
 
+def _torch_profiler_on() -> bool:
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch._C._autograd._profiler_enabled())
+    except Exception:
+        return True  # cannot tell: stay out of its way
+
+
 @dataclass(slots=True)
 class _Signature:
     counts: dict[str, int] = field(default_factory=dict)
@@ -191,7 +199,7 @@ class StackSampler(Collector):
 
     # ---- gap probes (training thread) ---------------------------------------------------------------------
     def _probe_start(self, key: str) -> bool:
-        if sys.getprofile() is not None:
+        if sys.getprofile() is not None or _torch_profiler_on():
             return False  # someone else profiles this thread: never replace their function
         self.probes += 1
         self._probe_last_ns = 0
