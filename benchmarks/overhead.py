@@ -1,6 +1,6 @@
 """What `gpuwatch.watch` adds to a training step, next to torch.profiler, measured in one script.
 
-    python benchmarks/overhead.py [--rounds 6] [--steps 60] [--batch 64] [--width 1024]
+    python benchmarks/overhead.py [--rounds 12] [--steps 30] [--batch 64] [--width 1024]
 
 One CPU training loop (DataLoader over in-memory tensors, a 4-layer MLP, AdamW, a loss.item() per step;
 `torch.set_num_threads(1)`, steps of roughly 10-50 ms) runs in three modes, interleaved round by round in
@@ -21,6 +21,7 @@ threads included), which other processes on a shared machine disturb much less t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -82,8 +83,6 @@ WATCH_WALL_S: list[float] = []
 
 def thread_cpu_s(native_ids: list[int]) -> float:
     """utime + stime of some threads of this process, from /proc (10 ms resolution)."""
-    import os
-
     ticks = 0
     for tid in native_ids:
         try:
@@ -151,12 +150,13 @@ def training_thread_cost_us(rounds: int = 5, steps: int = 300) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--steps", type=int, default=30)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--width", type=int, default=1024)
     args = p.parse_args()
     torch.set_num_threads(1)
+    load_before = _loadavg()
     modes = ["bare", "watch", "profiler"]
     per_mode: dict[str, list[float]] = {m: [] for m in modes}
     per_round: dict[str, list[float]] = {m: [] for m in modes}
@@ -179,10 +179,20 @@ def main() -> None:
     median = {m: statistics.median(v) for m, v in per_mode.items()}
     print()
     print(
+        f"machine: {os.cpu_count()} cores, load average {load_before} before, {_loadavg()} after (1-minute)"
+    )
+    print(
         f"median step time over {len(per_mode['bare'])} steps per mode (batch {args.batch}, width {args.width}):"
     )
     for m in modes:
         print(f"  {m:9s} {median[m] * 1e3:8.2f} ms")
+    p10 = {m: statistics.quantiles(v, n=10)[0] for m, v in per_mode.items()}
+    print(
+        "10th-percentile step time (the steps other processes disturbed least): "
+        + "  ".join(f"{m} {p10[m] * 1e3:.2f} ms" for m in modes)
+        + "  ->  "
+        + "  ".join(f"{m}/bare {p10[m] / p10['bare']:.4f}" for m in ("watch", "profiler"))
+    )
     for m in ("watch", "profiler"):
         paired = statistics.median(a / b for a, b in zip(per_round[m], per_round["bare"], strict=True))
         print(
@@ -207,6 +217,13 @@ def main() -> None:
         print(
             f"{m}/bare CPU: {cpu_median[m] / cpu_median['bare']:.4f} -> {(cpu_median[m] / cpu_median['bare'] - 1) * 100:+.2f}%"
         )
+
+
+def _loadavg() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":
