@@ -194,6 +194,20 @@ def _remove(paths: list[Path]) -> None:
             old.unlink(missing_ok=True)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """Completed steps of a checkpoint, from its name (`step-000012` folder or `step-000012.pt`).
+
+    Raises ValueError when the name has no step or the checkpoint does not exist.
+    """
+    path = Path(path)
+    name = path.name.removesuffix(".pt")
+    if not name.startswith("step-") or not name[5:].isdigit():
+        raise ValueError(f"--resume {path}: expected a checkpoint named step-NNNNNN (DCP) or step-NNNNNN.pt")
+    if not path.exists():
+        raise ValueError(f"--resume {path}: no such checkpoint")
+    return int(name[5:])
+
+
 def load_checkpoint(path: str | Path, sync: GradSync, info: DistInfo) -> int:
     """Load a `.pt` file or a DCP folder into the model (and optimizer, where this rank has one).
 

@@ -97,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = config_from_args(args)
+        if cfg.resume:
+            from reference_trainer.checkpoint import checkpoint_step
+
+            checkpoint_step(cfg.resume)
     except ValueError as e:
         print(f"reference_trainer: {e}", file=sys.stderr)
         return EXIT_USAGE

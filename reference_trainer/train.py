@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 import gpuwatch
-from reference_trainer.checkpoint import Checkpointer, load_checkpoint
+from reference_trainer.checkpoint import Checkpointer, checkpoint_step, load_checkpoint
 from reference_trainer.config.presets import TrainConfig
 from reference_trainer.data import (
     BucketBatchSampler,
@@ -112,6 +112,14 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
     dist.barrier()
     data_dir = ensure_dataset(data_root, cfg.seed)
 
+    # The input pipeline starts first: with workers, they fetch and decode the first batches while the
+    # model, optimizer and process groups are built (resuming, the sampler starts at the checkpoint's step).
+    start = checkpoint_step(cfg.resume) if cfg.resume else 0
+    gpu_decoder = gpu_decoder_name() if (cfg.gpu_decode and info.device.type == "cuda") else None
+    decode_in_dataset = cfg.decode_in_workers and gpu_decoder is None
+    loader = make_loader(cfg, info, data_dir, start, decode_in_dataset)
+    batches = iter(loader)
+
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     mcfg = ModelConfig(width=cfg.width, depth=cfg.depth, heads=cfg.heads, patch=cfg.patch)
     model = VideoDiT(mcfg).to(info.device)
@@ -120,11 +128,8 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
     )
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else run_dir / "trainer" / "checkpoints"
     ckpt = Checkpointer(cfg.checkpoint, cfg.checkpoint_every, ckpt_dir, info, sync, cfg.checkpoint_write_mb_s)
-    start = load_checkpoint(cfg.resume, sync, info) if cfg.resume else 0
-
-    gpu_decoder = gpu_decoder_name() if (cfg.gpu_decode and info.device.type == "cuda") else None
-    decode_in_dataset = cfg.decode_in_workers and gpu_decoder is None
-    loader = make_loader(cfg, info, data_dir, start, decode_in_dataset)
+    if cfg.resume and load_checkpoint(cfg.resume, sync, info) != start:
+        raise RuntimeError(f"checkpoint {cfg.resume} does not hold the step its name says")
     peak = peak_flops(info.device, cfg.cpu_threads, cfg.peak_tflops)
     metrics = MetricsLogger(
         info.rank, run_dir / "trainer" / f"metrics-rank{info.rank}.jsonl", peak, cfg.log_every
@@ -146,7 +151,6 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
     loss_value: float | None = None
 
     with gpuwatch.watch(run_dir) if watch else contextlib.nullcontext(_NoWatch()) as gw:
-        batches = iter(loader)
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             batch = next(batches)

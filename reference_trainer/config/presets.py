@@ -75,6 +75,12 @@ class TrainConfig:
     """Peak used for mfu(%); default: a table of GPU bf16 dense peaks, on CPU the measured GEMM rate."""
 
 
+CHOICES: dict[str, tuple[str, ...]] = {
+    "grad_sync": ("manager", "ddp", "fsdp2"),
+    "checkpoint": ("sync", "async", "off"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
 NAIVE: dict[str, Any] = {
     "num_workers": 0,
     "prefetch_factor": None,
@@ -119,4 +125,17 @@ def build_config(
             raise ValueError(f"unknown setting {key!r}")
         if value is not None:
             values[key] = value
-    return replace(TrainConfig(), **values)
+    cfg = replace(TrainConfig(), **values)
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(
+                f"--{name.replace('_', '-')} {getattr(cfg, name)!r}: choose one of {', '.join(allowed)}"
+            )
+    for name in ("steps", "batch_size", "image_size", "clip_frames", "cpu_threads", "log_every"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    if cfg.image_size % (2 * cfg.patch):
+        raise ValueError(
+            f"--image-size {cfg.image_size} must be a multiple of twice the patch ({2 * cfg.patch})"
+        )
+    return cfg
