@@ -53,37 +53,42 @@ print(json.dumps({"seconds_in_process": time.perf_counter() - t0, "temporal": ou
 @dataclass
 class Measured:
     seconds: float
+    """Wall time, best of the runs."""
+    cpu_seconds: float
+    """User + system CPU time of that run (less sensitive than wall time to other work on the machine)."""
     peak_rss_mib: float
+    """Largest resident set over the runs."""
     stdout: str
 
 
-_RSS_PROBE = (
-    "import resource, subprocess, sys\n"
-    "subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)\n"
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
+# Runs one command as its own child and reports that child alone: wall time, CPU time and peak RSS
+# (RUSAGE_CHILDREN of a process whose only child it is). Its stdout passes through.
+_PROBE = (
+    "import json, resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "code = subprocess.run(sys.argv[1:], stderr=subprocess.DEVNULL).returncode\n"
+    "wall = time.perf_counter() - t\n"
+    "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "print(json.dumps({'code': code, 'wall': wall, 'cpu': ru.ru_utime + ru.ru_stime,"
+    " 'rss_mib': ru.ru_maxrss / 1024}), file=sys.stderr)\n"
 )
 
 
-def run_once(argv: list[str]) -> tuple[float, str]:
-    """Wall time of one process run to completion, and its stdout."""
+def run_once(argv: list[str]) -> tuple[float, float, float, str]:
+    """One run of `argv` in its own process: (wall s, CPU s, peak RSS MiB, stdout)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    t = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, env=env)
-    seconds = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"{' '.join(argv[:4])}... failed ({proc.returncode}): {proc.stderr.decode()[-400:]}"
-        )
-    return seconds, proc.stdout.decode()
+    proc = subprocess.run([sys.executable, "-c", _PROBE, *argv], capture_output=True, env=env)
+    m = json.loads(proc.stderr.decode().strip().splitlines()[-1])
+    if m["code"] != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])}... failed with exit code {m['code']}")
+    return m["wall"], m["cpu"], m["rss_mib"], proc.stdout.decode()
 
 
 def measure(make_argv: Callable[[], list[str]], repeat: int) -> Measured:
-    """Best wall time of `repeat` runs, and the peak RSS of one more run inside a probe process whose
-    RUSAGE_CHILDREN high-water mark is that run alone (ours and HTA's measured the same way)."""
+    """Best wall time of `repeat` runs (with that run's CPU time), and the largest peak RSS."""
     runs = [run_once(make_argv()) for _ in range(repeat)]
-    seconds, stdout = min(runs, key=lambda r: r[0])
-    _, rss = run_once([sys.executable, "-c", _RSS_PROBE, *make_argv()])
-    return Measured(seconds, float(rss.strip()), stdout)
+    wall, cpu, _, stdout = min(runs, key=lambda r: r[0])
+    return Measured(wall, cpu, max(r[2] for r in runs), stdout)
 
 
 @dataclass
@@ -179,7 +184,8 @@ def main() -> int:
     # other work on the machine slows both tools; the ratios compare runs made side by side
     print(
         f"\n{os.cpu_count()} cores, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after; "
-        f"best of {args.repeat} runs per tool (HTA: best of {max(1, args.repeat - 1)}), peak RSS of one more run."
+        f"best wall time of {args.repeat} runs per tool (HTA: {max(1, args.repeat - 1)}) with that run's CPU time; "
+        "largest peak RSS of the runs."
     )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
@@ -209,6 +215,7 @@ def bench_one(inp: Input, work: Path, hta: str | None, repeat: int) -> dict:
         "import_s": imported.seconds,
         "summary_s": summary.seconds,
         "total_s": total,
+        "cpu_s": imported.cpu_seconds + summary.cpu_seconds,
         "import_rss_mib": imported.peak_rss_mib,
         "summary_rss_mib": summary.peak_rss_mib,
         "events_per_s": inp.events / total,
@@ -223,8 +230,10 @@ def bench_one(inp: Input, work: Path, hta: str | None, repeat: int) -> dict:
     hta_t = {int(k): v for k, v in json.loads(h.stdout.strip().splitlines()[-1])["temporal"].items()}
     row.update(
         hta_s=h.seconds,
+        hta_cpu_s=h.cpu_seconds,
         hta_rss_mib=h.peak_rss_mib,
         time_ratio=total / h.seconds,
+        cpu_ratio=row["cpu_s"] / h.cpu_seconds,
         rss_ratio=max(imported.peak_rss_mib, summary.peak_rss_mib) / h.peak_rss_mib,
         temporal_max_diff_pp=max(
             abs(a - b) for r in hta_t for a, b in zip(ours_t.get(r, [999.0] * 3), hta_t[r])
@@ -241,9 +250,19 @@ def _line(r: dict) -> str:
 
 
 def _table(rows: list[dict], with_hta: bool) -> str:
-    head = ["input", "events", "MB", "import s", "summary s", "total s", "events/s", "RSS MiB (imp/sum)"]
+    head = [
+        "input",
+        "events",
+        "MB",
+        "import s",
+        "summary s",
+        "total s",
+        "CPU s",
+        "events/s",
+        "RSS MiB (imp/sum)",
+    ]
     if with_hta:
-        head += ["HTA s", "HTA MiB", "time ratio", "RSS ratio", "temporal diff pp"]
+        head += ["HTA s", "HTA CPU s", "HTA MiB", "time ratio", "CPU ratio", "RSS ratio", "temporal diff pp"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [
@@ -253,14 +272,17 @@ def _table(rows: list[dict], with_hta: bool) -> str:
             f"{r['import_s']:.2f}",
             f"{r['summary_s']:.2f}",
             f"{r['total_s']:.2f}",
+            f"{r['cpu_s']:.2f}",
             f"{r['events_per_s'] / 1e3:.0f}k",
             f"{r['import_rss_mib']:.0f} / {r['summary_rss_mib']:.0f}",
         ]
         if with_hta:
             cells += [
                 f"{r['hta_s']:.2f}",
+                f"{r['hta_cpu_s']:.2f}",
                 f"{r['hta_rss_mib']:.0f}",
                 f"{r['time_ratio']:.3f} (1/{1 / r['time_ratio']:.1f})",
+                f"{r['cpu_ratio']:.3f} (1/{1 / r['cpu_ratio']:.1f})",
                 f"{r['rss_ratio']:.2f}",
                 f"{r['temporal_max_diff_pp']:.2f}",
             ]
