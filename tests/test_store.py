@@ -67,7 +67,7 @@ def test_read_while_a_writer_is_writing(tmp_path: Path) -> None:
         for i in range(total):
             writer.emit_span(span(i))
             if i % 40 == 39:
-                time.sleep(0.003)
+                time.sleep(0.01)  # ~0.6 s of producing: readers get many looks at a growing run
         done.set()
 
     producer = threading.Thread(target=produce)
