@@ -161,10 +161,14 @@ def find_trace_files(paths: list[str]) -> list[Path]:
         if not path.exists():
             raise UsageError(f"no such file or directory: {raw}")
         if path.is_dir():
+            # skip gpuwatch run directories in the tree (users keep runs next to their traces)
+            runs = {p.parent for p in path.rglob("gpuwatch-run.json")}
             inside = sorted(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and (p.name.endswith(".json") or p.name.endswith(".json.gz"))
+                if p.is_file()
+                and (p.name.endswith(".json") or p.name.endswith(".json.gz"))
+                and not any(r == p.parent or r in p.parents for r in runs)
             )
             if not inside:
                 raise UsageError(f"no .json or .json.gz trace files in directory: {raw}")

@@ -190,3 +190,13 @@ def _schema() -> int:
     from gpuwatch.records import SCHEMA_VERSION
 
     return SCHEMA_VERSION
+
+
+def test_a_run_kept_next_to_the_traces_is_not_read_as_a_trace(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    planted_rank(1).write(traces / "rank0.json.gz")
+    assert run_cli("import", traces, "--out", traces / "run1").returncode == 0
+    again = run_cli("import", traces, "--out", tmp_path / "run2")
+    assert again.returncode == 0, again.stderr
+    assert "1 rank(s)" in again.stderr
