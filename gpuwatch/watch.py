@@ -44,7 +44,7 @@ def watch(
     *,
     profile_steps: int | tuple[int, int] | range | None = None,
     sample_hz: float = 50.0,
-    system_interval_s: float = 0.5,
+    system_interval_s: float = 1.0,
     hooks: bool = True,
     stack_sampler: bool = True,
     system_samplers: bool = True,
