@@ -19,7 +19,7 @@ import json
 import re
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -241,10 +241,32 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
     return acc.finish(path, trace, rank, world_size, dist)
 
 
-def import_traces(paths: list[str]) -> list[ImportedTrace]:
-    """Import every trace under `paths`, one per rank. Raises UsageError when two files claim one rank."""
+def import_traces(
+    paths: list[str], *, on_skip: Callable[[Path, str], None] | None = None
+) -> list[ImportedTrace]:
+    """Import every trace under `paths`, one per rank.
+
+    Files named on the command line must be traces. Files found inside a directory that are valid JSON
+    but not profiler traces (a TensorBoard plugin's other files, a config) are skipped and reported to
+    `on_skip(path, reason)`; corrupt ones still fail the import, since they are likely a rank's trace.
+
+    Raises:
+        UsageError: two files claim one rank, or a directory holds no trace at all.
+        TraceFormatError: a corrupt or truncated trace.
+    """
     files = find_trace_files(paths)
-    results = [import_trace(p, default_rank=i) for i, p in enumerate(files)]
+    named = {Path(p).resolve() for p in paths if Path(p).is_file()}
+    results: list[ImportedTrace] = []
+    for path in files:
+        try:
+            results.append(import_trace(path, default_rank=len(results)))
+        except NotATraceError as exc:
+            if path.resolve() in named:
+                raise
+            if on_skip is not None:
+                on_skip(path, str(exc))
+    if not results:
+        raise UsageError(f"no PyTorch profiler traces in: {' '.join(paths)}")
     seen: dict[int, Path] = {}
     for res in results:
         if res.rank in seen:
@@ -253,6 +275,10 @@ def import_traces(paths: list[str]) -> list[ImportedTrace]:
             )
         seen[res.rank] = res.path
     return results
+
+
+class NotATraceError(TraceFormatError):
+    """Valid JSON, but not a Chrome/Kineto trace (no `traceEvents` array)."""
 
 
 def _decode(path: Path, data: bytes | bytearray) -> tuple[_Trace, memoryview]:
@@ -266,20 +292,22 @@ def _decode(path: Path, data: bytes | bytearray) -> tuple[_Trace, memoryview]:
             return _Trace(), memoryview(data)
         trace = _DECODER.decode(data)
     except msgspec.ValidationError as exc:
-        raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
+        raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
     except msgspec.DecodeError as exc:
         raise TraceFormatError(f"{path} is not valid JSON ({exc})") from None
     events = memoryview(trace.traceEvents)
     if bytes(events[:1]) != b"[":
-        raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace (no 'traceEvents' array)")
+        raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace (no 'traceEvents' array)")
     return trace, events
 
 
 def _decode_events(path: Path, events: memoryview) -> list[_Event]:
     try:
         return _LIST_DECODER.decode(events)
-    except msgspec.MsgspecError as exc:
-        raise TraceFormatError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
+    except msgspec.ValidationError as exc:  # valid JSON (checked up front), but not trace events
+        raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
+    except msgspec.DecodeError as exc:
+        raise TraceFormatError(f"{path} is not valid JSON ({exc})") from None
 
 
 class _BadCut(Exception):

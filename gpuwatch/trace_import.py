@@ -13,10 +13,13 @@ from gpuwatch.run_dir import RUN_FILE, default_host
 from gpuwatch.segment_writer import SegmentWriter
 
 
-def import_to_run(paths: list[str], out: str | os.PathLike[str], *, progress=None) -> tuple[str, list]:
+def import_to_run(
+    paths: list[str], out: str | os.PathLike[str], *, progress=None, on_skip=None
+) -> tuple[str, list]:
     """Import traces under `paths` into the run directory `out`; returns (run_id, per-rank results).
 
-    Raises UsageError when `out` already holds a run (imports never mix into an existing run).
+    `progress(result)` is called per imported rank, `on_skip(path, reason)` per file found in a directory
+    that is not a trace. Raises UsageError when `out` already holds a run (imports never mix into one).
     """
     from collectors.kineto_import import import_traces
 
@@ -25,7 +28,7 @@ def import_to_run(paths: list[str], out: str | os.PathLike[str], *, progress=Non
         raise UsageError(f"{out_path} already holds a run; choose a new --out directory")
     if out_path.exists() and not out_path.is_dir():
         raise UsageError(f"--out {out_path} exists and is not a directory")
-    results = import_traces(paths)
+    results = import_traces(paths, on_skip=on_skip)
     run_id = ""
     for res in results:
         run = Run(

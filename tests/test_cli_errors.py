@@ -200,3 +200,25 @@ def test_a_run_kept_next_to_the_traces_is_not_read_as_a_trace(tmp_path: Path) ->
     again = run_cli("import", traces, "--out", tmp_path / "run2")
     assert again.returncode == 0, again.stderr
     assert "1 rank(s)" in again.stderr
+
+
+def test_directory_with_other_json_files(tmp_path: Path) -> None:
+    """A TensorBoard-style folder: traces plus other JSON. Non-traces are skipped and named; a corrupt
+    trace in the folder still fails (it is probably a rank's trace); no trace at all is a usage error."""
+    folder = tmp_path / "plugins" / "profile" / "run1"
+    folder.mkdir(parents=True)
+    planted_rank(1).write(folder / "host.pt.trace.json.gz")
+    (folder / "config.json").write_text('{"lr": 0.1, "batch": [1, 2]}')
+    ok = run_cli("import", tmp_path / "plugins", "--out", tmp_path / "run")
+    assert ok.returncode == 0, ok.stderr
+    assert "skipped" in ok.stderr and "config.json" in ok.stderr and "1 rank(s)" in ok.stderr
+
+    only_other = tmp_path / "other"
+    only_other.mkdir()
+    (only_other / "metrics.json").write_text("[1, 2, 3]")
+    proc = run_cli("import", only_other, "--out", tmp_path / "run2")
+    assert proc.returncode == USAGE and "no PyTorch profiler traces" in proc.stderr.splitlines()[-1]
+    assert "Traceback" not in proc.stderr
+
+    (folder / "broken.pt.trace.json.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    assert run_cli("import", folder, "--out", tmp_path / "run3").returncode == RUNTIME

@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
             for reason, count in sorted(res.skipped.items()):
                 print(f"  skipped {count}: {reason}", file=sys.stderr)
 
-    run_id, results = import_to_run(args.paths, args.out, progress=progress)
+    def on_skip(path: Any, reason: str) -> None:
+        print(f"skipped {path}: not a PyTorch profiler trace", file=sys.stderr)
+        if args.verbose:
+            print(f"  {reason}", file=sys.stderr)
+
+    run_id, results = import_to_run(args.paths, args.out, progress=progress, on_skip=on_skip)
     print(
         f"run {run_id} written to {args.out} ({len(results)} rank(s)); next: gpuwatch summary {args.out}",
         file=sys.stderr,
