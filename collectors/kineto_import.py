@@ -491,7 +491,7 @@ class _Accumulator:
             | ((cls == _C_HOST) & (code == rpc))
         )
         if full.size:
-            decoded = _ARGS_DECODER.decode(b"[" + b",".join([xs[i].args for i in full.tolist()]) + b"]")
+            decoded = _lenient_args([xs[i].args for i in full.tolist()])
             self.args.update(zip((full + self.n).tolist(), decoded))
         for key, arr in (
             ("cls", cls), ("code", code), ("ts", ts), ("dur", dur), ("pid", pid), ("tid", tid),
@@ -645,7 +645,15 @@ def _decode_launch_args(raws: list[msgspec.Raw]) -> list[Any]:
     try:
         return _LAUNCH_DECODER.decode(blob)
     except msgspec.ValidationError:  # an odd trace (string correlation ids): take the slow, lenient path
-        return _ARGS_DECODER.decode(blob)
+        return _lenient_args(raws)
+
+
+def _lenient_args(raws: list[msgspec.Raw]) -> list[_Args | None]:
+    """Args decoded with every field untyped; args that are not an object at all become None."""
+    try:
+        return _ARGS_DECODER.decode(b"".join((b"[", b",".join(raws), b"]")))
+    except msgspec.ValidationError:
+        return [_decode_args(r) for r in raws]
 
 
 def _int_column(values: list[Any]) -> np.ndarray:
@@ -675,7 +683,9 @@ def _collective_metadata(
     idx = [
         i
         for i, a in args.items()
-        if kind_arr[i] == collective or (a is not None and a.collective is not None)
+        if kind_arr[i] == collective
+        or names[i] == "record_param_comms"  # a collective call even when its args carry no metadata
+        or (a is not None and a.collective is not None)
     ]
     counters: Counter[tuple[str, str]] = Counter()
     for i in sorted(idx, key=lambda j: int(start_ns[j])):

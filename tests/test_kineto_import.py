@@ -294,6 +294,10 @@ def test_odd_but_valid_events_take_the_lenient_paths(tmp_path: Path) -> None:
         {"ph": "X", "cat": "kernel", "name": "gemm", "pid": "GPU 0", "tid": "stream 7", "ts": 210.5,
          "dur": 50.25, "args": {"correlation": "77", "device": "0"}},
         {"ph": "X", "cat": "kernel", "name": "gemm2", "pid": 0, "tid": 7, "ts": 300, "dur": 10, "args": None},
+        {"ph": "X", "cat": "kernel", "name": "ncclKernel_odd", "pid": 0, "tid": 9, "ts": 320, "dur": 1,
+         "args": [1, 2]},
+        {"ph": "X", "cat": "cpu_op", "name": "record_param_comms", "pid": "host", "tid": "main", "ts": 330,
+         "dur": 1, "args": "not an object"},
         {"ph": "X", "cat": "cpu_op", "name": "aten::bad_ts", "pid": "host", "tid": "main", "ts": None, "dur": 1},
         {"ph": "X", "cat": "cpu_op", "name": "aten::str_ts", "pid": "host", "tid": "main", "ts": "soon"},
     ]  # fmt: skip
@@ -301,10 +305,18 @@ def test_odd_but_valid_events_take_the_lenient_paths(tmp_path: Path) -> None:
     path.write_text(json.dumps({"traceEvents": events}))
     imp = import_trace(path)
     cols = imp.spans
-    assert len(cols) == 5 and imp.skipped == {"no numeric timestamp": 2}
+    assert len(cols) == 7 and imp.skipped == {"no numeric timestamp": 2}
     order = np.argsort(cols.start_ns, kind="stable")
-    assert cols.name[order].tolist() == ["ProfilerStep#1", "42", "cudaLaunchKernel", "gemm", "gemm2"]
-    assert cols.kind[order].tolist() == ["step", "cpu_op", "runtime", "kernel", "kernel"]
+    assert cols.name[order].tolist()[:5] == ["ProfilerStep#1", "42", "cudaLaunchKernel", "gemm", "gemm2"]
+    assert cols.kind[order].tolist() == [
+        "step",
+        "cpu_op",
+        "runtime",
+        "kernel",
+        "kernel",
+        "collective",
+        "collective",
+    ]
     k = order[3]
     assert cols.correlation[k] == 77 and cols.device_index[k] == 0 and cols.stream[k] == 7  # "stream 7"
     assert (
