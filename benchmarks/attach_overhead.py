@@ -17,6 +17,11 @@ step shifts them, neighbours' load mostly does not) and the trainer thread's CPU
 samples twin 0 and twin 1 in turn, so a difference between the twins (their cores) cancels with an even
 number of rounds. The bare row is the noise floor. Target for attach: under 1% slowdown.
 
+Reading it on a shared, oversubscribed machine: when the cores are saturated, the kernel favours a task that
+keeps getting stopped and resumed (blocking py-spy) over its never-sleeping twin, so the blocking row can
+come out *faster* there; its cost shows on a machine with a spare core. The samplers' own CPU (printed)
+is what they take from the machine either way.
+
     python benchmarks/attach_overhead.py [--rounds 4] [--phase-s 8] [--width 768]
 """
 
