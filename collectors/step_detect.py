@@ -7,22 +7,23 @@ up to a smaller line number. From the stacks of the training thread:
 
 1. Candidate loop frames lie along the thread's dominant call chain: frames holding at least 60% of its
    sampled time whose line takes at least two values that each recur.
-2. The *anchor* is the loop line a step holds once: the optimizer update (`torch/optim/` frames) when it is
-   sampled steadily, else the forward/backward line entered most often.
+2. The *anchor* is what a step holds once: the optimizer update line (`torch/optim/` frames) when it is
+   sampled steadily, else the block of forward/backward/optimizer lines.
 3. A step ends at a wrap (a move to a smaller line of the loop frame) once the anchor has run since the last
-   boundary. Wraps inside an inner loop before the anchor (gradient-accumulation micro-batches, per-sample
-   loops) do not cut; lines missed between samples do not matter, only their order does. The boundary is
-   the first sample after the wrap (or the start of time spent outside the loop frame just before it: the
-   caller fetching the next batch for a per-step function).
+   boundary; wraps inside an inner loop before the anchor (gradient-accumulation micro-batches) do not cut.
+   Lines missed between samples do not matter, only their order. A second pass also cuts at every wrap
+   back to the loop's top line (the most common target of the first pass), so a step whose anchor py-spy
+   missed (it falls behind on a busy machine) is not merged into the next. The boundary is the first sample
+   after the wrap (or the start of time spent outside the loop frame just before it: the caller fetching
+   the next batch for a per-step function).
 4. Of the candidate frames, the one giving the most steps at the required confidence wins (a two-line
    `for batch in loader: train_step(batch)` whose `for` line is too short to be seen each time merges steps;
    `train_step` below it does not).
 
-Confidence (0-1) multiplies: the share of steps holding the anchor the usual number of times (a wrap that
-was missed puts two in one step), the share of top-of-loop wraps that closed a step (a missed anchor leaves
-one open), the samples per step (under ~6 the boundaries blur), the number of steps (4 or more), and how
-much of the thread's time the loop frame holds. Steps are used above a threshold; the time budget stands
-without them (the whole sampled window is then one step).
+Confidence (0-1) multiplies: the share of steps holding the anchor at most the usual number of times (a
+missed wrap merges two steps and doubles it), the samples per step (under ~6 the boundaries blur), the
+number of steps (4 or more), and how much of the thread's time the loop frame holds. Steps are used above a
+threshold; the time budget stands without them (the whole sampled window is then one step).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class LoopMarker:
     loop_function: str
     anchor_lines: tuple[int, ...]
     """The loop lines a step holds as one block: the optimizer update, or all forward/backward lines."""
+    top_line: int | None = None
+    """The line the loop body starts at (where steps wrap back to), once known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,43 @@ def _pick_anchor(
     return tuple(sorted(line for line, t in compute_t.items() if t >= 0.02 * total))
 
 
+def _cut(
+    run_tok: np.ndarray, run_t: np.ndarray, anchor: tuple[int, ...], top: int | None
+) -> tuple[list[int], list[int], list[int]]:
+    """Step boundaries over the loop frame's line runs: (boundaries, anchor blocks per step, wrap targets).
+
+    A wrap (a move to a smaller line) ends a step once the anchor ran since the last boundary, or, with
+    `top`, whenever it goes back to `top` or above (the start of the loop body).
+    """
+    boundaries: list[int] = []
+    holds: list[int] = []
+    targets: list[int] = []
+    held = 0
+    in_anchor = False
+    prev_line: int | None = None
+    outside_since: int | None = None
+    for tok, t in zip(run_tok.tolist(), run_t.tolist()):
+        if tok < 0:
+            if outside_since is None:
+                outside_since = t
+            continue
+        if prev_line is not None and tok < prev_line and (held or (top is not None and tok <= top)):
+            if boundaries:
+                holds.append(held)
+            boundaries.append(outside_since if outside_since is not None else t)
+            targets.append(tok)
+            held = 0
+            in_anchor = False
+        if tok in anchor:
+            held += 0 if in_anchor else 1  # one block of consecutive anchor lines counts once
+            in_anchor = True
+        else:
+            in_anchor = False
+        prev_line = tok
+        outside_since = None
+    return boundaries, holds, targets
+
+
 def _at_level(
     starts: np.ndarray,
     dur: np.ndarray,
@@ -170,6 +210,7 @@ def _at_level(
     loop_function: str,
     share: float,
     anchor: tuple[int, ...] | None,
+    top_line: int | None = None,
 ) -> StepDetection:
     depth = len(prefix)
     n = len(stacks)
@@ -197,58 +238,30 @@ def _at_level(
         if not compute_t:
             return _none("no forward/backward/optimizer work seen on the training thread")
         anchor = _pick_anchor(run_tok, run_t, opt_t, compute_t)
-    marker = LoopMarker(prefix, loop_file, loop_function, anchor)
+    marker = LoopMarker(prefix, loop_file, loop_function, anchor, top_line)
 
-    boundaries: list[int] = []
-    holds: list[int] = []  # anchor entries per closed step
-    wrap_targets: list[int] = []  # target line of each accepted wrap
-    rejected: list[int] = []  # target lines of wraps seen before the anchor ran
-    held = 0
-    in_anchor = False
-    prev_line = None
-    outside_since: int | None = None
-    for tok, t in zip(run_tok.tolist(), run_t.tolist()):
-        if tok < 0:
-            if outside_since is None:
-                outside_since = t
-            continue
-        if prev_line is not None and tok < prev_line:
-            if held:
-                start = outside_since if outside_since is not None else t
-                if boundaries:
-                    holds.append(held)
-                boundaries.append(start)
-                wrap_targets.append(tok)
-                held = 0
-                in_anchor = False
-            else:
-                rejected.append(tok)
-        if tok in anchor:
-            held += 0 if in_anchor else 1  # one block of consecutive anchor lines counts once
-            in_anchor = True
-        else:
-            in_anchor = False
-        prev_line = tok
-        outside_since = None
+    cut = _cut(run_tok, run_t, anchor, None)
+    if len(cut[2]) < 2:
+        return _none(f"fewer than two steps seen in {loop_function} ({loop_file})", marker)
+    # second pass: a wrap back to the top of the loop starts a step even when py-spy missed the anchor
+    top = marker.top_line if marker.top_line is not None else Counter(cut[2]).most_common(1)[0][0]
+    marker = LoopMarker(prefix, loop_file, loop_function, anchor, top)
+    boundaries, holds, _ = _cut(run_tok, run_t, anchor, top)
     if len(boundaries) < 2:
         return _none(f"fewer than two steps seen in {loop_function} ({loop_file})", marker)
     b = np.asarray(boundaries, dtype=np.int64)
     step_ns = np.diff(b).astype(np.float64)
-    modal = Counter(holds).most_common(1)[0][0]
-    regular = sum(1 for h in holds if h == modal) / len(holds)
-    top = float(np.median(wrap_targets))
-    missed = sum(1 for line in rejected if line <= top)  # top-of-loop wraps with no update: a missed anchor
-    closed = len(wrap_targets) / (len(wrap_targets) + missed)
+    modal = max(1, Counter(holds).most_common(1)[0][0])
+    regular = sum(1 for h in holds if h <= modal) / len(holds)  # more: a wrap was missed, steps merged
     period_ns = float(np.median(step_ns))
     spc = period_ns * rate_hz / 1e9
     resolution = min(1.0, spc / 6.0)
     count = min(1.0, len(holds) / 4.0)
     inside = min(1.0, max(0.0, (share - 0.5) / 0.4))
-    confidence = regular * closed * resolution * count * inside
+    confidence = regular * resolution * count * inside
     reason = (
-        f"loop in {loop_function} ({loop_file}); {regular:.0%} of {len(holds)} steps pass line(s) "
-        f"{', '.join(map(str, anchor))} "
-        f"{modal}x, {closed:.0%} of wraps to the top close a step; {spc:.1f} samples per step; "
+        f"loop in {loop_function} ({loop_file}) from line {top}; {regular:.0%} of {len(holds)} steps pass "
+        f"line(s) {', '.join(map(str, anchor))} at most {modal}x; {spc:.1f} samples per step; "
         f"the loop holds {share:.0%} of the thread's time"
     )
     return StepDetection(round(confidence, 3), b, marker, period_ns / 1e6, spc, reason)
@@ -290,7 +303,7 @@ def detect_steps(
         share = float(dur[np.array(inside, dtype=bool)].sum()) / total
         return _at_level(
             starts, dur, stacks, categories, rate_hz, marker.prefix, marker.loop_file, marker.loop_function,
-            share, marker.anchor_lines,
+            share, marker.anchor_lines, marker.top_line,
         )  # fmt: skip
     candidates, why = _loop_candidates(stacks, dur)
     if not candidates:
