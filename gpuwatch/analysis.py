@@ -80,22 +80,22 @@ def _analyze(reader: RunReader, only: list[int] | None) -> RunAnalysis:
 
 
 def _notes(writers: list[WriterInfo]) -> list[str]:
-    notes = []
+    """One line per distinct fact; the same note from several ranks is said once, naming them."""
+    grouped: dict[str, list[str]] = {}
     for w in writers:
         who = f"rank {w.run.rank} (pid {w.run.pid})"
+        facts = []
         if w.dropped_spans or w.dropped_samples:
-            notes.append(
-                f"{who}: queue full, dropped {w.dropped_spans} spans and {w.dropped_samples} samples"
-            )
+            facts.append(f"queue full, dropped {w.dropped_spans} spans and {w.dropped_samples} samples")
         for key, note in sorted(w.notes.items()):
             count = note.get("count", 1)
             more = f" (x{count})" if count > 1 else ""
-            notes.append(f"{who}: {key}: {note.get('message', '')}{more}")
+            facts.append(f"{key}: {note.get('message', '')}{more}")
         if w.status == "running":
-            notes.append(
-                f"{who}: still running, or stopped without closing (killed): data up to its last flush"
-            )
-    return notes
+            facts.append("still running, or stopped without closing (killed): data up to its last flush")
+        for fact in facts:
+            grouped.setdefault(fact, []).append(who)
+    return [f"{', '.join(whos)}: {fact}" for fact, whos in grouped.items()]
 
 
 def _pct(values: np.ndarray) -> dict[str, float]:
