@@ -105,6 +105,7 @@ class Checkpointer:
         self.pending: Any = None
         self.pending_path: Path | None = None
         self.saved: list[Path] = []
+        self.planner: Any = None
         # A group of its own for the background thread's collectives (gloo even under NCCL: staged state is
         # on the host).
         self.group = dist.new_group(backend="gloo") if mode == "async" and dist.is_initialized() else None
@@ -164,10 +165,16 @@ class Checkpointer:
         state = _model_and_optim_state(self.sync, full=False)
         state["step"] = step
         path = self.dir / f"step-{step:06d}"
+        if self.planner is None:
+            from torch.distributed.checkpoint import DefaultSavePlanner
+
+            # the same tensors every save: reuse the global plan instead of exchanging it again
+            self.planner = DefaultSavePlanner(enable_plan_caching=True)
         self.pending = dcp.async_save(
             state,
             checkpoint_id=str(path),
             storage_writer=_paced_dcp_writer(path, self.write_mb_s),
+            planner=self.planner,
             process_group=self.group,
         )
         self.pending_path = path
