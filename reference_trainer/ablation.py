@@ -365,6 +365,11 @@ def _markdown_doc(
         f"Compute share per rank: {by_rank}.\n\n"
         "What each single fix did to its own category (the other idle categories, in the same units, drift with "
         "the machine's load):\n\n" + "".join(f"- {line}\n" for line in fix_lines(results)) + "\n"
+        "Reading it: the causes are serial on the training thread, so one fix alone shortens the step by what "
+        "it removes and the others' shares grow. `+decode` moves a tenth of the decode work into "
+        "`DataLoader.__next__` (still `num_workers=0`), so data_loading rises. `+sync` keeps rank 0's "
+        "synchronous checkpoint, so rank 1 still waits for it inside DDP's all-reduce (sync); `+checkpoint` "
+        "removes that wait too. Only all fixes together leave the step to compute.\n\n"
         f"{checks}\n"
     )
 
