@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from reference_trainer_support import run_trainer, shared_data_root, step_losses
 
 pytestmark = pytest.mark.slow
