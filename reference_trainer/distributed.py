@@ -1,8 +1,9 @@
 """Process groups and the three ways ranks agree on the next parameters.
 
-- `manager`: the naive pattern. After backward, every rank sends each gradient tensor to rank 0 (one
-  `gather` per parameter, nothing overlapped with backward), rank 0 averages them, runs the optimizer, and
-  broadcasts every parameter back (one `broadcast` per parameter). The other ranks wait for all of it.
+- `manager`: the naive pattern, a hand-rolled parameter server. After backward, every rank sends its
+  gradients to rank 0 (`gather_object` of a dict of tensors, pickled; nothing overlapped with backward),
+  rank 0 averages them, runs the optimizer, and broadcasts the parameters back (`broadcast_object_list`).
+  The other ranks wait for all of it.
 - `ddp`: `DistributedDataParallel` — gradients all-reduced in buckets while backward is still running,
   every rank steps its own optimizer on the averaged gradients.
 - `fsdp2`: `fully_shard` on every block and the root — parameters, gradients and optimizer state sharded,
@@ -106,20 +107,21 @@ class GradSync:
 
     def _manager_step(self) -> None:
         rank, world = self.info.rank, self.info.world_size
-        params = [p for p in self.raw.parameters() if p.requires_grad]
-        for p in params:  # one collective per tensor, after backward: nothing overlaps with compute
-            grad = p.grad if p.grad is not None else torch.zeros_like(p)
-            if rank == 0:
-                parts = [torch.empty_like(grad) for _ in range(world)]
-                dist.gather(grad.contiguous(), parts, dst=0)
-                p.grad = torch.stack(parts).mean(dim=0)
-            else:
-                dist.gather(grad.contiguous(), None, dst=0)
+        named = [(n, p) for n, p in self.raw.named_parameters() if p.requires_grad]
+        # The hand-rolled parameter server: object collectives (pickled dicts; nothing to preallocate),
+        # after backward, so nothing overlaps with compute and every other rank waits on rank 0 throughout.
+        grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().cpu() for n, p in named}
+        gathered: list[Any] | None = [None] * world if rank == 0 else None
+        dist.gather_object(grads, gathered, dst=0)
         if rank == 0:
-            assert self.optimizer is not None
+            assert gathered is not None and self.optimizer is not None
+            for n, p in named:
+                p.grad = torch.stack([g[n] for g in gathered]).mean(dim=0).to(p.device)
             self.optimizer.step()
+        params = [{n: p.detach().cpu() for n, p in named} if rank == 0 else None]
+        dist.broadcast_object_list(params, src=0)
         with torch.no_grad():
-            for p in params:
-                dist.broadcast(p.data, src=0)
-        for p in params:
-            p.grad = None
+            for n, p in named:
+                if rank != 0:
+                    p.copy_(params[0][n])  # type: ignore[index]
+                p.grad = None
