@@ -85,7 +85,11 @@ def test_decode_on_the_training_thread(tmp_path: Path) -> None:
     assert_matches(rank, truth[0])
     names = evidence(rank, "cpu_preprocessing")
     assert names and any("PIL" in n or "numpy" in n or "decode" in n for n in names), names
-    assert evidence(rank, "data_loading")[0] == "DataLoader.__next__ (num_workers=1)"
+    # waiting in __next__ and starting the worker are both the loader's; which is larger depends on the machine
+    assert evidence(rank, "data_loading")[0] in (
+        "DataLoader.__next__ (num_workers=1)",
+        "DataLoader iterator start (num_workers=1)",
+    )
     assert any(r["category"] == "cpu_preprocessing" for r in summary["recommendations"])
 
 
