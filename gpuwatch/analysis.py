@@ -16,7 +16,7 @@ from gpuwatch.budget import RankBudget, compute_rank_budget
 from gpuwatch.cross_rank import CrossRankResult, analyze_cross_rank
 from gpuwatch.errors import RunDirError
 from gpuwatch.recommendations import Recommendation, recommend
-from gpuwatch.records import CATEGORIES
+from gpuwatch.records import CATEGORIES, SpanColumns
 from gpuwatch.run_reader import RunReader, WriterInfo
 from gpuwatch.temporal import TemporalBreakdown, temporal_breakdown
 
@@ -49,33 +49,45 @@ def analyze_run(run_dir: str | Path, *, ranks: list[int] | None = None) -> RunAn
 
 
 def _analyze(reader: RunReader, only: list[int] | None) -> RunAnalysis:
+    rank_cols = {
+        rank: reader.span_columns(rank, with_attrs=True)
+        for rank in reader.ranks
+        if only is None or rank in only
+    }
+    return analyze_columns(reader.run_dir, reader.run_id, reader.writers, rank_cols)
+
+
+def analyze_columns(
+    run_dir: str | Path, run_id: str, writers: list[WriterInfo], rank_cols: dict[int, SpanColumns]
+) -> RunAnalysis:
+    """Analyse spans already in memory (each rank's columns on the run's common timeline).
+
+    `analyze_run` reads them from the store; `gpuwatch import` passes the columns it just wrote, so it
+    can leave the finished summary next to the run without reading it back.
+    """
     per_rank: dict[int, tuple[Any, RankBudget]] = {}
     results = []
-    for rank in reader.ranks:
-        if only is not None and rank not in only:
-            continue
-        cols = reader.span_columns(rank, with_attrs=True)
+    for rank in sorted(rank_cols):
+        cols = rank_cols[rank]
         if len(cols) == 0:
             continue
         budget = compute_rank_budget(rank, cols)
         per_rank[rank] = (cols, budget)
-        writers = tuple(w for w in reader.writers if w.run.rank == rank)
+        rank_writers = tuple(w for w in writers if w.run.rank == rank)
         results.append(
-            RankAnalysis(budget=budget, temporal=temporal_breakdown(cols, budget), writers=writers)
+            RankAnalysis(budget=budget, temporal=temporal_breakdown(cols, budget), writers=rank_writers)
         )
     if not results:
-        raise RunDirError(
-            f"run {reader.run_dir} has no spans yet (nothing recorded, or the first flush is pending)"
-        )
+        raise RunDirError(f"run {run_dir} has no spans yet (nothing recorded, or the first flush is pending)")
     cross = analyze_cross_rank(per_rank)
     recs = tuple(recommend([r.budget for r in results], cross))
     return RunAnalysis(
-        run_dir=reader.run_dir,
-        run_id=reader.run_id,
+        run_dir=Path(run_dir),
+        run_id=run_id,
         ranks=tuple(results),
         cross=cross,
         recommendations=recs,
-        notes=tuple(_notes(reader.writers)),
+        notes=tuple(_notes(writers)),
     )
 
 

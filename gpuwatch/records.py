@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # only annotations: the records stay importable without loading numpy
+    import numpy as np
 
 SCHEMA_VERSION = 1
 """Version of the on-disk run layout and segment columns; bumped on any incompatible change."""

@@ -21,12 +21,29 @@ def add_parser(sub: Any) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from watch, attach or import)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
     p.add_argument("--rank", type=int, action="append", metavar="N", help="only these ranks (repeatable)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute even if the run has ended and its summary is stored next to it (summary-cache.json)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpuwatch.analysis import analyze_run, to_json
+    from pathlib import Path
 
-    doc = to_json(analyze_run(args.run_dir, ranks=args.rank))
+    from gpuwatch import summary_cache
+    from gpuwatch.run_dir import read_run_marker
+
+    run_dir = Path(args.run_dir)
+    read_run_marker(run_dir)  # not a run / another schema: the one-line error, before anything else
+    use_cache = not args.rank and not args.no_cache
+    doc = summary_cache.load(run_dir) if use_cache else None
+    if doc is None:
+        from gpuwatch.analysis import analyze_run, to_json
+
+        doc = to_json(analyze_run(run_dir, ranks=args.rank))
+        if not args.rank:
+            summary_cache.store(run_dir, doc)  # only once every writer has ended
     if args.json:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
