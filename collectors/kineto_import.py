@@ -511,6 +511,15 @@ class _Accumulator:
             elif ev.ph not in _IGNORED_PHASES:
                 self.skipped[f"unknown phase {ev.ph!r}"] += 1
 
+    def _name_code_column(self, code: np.ndarray) -> np.ndarray:
+        """Per span, a number equal exactly for equal names (the engine groups by it): the first code of
+        each distinct name text (two raw names, 5 and "5", share one text)."""
+        first: dict[str, int] = {}
+        remap = np.fromiter(
+            (first.setdefault(v, i) for i, v in enumerate(self.name_values)), np.int64, len(self.name_values)
+        )
+        return remap[code]
+
     def finish(
         self, path: Path, trace: _Trace, rank: int, world_size: int, dist: dict[str, Any]
     ) -> ImportedTrace:
@@ -579,6 +588,7 @@ class _Accumulator:
             correlation=col["corr"],
             seq=seq,
             attrs=attrs,
+            name_code=self._name_code_column(code),
         )
         return ImportedTrace(
             path=path,

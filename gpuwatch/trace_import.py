@@ -113,7 +113,8 @@ def _summary_in_memory(out_path: Path, run_id: str, writers: list, results: list
             offset = res.anchor_unix_ns - anchor
             order = np.lexsort((-cols.end_ns, cols.start_ns))  # the order the reader returns spans in
             fields = {
-                f: getattr(cols, f)[order] for f in SpanColumns.__dataclass_fields__ if f != "name_code"
+                f: None if getattr(cols, f) is None else getattr(cols, f)[order]
+                for f in SpanColumns.__dataclass_fields__
             }
             fields["start_ns"] = fields["start_ns"] + offset
             fields["end_ns"] = fields["end_ns"] + offset
