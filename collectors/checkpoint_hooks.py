@@ -113,6 +113,8 @@ class CheckpointHooks(Collector):
 def _skip(ctx: HookContext | None, is_load: bool) -> bool:
     if ctx is None or ctx.flag(_FLAG):
         return True  # not watching, or inside another checkpoint call (DCP writes with torch.save)
+    if ctx.flag(hc.IN_COLLECTIVE):
+        return True  # object collectives pickle tensors through torch.save/torch.load: that is the collective
     # torch.load inside a DataLoader fetch on the training thread is the input pipeline
     return is_load and ctx.data_depth > 0 and threading.get_ident() == ctx.train_ident
 

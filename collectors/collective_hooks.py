@@ -50,7 +50,7 @@ POINT_TO_POINT: tuple[str, ...] = ("send", "recv")
 
 SYNC = Category.SYNC.value
 COLLECTIVE = SpanKind.COLLECTIVE.value
-_FLAG = "in_collective"
+_FLAG = hc.IN_COLLECTIVE
 
 
 class CollectiveHooks(Collector):

@@ -27,6 +27,8 @@ ACTIVE: HookContext | None = None
 """The context of the running watch in this process, or None: every hook checks this first."""
 
 MAX_PENDING_GAPS = 8192
+IN_COLLECTIVE = "in_collective"
+"""Per-thread flag: a hooked collective is running (its inner calls belong to it)."""
 """Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
 
 

@@ -62,9 +62,10 @@ def main() -> None:
         dist.barrier()
         called("barrier", None)
         objs: list = [None] * world
-        dist.all_gather_object(objs, {"rank": rank})
+        # tensors inside objects are pickled through torch.save/torch.load: part of the collective
+        dist.all_gather_object(objs, {"rank": rank, "grad": torch.ones(4) * rank})
         called("all_gather_object", None)
-        dist.gather_object({"rank": rank}, objs if rank == 0 else None, dst=0)
+        dist.gather_object({"rank": rank, "grad": torch.ones(4)}, objs if rank == 0 else None, dst=0)
         called("gather_object", None)
         box = [{"from": 0}] if rank == 0 else [None]
         dist.broadcast_object_list(box, src=0)

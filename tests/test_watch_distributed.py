@@ -80,6 +80,8 @@ def test_every_collective_is_recorded_once_with_bytes_group_and_matching_seq(
         want = [(c["collective"], c["bytes"], c["group"]) for c in calls]
         assert got == want  # inner collectives of the object ones are not recorded twice
         assert all(r["category"] == "sync" and r["seq"] > 0 for r in step0)
+        # the object collectives' own torch.save/torch.load of tensors is not a checkpoint
+        assert not [r for r in rows if r["step"] == 0 and r["category"] == "checkpoint_io"]
         assert any(r["attrs"].get("async_op") for r in step0)
         keys[rank] = [(r["attrs"]["process_group"], r["seq"]) for r in step0]
     assert keys[0] == keys[1]  # the same (group, seq) names the same operation on both ranks
