@@ -25,9 +25,19 @@ class StackRule:
     """Regex searched in the frame's function name ("" matches any function)."""
     label: str = ""
     """Short human name for evidence ("JPEG decode", "DataLoader wait")."""
+    decisive: bool = False
+    """When it matches any frame, the whole stack is this rule's, whatever the priority says."""
 
 
 STACK_RULES: list[StackRule] = [
+    # object collectives pickle tensors through torch.save/torch.load: that is the collective, not a checkpoint
+    StackRule(
+        Category.SYNC,
+        r"torch/distributed/distributed_c10d\.py$",
+        r"^(_object_to_tensor|_tensor_to_object)$",
+        "object collective (pickling)",
+        decisive=True,
+    ),
     # checkpointing
     StackRule(
         Category.CHECKPOINT_IO,
@@ -175,6 +185,8 @@ def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
     best: StackRule | None = None
     for filename, function in frames:
         rule = frame_rule(filename, function)
+        if rule is not None and rule.decisive:
+            return rule
         if rule is not None and (best is None or _RANK[rule.category] < _RANK[best.category]):
             best = rule
     return best
