@@ -110,9 +110,15 @@ def test_timestamps_land_on_the_targets_wall_clock_boundaries_across_chunks() ->
     print(f"switch seen after the boundary: median {np.median(after_ms):.1f} ms")
     # ~5 ms on an idle machine (half the 10 ms interval); a loaded one delays py-spy's ticks, never its clock
     assert -2 < np.median(after_ms) < 20
-    assert np.mean((after_ms > -3) & (after_ms < 35)) > 0.85, after_ms
-    # and the label matches the wall clock: even() in even tenths
-    ok = [(iv.start_unix_ns // 100_000_000 % 2 == 0) == (leaf_function(iv) == "even") for iv in main[1:]]
+    # each chunk's clock is anchored on when its py-spy says it started sampling; on a loaded machine that
+    # anchor is a few ms off (seen: up to 6 ms early), so one sampling interval either side is the precision
+    assert np.mean((after_ms > -10) & (after_ms < 35)) > 0.85, after_ms
+    # and the label matches the wall clock: even() in even tenths (judged at each interval's middle, so a
+    # switch seen a millisecond early or late does not flip the verdict)
+    ok = [
+        ((iv.start_unix_ns + iv.end_unix_ns) // 2 // 100_000_000 % 2 == 0) == (leaf_function(iv) == "even")
+        for iv in main[1:]
+    ]
     assert np.mean(ok) > 0.85
 
 
