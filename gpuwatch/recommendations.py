@@ -6,11 +6,21 @@ change. A rule fires per rank; when it fires on every rank it is reported once w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from gpuwatch.budget import Evidence, RankBudget
 from gpuwatch.cross_rank import CrossRankResult
 from gpuwatch.records import Category
+
+
+@dataclass(frozen=True, slots=True)
+class Refinement:
+    """A better change when the evidence shows the usual fix is already in place."""
+
+    evidence: str
+    """Regex searched in the names of the category's top evidence on that rank."""
+    change: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +30,8 @@ class Rule:
     title: str
     change: str
     """What to change, concretely (and where the reference trainer shows the fix)."""
+    refinements: tuple[Refinement, ...] = ()
+    """Checked in order; the first whose pattern matches the evidence replaces `change`."""
 
 
 RULES: list[Rule] = [
@@ -29,6 +41,14 @@ RULES: list[Rule] = [
         "Input pipeline starves the training loop",
         "raise DataLoader num_workers (one per free core), set persistent_workers=True and prefetch_factor>=2; "
         "on GPU also pin_memory=True with .to(device, non_blocking=True) (see reference_trainer --fix data)",
+        refinements=(
+            Refinement(
+                r"num_workers=[1-9]",
+                "the DataLoader already has workers and they still cannot keep up: make each sample cheaper "
+                "(decode at the size you train at, cache decoded or resized data), raise num_workers and "
+                "prefetch_factor if cores are free, and check the storage read rate",
+            ),
+        ),
     ),
     Rule(
         Category.CPU_PREPROCESSING,
@@ -45,6 +65,15 @@ RULES: list[Rule] = [
         "replace gather-merge-broadcast on one rank with DDP all-reduce (bucketed, overlapped with backward) "
         "or FSDP2 fully_shard; keep rank-0-only work (logging, checkpoints, eval) off the step's critical path; "
         "avoid .item()/synchronize inside the step (see reference_trainer --fix sync)",
+        refinements=(
+            Refinement(
+                r"DDP reducer wait|all_reduce|reduce_scatter",
+                "gradients are already all-reduced; the exposed part is mostly waiting for the slowest rank: "
+                "even out per-rank work (data loading, uneven batches, rank-0-only logging or checkpoints), "
+                "let DDP overlap more (smaller bucket_cap_mb, gradient_as_bucket_view=True), or shard with "
+                "FSDP2; on GPU check the interconnect",
+            ),
+        ),
     ),
     Rule(
         Category.CHECKPOINT_IO,
@@ -52,6 +81,14 @@ RULES: list[Rule] = [
         "Checkpoint writes stall the loop",
         "use torch.distributed.checkpoint.async_save on a separate gloo process group and wait on it just "
         "before the next optimizer step; checkpoint less often (see reference_trainer --fix checkpoint)",
+        refinements=(
+            Refinement(
+                r"async_save|torch\.distributed\.checkpoint \(background\)",
+                "the loop already saves asynchronously; what still blocks is async_save staging the state and "
+                "waiting on the previous save: checkpoint less often, keep the staging buffers between saves "
+                "(a caching/pinned-memory stager), or run the upload in a separate process",
+            ),
+        ),
     ),
     Rule(
         Category.MEMCPY,
@@ -124,6 +161,11 @@ def _make(
         f"{pct * step_ms / 100:.1f} ms of a {step_ms:.1f} ms step)"
     ]
     tops = [e for e in budget.evidence if e.category == rule.category.value]
+    change = rule.change
+    for refinement in rule.refinements:
+        if any(re.search(refinement.evidence, e.name) for e in tops):
+            change = refinement.change
+            break
     if tops:
         parts.append("top: " + ", ".join(_describe(e, budget) for e in tops))
     if rule.category == Category.SYNC and cross is not None:
@@ -141,7 +183,7 @@ def _make(
         rank=rank,
         title=rule.title,
         evidence="; ".join(parts),
-        change=rule.change,
+        change=change,
         pct=pct,
     )
 
