@@ -1,51 +1,75 @@
-"""How much `gpuwatch attach` slows the trainer it samples, against py-spy's default (blocking) mode.
+"""How much `gpuwatch attach` slows the trainer it samples, against py-spy alone and py-spy's blocking default.
 
-Two identical real CPU training loops (forward/backward/SGD, steps of ~20 ms, each timing itself with
-perf_counter) run side by side the whole time. In each phase one of them is sampled and the other is the
-control: both live through the same moment of the machine (a shared 2-core box whose load from other jobs
-swings step times by 2x within a minute), so the ratio sampled/control cancels that drift. Roles swap every
-round. Modes:
-  bare      nothing attached (the noise floor: the ratio of two unsampled twins)
-  attach    `gpuwatch attach PID --rate 100` (py-spy --nonblocking --idle --subprocesses in chunks, plus the
-            /proc and NVML samplers and the Python side that classifies and writes the run)
-  pyspy-nb  `py-spy record --nonblocking --idle --subprocesses --rate 100` alone (py-spy's share of attach)
-  blocking  `py-spy record --idle --rate 100` (py-spy's default mode: it stops every thread of the target
-            for each sample)
-Printed: per mode, the geometric mean over rounds of sampled/control for the median step (what the issue
-asks), the 10th-percentile step (the steps nothing else on the machine delayed: a sampler that slows every
-step shifts them, neighbours' load mostly does not) and the trainer thread's CPU time per step; each mode
-samples twin 0 and twin 1 in turn, so a difference between the twins (their cores) cancels with an even
-number of rounds. The bare row is the noise floor. Target for attach: under 1% slowdown.
+Default design (`--design windows`), the way attach is used on a training node: ONE real CPU training loop
+(forward/backward/SGD on 1 torch thread, steps of ~20 ms, each timed by the trainer itself with perf_counter
+and appended with its start time to a log) runs the whole time, and the script alternates windows of
+`--window-s` seconds over it:
 
-Reading it on a shared, oversubscribed machine: when the cores are saturated, the kernel favours a task that
-keeps getting stopped and resumed (blocking py-spy) over its never-sleeping twin, so the blocking row can
-come out *faster* there; its cost shows on a machine with a spare core. The samplers' own CPU (printed)
-is what they take from the machine either way.
+    bare, M1, bare, M2, bare, M3, bare, M1', ...   (M = the sampled modes, order rotated every round)
 
-    python benchmarks/attach_overhead.py [--rounds 4] [--phase-s 8] [--width 768]
+so every sampled window has a bare window right before and right after it. A sampled window starts when the
+sampler says it is sampling, plus `--settle-s` (py-spy's attach, gpuwatch's start-up); the sampler runs a
+little past the window's end; the next bare window starts `--settle-s` after the sampler exited. Only steps
+entirely inside a window count. Each sampled window's median (and 10th-percentile) step is divided by the
+geometric mean of its two bare neighbours' (drift of the machine cancels to first order), and the ratios are
+averaged geometrically over rounds. The noise floor is the same ratio for each bare window against the bare
+windows either side of it (two slots away, so if anything it overstates the noise). The machine's second core
+is left to the samplers (as on a GPU node with many cores); nothing is pinned unless `--pin` (trainer on CPU
+0, samplers on the others). Modes:
+  attach    `gpuwatch attach PID --rate 100 --duration S` (py-spy --nonblocking --idle --subprocesses in
+            2 s chunks, plus the /proc and NVML samplers and the Python side that classifies and writes the run)
+  pyspy-nb  `py-spy record --nonblocking --idle --subprocesses --rate 100 --format chrometrace` alone (one
+            run for the whole window: py-spy's share of attach)
+  blocking  the same py-spy command without --nonblocking: py-spy's default mode, which stops every thread
+            of the target for each sample
+Printed per mode: median and p10 step ratios against the adjacent bare windows, the trainer's CPU time per
+step ratio, the sampler processes' own CPU (getrusage of everything the script reaped, over their whole life,
+start-up and attach's closing summary included) and the machine's non-trainer CPU inside the window (/proc/stat
+minus the trainer; in bare windows that is the rest of the machine, so sampled minus bare is the sampler's
+in-window share), plus the load average. Target for attach: under 1% slowdown.
+
+Twin design (`--design twins`): two identical trainers run at once, one sampled and one control, roles
+swapped every round; each ratio is sampled/control at the same moment. On a 2-core machine both cores are
+then saturated, so the sampler competes with the trainers for CPU: its ratios carry +-10% noise and the
+kernel favours a task that keeps getting stopped and resumed (blocking py-spy) over its never-sleeping twin,
+so the blocking row can come out *faster* there. Useful where the machine's load swings faster than a window.
+
+    python benchmarks/attach_overhead.py [--rounds 4] [--window-s 8] [--settle-s 1] [--pin]
+    python benchmarks/attach_overhead.py --design twins [--rounds 4] [--window-s 8] [--nice N]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
-WARMUP_S = 3.0  # after starting a sampler: interpreter start-up, py-spy's attach, the first chunk
+WARMUP_S = 3.0  # twins: after starting a sampler: interpreter start-up, py-spy's attach, the first chunk
 MODES = ("bare", "attach", "pyspy-nb", "blocking")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SAMPLED_MODES = MODES[1:]
+TAIL_S = 0.5
+"""Windows design: the sampler is asked to run this much past the window's end (timer slack)."""
+PYSPY_FLAGS = ["--idle", "--subprocesses", "--format", "chrometrace", "--rate", "100"]
+"""py-spy's flags in attach (gpuwatch.attach / collectors.pyspy_sampler), less --nonblocking."""
 
 
-def target(log_path: str, width: int, depth: int, batch: int) -> None:
-    """The trainer: one line per step, `start_unix_ns wall_ns cpu_ns`, unbuffered."""
+def target(log_path: str, width: int, depth: int, batch: int, cpu: int | None = None) -> None:
+    """The trainer: one line per step, `start_unix_ns wall_ns cpu_ns`, unbuffered; on CPU `cpu` if given."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
     import torch
 
     torch.set_num_threads(1)
@@ -124,20 +148,8 @@ def raise_priority(pid: int, nice: int) -> bool:
         return False
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=4, help="rounds; each runs every mode once")
-    p.add_argument("--phase-s", type=float, default=8.0, help="seconds measured per mode per round")
-    p.add_argument("--width", type=int, default=768)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--nice", type=int, default=0, help="trainers' priority when root (0: leave as is)")
-    p.add_argument("--target", metavar="LOG", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.target:
-        target(args.target, args.width, args.depth, args.batch)
-        return
-
+def run_twins(args: argparse.Namespace) -> None:
+    """The twin design: two trainers at once, one sampled and one control, roles swapped every round."""
     ratios: dict[str, list[tuple[float, float, float]]] = {m: [] for m in MODES}
     steps_ms: dict[str, list[float]] = {m: [] for m in MODES}
     sampler_cpu: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
@@ -157,7 +169,7 @@ def main() -> None:
                 k = r % len(MODES)
                 for mode in MODES[k:] + MODES[:k]:  # rotated: no mode always follows another
                     s = (r + MODES.index(mode)) % 2  # each mode samples twin 0 and twin 1 in turn
-                    lo, hi, cpu_s, wall_s = run_phase(mode, pids[s], args.phase_s, tmp / f"{mode}-{r}")
+                    lo, hi, cpu_s, wall_s = run_phase(mode, pids[s], args.window_s, tmp / f"{mode}-{r}")
                     sampler_cpu[mode].append((cpu_s, wall_s))
                     sampled, control = steps_in(logs[s], lo, hi), steps_in(logs[1 - s], lo, hi)
                     wall = float(np.median(sampled[:, 0]) / np.median(control[:, 0]))
@@ -179,7 +191,7 @@ def main() -> None:
     print()
     print(
         f"twins: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread each"
-        f"{', nice ' + str(args.nice) if niced else ''}; {args.rounds} rounds x {args.phase_s:g} s per mode"
+        f"{', nice ' + str(args.nice) if niced else ''}; {args.rounds} rounds x {args.window_s:g} s per mode"
     )
     print("  ratios sampled/control, geometric mean over rounds (twin 0 and twin 1 biases cancel):")
     print(f"  {'mode':8s}  {'step ms':>8s}  {'median (min..max)':>24s}  {'p10 (min..max)':>24s}  {'CPU':>7s}")
@@ -205,6 +217,358 @@ def main() -> None:
             f"py-spy default blocking {100 * (gm['blocking'][i] - 1):+.2f}%; noise floor (bare twins) "
             f"{100 * (gm['bare'][i] - 1):+.2f}%"
         )
+
+
+# ---- windows design: one trainer, alternating bare and sampled windows ---------------------------------
+
+
+class StepLog:
+    """The trainer's step log, read incrementally (the script never re-parses what it has read)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+        self._blocks: list[np.ndarray] = []
+
+    def between(self, lo_ns: int, hi_ns: int) -> np.ndarray:
+        """(wall ms, CPU ms) of the steps that started and ended inside [lo_ns, hi_ns), one row per step."""
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        self._offset += len(data)
+        data = self._partial + data
+        cut = data.rfind(b"\n") + 1
+        self._partial = data[cut:]
+        if cut:
+            self._blocks.append(np.array(data[:cut].split(), dtype=np.int64).reshape(-1, 3))
+        rows = np.concatenate(self._blocks) if self._blocks else np.zeros((0, 3), np.int64)
+        keep = (rows[:, 0] >= lo_ns) & (rows[:, 0] + rows[:, 1] <= hi_ns)
+        return rows[keep, 1:] / 1e6
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks of the whole machine since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = f[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+def proc_ticks(pid: int) -> int:
+    """utime + stime of one process, in clock ticks."""
+    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(rest[11]) + int(rest[12])
+
+
+@dataclass
+class Window:
+    """One measured window: which mode, when, and what the machine did meanwhile."""
+
+    mode: str
+    round: int
+    lo_ns: int
+    hi_ns: int
+    other_cores: float
+    """Non-trainer CPU of the whole machine inside the window (samplers, other jobs), in cores."""
+    steal_cores: float
+    """CPU the hypervisor took from this VM inside the window, in cores."""
+    load1: float
+    sampler_cpu_s: float = 0.0
+    """CPU of the sampler processes over their whole life (start-up and closing summary included)."""
+    sampler_wall_s: float = 0.0
+    steps: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    """(wall ms, CPU ms) per trainer step inside the window."""
+
+
+def window_sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[str]:
+    if mode == "attach":
+        return [sys.executable, "-m", "gpuwatch", "attach", str(pid), "--rate", "100",
+                "--duration", f"{seconds:.2f}", "--out", str(out)]  # fmt: skip
+    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
+    cmd += PYSPY_FLAGS + ["--output", str(out)]
+    return cmd + (["--nonblocking"] if mode == "pyspy-nb" else [])
+
+
+def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0) -> None:
+    """Block until the sampler says it samples: attach's first progress line, py-spy's "Sampling process"."""
+    stream = proc.stderr if mode == "attach" else proc.stdout
+    marker = b"sampling process" if mode == "attach" else b"Sampling process"
+    assert stream is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            _, err = proc.communicate()
+            raise SystemExit(f"{mode} ended before sampling: {err.decode(errors='replace')[-500:]}")
+        if marker in line:
+            return
+    proc.kill()
+    proc.wait()
+    raise SystemExit(f"{mode} did not start sampling within {timeout_s:.0f} s")
+
+
+def measure(mode: str, rnd: int, pid: int, seconds: float) -> Window:
+    """Sleep through one window of `seconds` and say what the machine did meanwhile."""
+    busy0, steal0 = machine_ticks()
+    tgt0 = proc_ticks(pid)
+    lo, t0 = time.time_ns(), time.monotonic()
+    time.sleep(seconds)
+    hi, dt = time.time_ns(), time.monotonic() - t0
+    busy1, steal1 = machine_ticks()
+    other = (busy1 - busy0 - (proc_ticks(pid) - tgt0)) / CLK_TCK / dt
+    return Window(mode, rnd, lo, hi, other, (steal1 - steal0) / CLK_TCK / dt, os.getloadavg()[0])
+
+
+def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Path) -> Window:
+    """One window of `mode` over the trainer `pid`; a sampled one ends when its sampler has exited."""
+    if mode == "bare":
+        return measure(mode, rnd, pid, args.window_s)
+    cmd = window_sampler_cmd(mode, pid, args.settle_s + args.window_s + TAIL_S, out)
+    spare = set(range(os.cpu_count() or 1)) - {0}
+    pin = (lambda: os.sched_setaffinity(0, spare)) if args.pin and spare else None
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL if mode == "attach" else subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        preexec_fn=pin,
+    )
+    try:
+        wait_ready(proc, mode)
+        time.sleep(args.settle_s)
+        win = measure(mode, rnd, pid, args.window_s)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed ({proc.returncode}): {err.decode(errors='replace')[-500:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    win.sampler_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    win.sampler_wall_s = time.monotonic() - t0
+    return win
+
+
+def window_plan(rounds: int, shuffle: bool, seed: int) -> list[tuple[str, int]]:
+    """bare, M, bare, M, ..., bare: every sampled window between two bare ones; modes rotated per round."""
+    rng = random.Random(seed)
+    plan: list[tuple[str, int]] = []
+    for r in range(rounds):
+        order = list(SAMPLED_MODES)
+        if shuffle:
+            rng.shuffle(order)
+        else:
+            k = r % len(order)
+            order = order[k:] + order[:k]
+        for mode in order:
+            plan += [("bare", r), (mode, r)]
+    return plan + [("bare", rounds - 1)]
+
+
+def window_stats(w: Window) -> np.ndarray:
+    """median step ms, p10 step ms, median CPU ms per step, mean off-CPU ms per step (wall - CPU time)."""
+    wall, cpu = w.steps[:, 0], w.steps[:, 1]
+    return np.array([np.median(wall), np.percentile(wall, 10), np.median(cpu), np.mean(wall - cpu)])
+
+
+def against_neighbours(wins: list[Window], i: int, gap: int) -> np.ndarray:
+    """Window i against windows i-gap and i+gap (its bare neighbours): ratios of the median step, p10 step and
+    CPU per step to their geometric mean; then the off-CPU ms per step and the machine's non-trainer CPU
+    (cores) minus their arithmetic mean, the off-CPU difference as a fraction of their median step."""
+    here, before, after = (window_stats(wins[j]) for j in (i, i - gap, i + gap))
+    ref = np.sqrt(before * after)
+    off = (here[3] - (before[3] + after[3]) / 2) / ref[0]
+    other = wins[i].other_cores - (wins[i - gap].other_cores + wins[i + gap].other_cores) / 2
+    return np.array([*(here[:3] / ref[:3]), off, other])
+
+
+def run_windows(args: argparse.Namespace) -> None:
+    plan = window_plan(args.rounds, args.shuffle, args.seed)
+    load_start = os.getloadavg()
+    wins: list[Window] = []
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="attach-overhead-") as tmp_s:
+        tmp = Path(tmp_s)
+        log = tmp / "trainer.txt"
+        cmd = [sys.executable, str(HERE), "--target", str(log), "--width", str(args.width)]
+        cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
+        cmd += ["--target-cpu", "0"] if args.pin else []
+        trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        try:
+            pid = int(trainer.stdout.readline())  # type: ignore[union-attr]
+            steps = StepLog(log)
+            time.sleep(3.0)  # warm caches and allocators
+            print(
+                f"trainer pid {pid}: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread"
+                f"{', pinned to CPU 0, samplers on the other CPUs' if args.pin else ''}; load average "
+                f"{' '.join(f'{x:.2f}' for x in load_start)}; {len(plan)} windows of {args.window_s:g} s",
+                flush=True,
+            )
+            for n, (mode, rnd) in enumerate(plan):
+                if n and wins[-1].mode != "bare":
+                    time.sleep(args.settle_s)  # after detaching
+                win = run_window(mode, rnd, pid, args, tmp / f"{mode}-{n}")
+                win.steps = steps.between(win.lo_ns, win.hi_ns)
+                if len(win.steps) < 20:
+                    raise SystemExit(f"only {len(win.steps)} trainer steps in window {n} ({mode})")
+                wins.append(win)
+                extra = (
+                    f", sampler {win.sampler_cpu_s:.2f} CPU s in {win.sampler_wall_s:.1f} s"
+                    if mode != "bare"
+                    else ""
+                )
+                print(
+                    f"  round {rnd + 1} {mode:8s} {len(win.steps):4d} steps, median {np.median(win.steps[:, 0]):7.3f} ms"
+                    f", p10 {np.percentile(win.steps[:, 0], 10):7.3f} ms, off-CPU {window_stats(win)[3]:.3f} ms/step"
+                    f"; non-trainer CPU {win.other_cores:.2f} cores"
+                    f", steal {win.steal_cores:.2f}, load {win.load1:.2f}{extra}",
+                    flush=True,
+                )
+        finally:
+            trainer.kill()
+            trainer.wait()
+    elapsed = time.monotonic() - t_start
+    load_end = os.getloadavg()
+
+    rows: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
+    quiet: dict[str, list[bool]] = {m: [] for m in MODES}
+    for i, w in enumerate(wins):
+        gap = 1 if w.mode != "bare" else 2
+        if w.mode == "bare" and not 2 <= i < len(wins) - 2:
+            continue
+        rows[w.mode].append(against_neighbours(wins, i, gap))
+        quiet[w.mode].append(max(wins[i - gap].other_cores, wins[i + gap].other_cores) < args.quiet_cores)
+
+    print()
+    print(
+        f"windows design: ONE trainer ({args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread"
+        f"{', pinned to CPU 0' if args.pin else ''}), {args.rounds} rounds x {len(SAMPLED_MODES)} sampled windows "
+        f"of {args.window_s:g} s, each between two bare windows; settle {args.settle_s:g} s after attach/detach; "
+        f"{elapsed:.0f} s in all"
+    )
+    print(
+        f"load average at start {' '.join(f'{x:.2f}' for x in load_start)}, at end "
+        f"{' '.join(f'{x:.2f}' for x in load_end)}; {os.cpu_count()} CPUs; non-trainer CPU in bare windows: "
+        f"median {np.median([w.other_cores for w in wins if w.mode == 'bare']):.2f} cores, "
+        f"max {max(w.other_cores for w in wins if w.mode == 'bare'):.2f}"
+    )
+    gm: dict[str, dict[str, tuple[float, float]]] = {}
+    summaries = [("all windows", False)]
+    if not all(all(q) for q in quiet.values()):
+        summaries.append(("quiet windows only", True))
+    for label, only_quiet in summaries:
+        print(
+            f"{label}{f' (both bare neighbours had < {args.quiet_cores:g} cores of non-trainer CPU)' if only_quiet else ''}"
+            ": window / its bare neighbours, geometric mean over windows +- standard error (min..max):"
+        )
+        print(
+            f"  {'mode':8s} {'n':>3s} {'step ms':>7s}  {'median step':>29s}  {'p10 step':>29s}  {'CPU/step':>8s}"
+            f"  {'off-CPU':>7s}  {'sampler CPU':>11s}  {'life':>5s}"
+        )
+        gm[label] = {}
+        for mode in MODES:
+            keep = [r for r, q in zip(rows[mode], quiet[mode]) if q or not only_quiet]
+            if not keep:
+                print(f"  {mode:8s} {0:3d}")
+                continue
+            arr = np.array(keep)
+            logs = np.log(arr[:, :3])
+            g = np.exp(logs.mean(axis=0))
+            se = logs.std(axis=0, ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else np.full(3, np.nan)
+            gm[label][mode] = (float(g[0]), float(100 * se[0]))
+            gm[label][mode + "/p10"] = (float(g[1]), float(100 * se[1]))
+            mine = [w for w in wins if w.mode == mode]
+            step_ms = np.median([np.median(w.steps[:, 0]) for w in mine])
+            life = (
+                "-"
+                if mode == "bare"
+                else f"{100 * sum(w.sampler_cpu_s for w in mine) / sum(w.sampler_wall_s for w in mine):.1f}%"
+            )
+            print(
+                f"  {mode:8s} {len(arr):3d} {step_ms:7.2f}"
+                f"  {g[0]:7.4f} +-{100 * se[0]:4.2f}% ({arr[:, 0].min():.3f}..{arr[:, 0].max():.3f})"
+                f"  {g[1]:7.4f} +-{100 * se[1]:4.2f}% ({arr[:, 1].min():.3f}..{arr[:, 1].max():.3f})"
+                f"  {g[2]:8.4f}  {100 * arr[:, 3].mean():+6.2f}%  {100 * arr[:, 4].mean():+10.1f}%  {life:>5s}"
+            )
+    print(
+        "  bare: each interior bare window against the bare windows either side of it (the noise floor). "
+        "CPU/step: the trainer thread's CPU time per step. off-CPU: mean (wall - CPU time) per step, the part of "
+        "a step the trainer thread was stopped or waiting, minus the neighbours', in % of the step. sampler CPU: "
+        "the machine's non-trainer CPU in the window minus the neighbours', % of one core. life: the sampler "
+        "processes' own CPU over their whole run (start-up and attach's closing summary included) per wall second."
+    )
+    for label in gm:
+        g = gm[label]
+        if not all(m in g for m in MODES):
+            continue
+        for key, what in (("", "median"), ("/p10", "p10")):
+            print(
+                f"{what} step slowdown vs adjacent bare windows ({label}): gpuwatch attach (non-blocking, 100 Hz) "
+                + ", ".join(
+                    f"{name}{100 * (g[m + key][0] - 1):+.2f}% +-{g[m + key][1]:.2f}"
+                    for m, name in (
+                        ("attach", ""),
+                        ("pyspy-nb", "py-spy alone non-blocking "),
+                        ("blocking", "py-spy default blocking "),
+                        ("bare", "noise floor (bare vs bare) "),
+                    )
+                )
+            )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--design",
+        choices=("windows", "twins"),
+        default="windows",
+        help="windows: one trainer, alternating bare and sampled windows (default); twins: two trainers at once",
+    )
+    p.add_argument("--rounds", type=int, default=4, help="rounds; each runs every sampled mode once")
+    p.add_argument(
+        "--window-s",
+        "--phase-s",
+        dest="window_s",
+        type=float,
+        default=8.0,
+        help="seconds measured per window",
+    )
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=1.0,
+        help="windows: seconds skipped after attaching and after detaching",
+    )
+    p.add_argument(
+        "--quiet-cores",
+        type=float,
+        default=0.15,
+        help="windows: also summarize the sampled windows whose bare neighbours had less non-trainer CPU than this",
+    )
+    p.add_argument("--pin", action="store_true", help="windows: trainer on CPU 0, samplers on the other CPUs")
+    p.add_argument(
+        "--shuffle", action="store_true", help="windows: random mode order per round (else rotated)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=768)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--batch", type=int, help="default 128 (steps of ~20 ms alone), twins 64")
+    p.add_argument("--nice", type=int, default=0, help="twins: trainers' priority when root (0: leave as is)")
+    p.add_argument("--target", metavar="LOG", help=argparse.SUPPRESS)
+    p.add_argument("--target-cpu", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.batch is None:
+        args.batch = 64 if args.design == "twins" else 128
+    if args.target:
+        target(args.target, args.width, args.depth, args.batch, args.target_cpu)
+        return
+    if args.design == "twins":
+        run_twins(args)
+    else:
+        run_windows(args)
 
 
 if __name__ == "__main__":
