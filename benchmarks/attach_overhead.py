@@ -45,6 +45,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,8 @@ WARMUP_S = 3.0  # twins: after starting a sampler: interpreter start-up, py-spy'
 MODES = ("bare", "attach", "pyspy-nb", "blocking")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLED_MODES = MODES[1:]
+ATTACH_VARIANTS = {"attach-nosub": ["--no-subprocesses"], "attach-chunk8": ["--chunk", "8"]}
+"""Extra windows modes for finding where attach's cost comes from (`--modes attach,attach-nosub,...`)."""
 TAIL_S = 0.5
 """Windows design: the sampler is asked to run this much past the window's end (timer slack)."""
 PYSPY_FLAGS = ["--idle", "--subprocesses", "--format", "chrometrace", "--rate", "100"]
@@ -280,19 +283,26 @@ class Window:
     """(wall ms, CPU ms) per trainer step inside the window."""
 
 
+def pyspy_exe() -> str:
+    """The py-spy attach uses (next to this Python, else on PATH): not a shell shim in front of it."""
+    here = Path(sys.executable).parent / "py-spy"
+    return str(here) if here.is_file() else (shutil.which("py-spy") or "py-spy")
+
+
 def window_sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[str]:
-    if mode == "attach":
+    if mode == "attach" or mode in ATTACH_VARIANTS:
         return [sys.executable, "-m", "gpuwatch", "attach", str(pid), "--rate", "100",
-                "--duration", f"{seconds:.2f}", "--out", str(out)]  # fmt: skip
-    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
+                "--duration", f"{seconds:.2f}", "--out", str(out), *ATTACH_VARIANTS.get(mode, [])]  # fmt: skip
+    cmd = [pyspy_exe(), "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
     cmd += PYSPY_FLAGS + ["--output", str(out)]
     return cmd + (["--nonblocking"] if mode == "pyspy-nb" else [])
 
 
 def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0) -> None:
     """Block until the sampler says it samples: attach's first progress line, py-spy's "Sampling process"."""
-    stream = proc.stderr if mode == "attach" else proc.stdout
-    marker = b"sampling process" if mode == "attach" else b"Sampling process"
+    is_attach = mode.startswith("attach")
+    stream = proc.stderr if is_attach else proc.stdout
+    marker = b"sampling process" if is_attach else b"Sampling process"
     assert stream is not None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -330,7 +340,7 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
-        stdout=subprocess.DEVNULL if mode == "attach" else subprocess.PIPE,
+        stdout=subprocess.DEVNULL if mode.startswith("attach") else subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
         preexec_fn=pin,
@@ -352,12 +362,12 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     return win
 
 
-def window_plan(rounds: int, shuffle: bool, seed: int) -> list[tuple[str, int]]:
+def window_plan(modes: list[str], rounds: int, shuffle: bool, seed: int) -> list[tuple[str, int]]:
     """bare, M, bare, M, ..., bare: every sampled window between two bare ones; modes rotated per round."""
     rng = random.Random(seed)
     plan: list[tuple[str, int]] = []
     for r in range(rounds):
-        order = list(SAMPLED_MODES)
+        order = list(modes)
         if shuffle:
             rng.shuffle(order)
         else:
@@ -386,7 +396,12 @@ def against_neighbours(wins: list[Window], i: int, gap: int) -> np.ndarray:
 
 
 def run_windows(args: argparse.Namespace) -> None:
-    plan = window_plan(args.rounds, args.shuffle, args.seed)
+    modes = args.modes.split(",")
+    unknown = [m for m in modes if m not in SAMPLED_MODES and m not in ATTACH_VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown --modes {unknown}; known: {', '.join([*SAMPLED_MODES, *ATTACH_VARIANTS])}")
+    plan = window_plan(modes, args.rounds, args.shuffle, args.seed)
+    all_modes = ["bare", *modes]
     load_start = os.getloadavg()
     wins: list[Window] = []
     t_start = time.monotonic()
@@ -421,7 +436,7 @@ def run_windows(args: argparse.Namespace) -> None:
                     else ""
                 )
                 print(
-                    f"  round {rnd + 1} {mode:8s} {len(win.steps):4d} steps, median {np.median(win.steps[:, 0]):7.3f} ms"
+                    f"  round {rnd + 1} {mode:13s} {len(win.steps):4d} steps, median {np.median(win.steps[:, 0]):7.3f} ms"
                     f", p10 {np.percentile(win.steps[:, 0], 10):7.3f} ms, off-CPU {window_stats(win)[3]:.3f} ms/step"
                     f"; non-trainer CPU {win.other_cores:.2f} cores"
                     f", steal {win.steal_cores:.2f}, load {win.load1:.2f}{extra}",
@@ -433,8 +448,8 @@ def run_windows(args: argparse.Namespace) -> None:
     elapsed = time.monotonic() - t_start
     load_end = os.getloadavg()
 
-    rows: dict[str, list[np.ndarray]] = {m: [] for m in MODES}
-    quiet: dict[str, list[bool]] = {m: [] for m in MODES}
+    rows: dict[str, list[np.ndarray]] = {m: [] for m in all_modes}
+    quiet: dict[str, list[bool]] = {m: [] for m in all_modes}
     for i, w in enumerate(wins):
         gap = 1 if w.mode != "bare" else 2
         if w.mode == "bare" and not 2 <= i < len(wins) - 2:
@@ -445,7 +460,7 @@ def run_windows(args: argparse.Namespace) -> None:
     print()
     print(
         f"windows design: ONE trainer ({args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread"
-        f"{', pinned to CPU 0' if args.pin else ''}), {args.rounds} rounds x {len(SAMPLED_MODES)} sampled windows "
+        f"{', pinned to CPU 0' if args.pin else ''}), {args.rounds} rounds x {len(modes)} sampled windows "
         f"of {args.window_s:g} s, each between two bare windows; settle {args.settle_s:g} s after attach/detach; "
         f"{elapsed:.0f} s in all"
     )
@@ -465,14 +480,14 @@ def run_windows(args: argparse.Namespace) -> None:
             ": window / its bare neighbours, geometric mean over windows +- standard error (min..max):"
         )
         print(
-            f"  {'mode':8s} {'n':>3s} {'step ms':>7s}  {'median step':>29s}  {'p10 step':>29s}  {'CPU/step':>8s}"
+            f"  {'mode':13s} {'n':>3s} {'step ms':>7s}  {'median step':>29s}  {'p10 step':>29s}  {'CPU/step':>8s}"
             f"  {'off-CPU':>7s}  {'sampler CPU':>11s}  {'life':>5s}"
         )
         gm[label] = {}
-        for mode in MODES:
+        for mode in all_modes:
             keep = [r for r, q in zip(rows[mode], quiet[mode]) if q or not only_quiet]
             if not keep:
-                print(f"  {mode:8s} {0:3d}")
+                print(f"  {mode:13s} {0:3d}")
                 continue
             arr = np.array(keep)
             logs = np.log(arr[:, :3])
@@ -488,7 +503,7 @@ def run_windows(args: argparse.Namespace) -> None:
                 else f"{100 * sum(w.sampler_cpu_s for w in mine) / sum(w.sampler_wall_s for w in mine):.1f}%"
             )
             print(
-                f"  {mode:8s} {len(arr):3d} {step_ms:7.2f}"
+                f"  {mode:13s} {len(arr):3d} {step_ms:7.2f}"
                 f"  {g[0]:7.4f} +-{100 * se[0]:4.2f}% ({arr[:, 0].min():.3f}..{arr[:, 0].max():.3f})"
                 f"  {g[1]:7.4f} +-{100 * se[1]:4.2f}% ({arr[:, 1].min():.3f}..{arr[:, 1].max():.3f})"
                 f"  {g[2]:8.4f}  {100 * arr[:, 3].mean():+6.2f}%  {100 * arr[:, 4].mean():+10.1f}%  {life:>5s}"
@@ -502,19 +517,20 @@ def run_windows(args: argparse.Namespace) -> None:
     )
     for label in gm:
         g = gm[label]
-        if not all(m in g for m in MODES):
-            continue
+        names = {
+            "attach": "gpuwatch attach (non-blocking, 100 Hz)",
+            **{m: f"gpuwatch attach {' '.join(a)}" for m, a in ATTACH_VARIANTS.items()},
+            "pyspy-nb": "py-spy alone non-blocking",
+            "blocking": "py-spy default blocking",
+            "bare": "noise floor (bare vs bare)",
+        }
         for key, what in (("", "median"), ("/p10", "p10")):
             print(
-                f"{what} step slowdown vs adjacent bare windows ({label}): gpuwatch attach (non-blocking, 100 Hz) "
+                f"{what} step slowdown vs adjacent bare windows ({label}): "
                 + ", ".join(
-                    f"{name}{100 * (g[m + key][0] - 1):+.2f}% +-{g[m + key][1]:.2f}"
-                    for m, name in (
-                        ("attach", ""),
-                        ("pyspy-nb", "py-spy alone non-blocking "),
-                        ("blocking", "py-spy default blocking "),
-                        ("bare", "noise floor (bare vs bare) "),
-                    )
+                    f"{name} {100 * (g[m + key][0] - 1):+.2f}% +-{g[m + key][1]:.2f}"
+                    for m, name in names.items()
+                    if m + key in g
                 )
             )
 
@@ -547,6 +563,11 @@ def main() -> None:
         type=float,
         default=0.15,
         help="windows: also summarize the sampled windows whose bare neighbours had less non-trainer CPU than this",
+    )
+    p.add_argument(
+        "--modes",
+        default=",".join(SAMPLED_MODES),
+        help=f"windows: sampled modes, comma-separated (default %(default)s; also {', '.join(ATTACH_VARIANTS)})",
     )
     p.add_argument("--pin", action="store_true", help="windows: trainer on CPU 0, samplers on the other CPUs")
     p.add_argument(
