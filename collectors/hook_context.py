@@ -27,9 +27,9 @@ ACTIVE: HookContext | None = None
 """The context of the running watch in this process, or None: every hook checks this first."""
 
 MAX_PENDING_GAPS = 8192
+"""Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
 IN_COLLECTIVE = "in_collective"
 """Per-thread flag: a hooked collective is running (its inner calls belong to it)."""
-"""Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
 
 
 class HookContext:
@@ -75,9 +75,6 @@ class HookContext:
     def now_ns(self) -> int:
         """Now, in ns since the writer's anchor."""
         return time.perf_counter_ns() + self._offset_ns
-
-    def to_unix_ns(self, t_ns: int) -> int:
-        return t_ns + self.anchor_unix_ns
 
     # ---- regions ----------------------------------------------------------------------------------
     def begin(self, key: str) -> int:
@@ -184,10 +181,6 @@ class HookContext:
             self.sink.note(key, message)
         except Exception:
             pass
-
-
-def on_training_thread(ctx: HookContext) -> bool:
-    return threading.get_ident() == ctx.train_ident
 
 
 # ---- patching ------------------------------------------------------------------------------------
