@@ -186,19 +186,17 @@ class TorchHooks(Collector):
                 self.ddp_seen = True
         return name
 
-    def _enter(self, module: Any, top_ok: bool) -> None:
-        ctx = hc.current()
-        if ctx is None or threading.get_ident() != ctx.train_ident:
+    def _enter(self, ctx: HookContext, module: Any) -> None:
+        if threading.get_ident() != ctx.train_ident:
             return
-        if self._fwd_stack or not top_ok:
+        if self._fwd_stack:
             self._fwd_stack.append((module, -1, None))
             return
         token = self.timer.start() if self.timer is not None else None
         self._fwd_stack.append((module, ctx.begin("forward"), token))
 
-    def _exit(self, module: Any) -> None:
-        ctx = hc.current()
-        if ctx is None or threading.get_ident() != ctx.train_ident or not self._fwd_stack:
+    def _exit(self, ctx: HookContext, module: Any) -> None:
+        if threading.get_ident() != ctx.train_ident or not self._fwd_stack:
             return
         entry = self._fwd_stack.pop()
         while entry[0] is not module and self._fwd_stack:  # unwinding after an exception
@@ -210,8 +208,8 @@ class TorchHooks(Collector):
         if self.timer is not None:
             self.timer.stop(entry[2], SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
 
-    # The four hooks below check `hc.current()` first: under torch.compile tracing it is None, so the traced
-    # hook is an immediate return (nothing to break the graph on).
+    # The four hooks below check `hc.current()` first (and hand that context on): under torch.compile
+    # tracing it is None, so the traced hook is an immediate return (nothing to break the graph on).
     def _global_pre(self, module: Any, args: Any) -> None:
         ctx = hc.current()
         if ctx is None:
@@ -222,38 +220,36 @@ class TorchHooks(Collector):
             if not self._fwd_stack and not self.dynamo_mode and threading.get_ident() == ctx.train_ident:
                 self._found.append(module)
                 self._name(module)
-            self._enter(module, True)
+            self._enter(ctx, module)
         except Exception as exc:
-            self._fwd_error(exc)
+            ctx.hook_error("forward", exc)
 
     def _global_post(self, module: Any, args: Any, output: Any) -> None:
-        if hc.current() is None:
+        ctx = hc.current()
+        if ctx is None:
             return
         try:
             if module not in self._hooked:
-                self._exit(module)
+                self._exit(ctx, module)
         except Exception as exc:
-            self._fwd_error(exc)
+            ctx.hook_error("forward", exc)
 
     def _instance_pre(self, module: Any, args: Any) -> None:
-        if hc.current() is None:
+        ctx = hc.current()
+        if ctx is None:
             return
         try:
-            self._enter(module, True)
+            self._enter(ctx, module)
         except Exception as exc:
-            self._fwd_error(exc)
+            ctx.hook_error("forward", exc)
 
     def _instance_post(self, module: Any, args: Any, output: Any) -> None:
-        if hc.current() is None:
+        ctx = hc.current()
+        if ctx is None:
             return
         try:
-            self._exit(module)
+            self._exit(ctx, module)
         except Exception as exc:
-            self._fwd_error(exc)
-
-    def _fwd_error(self, exc: BaseException) -> None:
-        ctx = hc.current()
-        if ctx is not None:
             ctx.hook_error("forward", exc)
 
     # ---- backward ----------------------------------------------------------------------------------
