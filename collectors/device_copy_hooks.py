@@ -9,12 +9,11 @@ overrules it (memcpy outranks host_overhead, the category of a sampled `.to()` c
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from collectors import hook_context as hc
-from collectors.hook_context import HookContext, Patcher
-from gpuwatch.records import Category, Span, SpanKind
+from collectors.hook_context import Patcher
+from gpuwatch.records import Category, SpanKind
 
 
 def install_device_copy_hooks(patcher: Patcher, torch: Any) -> None:
@@ -22,24 +21,6 @@ def install_device_copy_hooks(patcher: Patcher, torch: Any) -> None:
         patcher.patch(torch.Tensor, method, _wrap_copy)
     patcher.patch(torch.Tensor, "item", _wrap_item)
     patcher.patch(torch.cuda, "synchronize", _wrap_synchronize)
-
-
-def _emit_after(ctx: HookContext, t0: int, name: str, category: str, kind: str, **fields: Any) -> None:
-    on_train = threading.get_ident() == ctx.train_ident
-    ctx.emit(
-        Span(
-            rank=ctx.rank,
-            kind=kind,
-            name=name,
-            start_ns=t0,
-            end_ns=ctx.now_ns(),
-            category=category,
-            pid=ctx.pid,
-            tid=ctx.train_tid if on_train else threading.get_native_id(),
-            step=ctx.step,
-            **fields,
-        )
-    )
 
 
 def _wrap_copy(original: Any) -> Any:
@@ -55,12 +36,11 @@ def _wrap_copy(original: Any) -> Any:
             if out is not self and out.device.type != self.device.type:
                 src, dst = self.device.type, out.device.type
                 direction = "h2d" if src == "cpu" else ("d2h" if dst == "cpu" else "d2d")
-                _emit_after(
-                    ctx,
+                ctx.emit_since(
                     t0,
+                    SpanKind.MEMCPY.value,
                     f"Tensor.{method} {direction}",
                     Category.MEMCPY.value,
-                    SpanKind.MEMCPY.value,
                     bytes=int(self.numel() * self.element_size()),
                     attrs={"direction": direction, "non_blocking": bool(kwargs.get("non_blocking", False))},
                 )
@@ -81,7 +61,7 @@ def _wrap_item(original: Any) -> Any:
         t0 = ctx.now_ns()
         out = original(self)
         try:
-            _emit_after(ctx, t0, "Tensor.item (device sync)", Category.SYNC.value, SpanKind.CPU_OP.value)
+            ctx.emit_since(t0, SpanKind.CPU_OP.value, "Tensor.item (device sync)", Category.SYNC.value)
         except Exception as exc:
             ctx.hook_error("item", exc)
         return out
@@ -98,7 +78,7 @@ def _wrap_synchronize(original: Any) -> Any:
         t0 = ctx.now_ns()
         out = original(*args, **kwargs)
         try:
-            _emit_after(ctx, t0, "torch.cuda.synchronize", Category.SYNC.value, SpanKind.CPU_OP.value)
+            ctx.emit_since(t0, SpanKind.CPU_OP.value, "torch.cuda.synchronize", Category.SYNC.value)
         except Exception as exc:
             ctx.hook_error("synchronize", exc)
         return out

@@ -103,13 +103,34 @@ class HookContext:
         on_train = threading.get_ident() == self.train_ident
         if on_train:
             self._leave(t, key or name)
+        self._emit_thread_span(start_ns, t, on_train, kind, name, category, fields)
+        return t
+
+    def emit_since(self, start_ns: int, kind: str, name: str, category: str | None, **fields: Any) -> int:
+        """Emit a span of the calling thread from `start_ns` until now without a hooked region (a short
+        call the sampler may overlap, a label-only user span); returns its end (ns)."""
+        t = time.perf_counter_ns() + self._offset_ns
+        on_train = threading.get_ident() == self.train_ident
+        self._emit_thread_span(start_ns, t, on_train, kind, name, category, fields)
+        return t
+
+    def _emit_thread_span(
+        self,
+        start_ns: int,
+        end_ns: int,
+        on_train: bool,
+        kind: str,
+        name: str,
+        category: str | None,
+        fields: dict[str, Any],
+    ) -> None:
         self.sink.emit_span(
             Span(
                 rank=self.rank,
                 kind=kind,
                 name=name,
                 start_ns=start_ns,
-                end_ns=t,
+                end_ns=end_ns,
                 category=category,
                 pid=self.pid,
                 tid=self.train_tid if on_train else threading.get_native_id(),
@@ -117,7 +138,6 @@ class HookContext:
                 **fields,
             )
         )
-        return t
 
     def abandon(self, key: str = "") -> None:
         """Close a region without a span (its end was lost, e.g. an optimizer step that raised)."""

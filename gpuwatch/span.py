@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import functools
 import sys
-import threading
 import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from collectors import hook_context as hc
-from gpuwatch.records import CATEGORIES, Span, SpanKind
+from gpuwatch.records import CATEGORIES, SpanKind
 
 F = TypeVar("F", bound=Callable[..., Any])
 _VALID = frozenset(c.value for c in CATEGORIES)
@@ -83,20 +82,7 @@ class span:  # noqa: N801 (used like a function: gpuwatch.span(...))
             if self.category is not None:
                 ctx.end(t0, USER, self.name, self.category, key=f"span:{self.name}", attrs=attrs)
             else:
-                on_train = threading.get_ident() == ctx.train_ident
-                ctx.emit(
-                    Span(
-                        rank=ctx.rank,
-                        kind=USER,
-                        name=self.name,
-                        start_ns=t0,
-                        end_ns=ctx.now_ns(),
-                        pid=ctx.pid,
-                        tid=ctx.train_tid if on_train else threading.get_native_id(),
-                        step=ctx.step,
-                        attrs=attrs,
-                    )
-                )
+                ctx.emit_since(t0, USER, self.name, None, attrs=attrs)
         except Exception as err:
             ctx.hook_error("span", err)
 
