@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from gpuwatch.records import Sample, Span
@@ -83,20 +84,34 @@ class SamplerThread(Collector):
             thread.join(timeout=max(2.0, 3 * self.interval_s))
 
     def _loop(self) -> None:
-        next_t = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.sample_once(self.clock_ns())
-            except Exception as exc:  # never let a sampler die silently or take the job down
-                if self.sink is not None:
-                    self.sink.note(f"{self.name}_error", f"{self.name} sampler failed: {exc!r}")
-            next_t += self.interval_s
-            delay = next_t - time.monotonic()
-            if delay < 0:  # fell behind (suspended, overloaded): skip missed ticks instead of bursting
-                next_t = time.monotonic()
-                delay = 0.0
-            self._stop.wait(delay)
+        run_paced(self._stop, self.interval_s, lambda: self.sample_once(self.clock_ns()), self._sample_failed)
+
+    def _sample_failed(self, exc: Exception) -> None:
+        # never let a sampler die silently or take the job down
+        if self.sink is not None:
+            self.sink.note(f"{self.name}_error", f"{self.name} sampler failed: {exc!r}")
 
     @abstractmethod
     def sample_once(self, t_ns: int) -> None:
         """Take one sample at `t_ns` (ns on the writer's timeline) and emit it into `self.sink`."""
+
+
+def run_paced(
+    stop: threading.Event, interval_s: float, tick: Callable[[], None], on_error: Callable[[Exception], None]
+) -> None:
+    """Call `tick()` every `interval_s` seconds until `stop` is set, paced with `time.monotonic` (no drift).
+
+    An exception in `tick` goes to `on_error` and ticking goes on.
+    """
+    next_t = time.monotonic()
+    while not stop.is_set():
+        try:
+            tick()
+        except Exception as exc:
+            on_error(exc)
+        next_t += interval_s
+        delay = next_t - time.monotonic()
+        if delay < 0:  # fell behind (suspended, overloaded): skip missed ticks instead of bursting
+            next_t = time.monotonic()
+            delay = 0.0
+        stop.wait(delay)

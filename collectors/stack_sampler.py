@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors.base import Collector, RecordSink
+from collectors.base import Collector, RecordSink, run_paced
 from collectors.hook_context import HookContext
 from collectors.stack_rules import classify_stack
 from gpuwatch.records import Category, Span, SpanKind
@@ -141,18 +141,10 @@ class StackSampler(Collector):
             self.ctx.hook_error("stack_sampler", exc)
 
     def _loop(self) -> None:
-        next_t = time.monotonic()
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as exc:  # a bad frame must not end sampling
-                self.ctx.hook_error("stack_sampler", exc)
-            next_t += self.interval_s
-            delay = next_t - time.monotonic()
-            if delay < 0:
-                next_t = time.monotonic()
-                delay = 0.0
-            self._stop.wait(delay)
+        run_paced(self._stop, self.interval_s, self.tick, self._tick_failed)
+
+    def _tick_failed(self, exc: Exception) -> None:
+        self.ctx.hook_error("stack_sampler", exc)  # a bad frame must not end sampling
 
     # ---- one tick -------------------------------------------------------------------------------------
     def tick(self) -> None:
