@@ -65,6 +65,7 @@ class SamplerThread(Collector):
         self.sink: RecordSink | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._noted: set[str] = set()
 
     def clock_ns(self) -> int:
         return time.time_ns() - self.anchor_unix_ns
@@ -90,6 +91,13 @@ class SamplerThread(Collector):
         # never let a sampler die silently or take the job down
         if self.sink is not None:
             self.sink.note(f"{self.name}_error", f"{self.name} sampler failed: {exc!r}")
+
+    def _note_once(self, key: str, message: str, **fields: Any) -> None:
+        """`sink.note` the first time `key` comes up (later ones are not even counted)."""
+        if key in self._noted or self.sink is None:
+            return
+        self._noted.add(key)
+        self.sink.note(key, message, **fields)
 
     @abstractmethod
     def sample_once(self, t_ns: int) -> None:

@@ -94,7 +94,6 @@ class NvmlSampler(SamplerThread):
         self._handles: list[tuple[int, Any]] = []
         self._skip: set[tuple[int, str]] = set()  # (device, function) found permanently unsupported
         self._last_seen_us: dict[int, int] = {}  # per device: newest process-utilization sample timestamp
-        self._noted: set[str] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -263,12 +262,6 @@ class NvmlSampler(SamplerThread):
                 pid=pid,
             )
         )
-
-    def _note_once(self, key: str, message: str, **fields: Any) -> None:
-        if key in self._noted or self.sink is None:
-            return
-        self._noted.add(key)
-        self.sink.note(key, message, **fields)
 
 
 def _shutdown() -> None:

@@ -42,7 +42,6 @@ import collections
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from collectors.base import SamplerThread
 from gpuwatch.records import Sample
@@ -198,7 +197,6 @@ class ProcSampler(SamplerThread):
         self._prev_thread_ticks: dict[tuple[int, int], int] = {}
         self._prev_child_ticks: dict[tuple[int, int], int] = {}
         self._child_pids: frozenset[int] = frozenset()
-        self._noted: set[str] = set()
 
     @property
     def target_alive(self) -> bool:
@@ -318,12 +316,6 @@ class ProcSampler(SamplerThread):
                 pid=self.pid if pid is None else pid,
             )
         )
-
-    def _note_once(self, key: str, message: str, **fields: Any) -> None:
-        if key in self._noted or self.sink is None:
-            return
-        self._noted.add(key)
-        self.sink.note(key, message, **fields)
 
 
 def _pct(ticks: int, dt_s: float) -> float | None:
