@@ -1,4 +1,5 @@
-"""Shared fixtures: the real GPU traces in ../shared/traces, and running the real `gpuwatch` CLI."""
+"""Shared fixtures: the real GPU traces in ../shared/traces, running the real `gpuwatch` CLI, and a sink that
+keeps what samplers emit."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from gpuwatch.records import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces"
@@ -59,6 +63,39 @@ def run_cli(*args: str | os.PathLike[str], timeout: float = 120.0) -> subprocess
         stdin=subprocess.DEVNULL,
         cwd=ROOT,
     )
+
+
+class ListSink:
+    """A RecordSink that keeps every sample and note, for assertions (samplers emit no spans)."""
+
+    def __init__(self) -> None:
+        self.samples: list[Sample] = []
+        self.notes: list[tuple[str, str, dict[str, Any]]] = []
+
+    def emit_span(self, span: Any) -> None:
+        raise AssertionError("samplers emit no spans")
+
+    def emit_sample(self, sample: Sample) -> None:
+        self.samples.append(sample)
+
+    def note(self, key: str, message: str, **fields: Any) -> None:
+        self.notes.append((key, message, fields))
+
+    def get(self, t_ns: int, metric: str, device: int, pid: int = 0) -> list[float | None]:
+        """Values of `metric` at `t_ns` for one device (and pid; 0 for device-wide metrics)."""
+        return [
+            s.value
+            for s in self.samples
+            if (s.t_ns, s.metric, s.device_index, s.pid) == (t_ns, metric, device, pid)
+        ]
+
+    def at(self, t_ns: int, metric: str, pid: int | None = None) -> list[Sample]:
+        return [s for s in self.samples if s.t_ns == t_ns and s.metric == metric and pid in (None, s.pid)]
+
+    def one(self, t_ns: int, metric: str, pid: int | None = None) -> float | None:
+        found = self.at(t_ns, metric, pid)
+        assert len(found) == 1, (metric, pid, found)
+        return found[0].value
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 
 import pynvml
 import pytest
+from conftest import ListSink
 
 from collectors.nvml_sampler import NvmlSampler
-from gpuwatch.records import Sample
 
 DEVICE_METRICS = (
     "gpu_util_pct",
@@ -27,30 +27,6 @@ DEVICE_METRICS = (
     "pcie_tx_bytes_per_s",
     "pcie_rx_bytes_per_s",
 )
-
-
-class ListSink:
-    """A RecordSink that keeps everything, for assertions."""
-
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-        self.notes: list[tuple[str, str, dict[str, Any]]] = []
-
-    def emit_span(self, span: Any) -> None:
-        raise AssertionError("samplers emit no spans")
-
-    def emit_sample(self, sample: Sample) -> None:
-        self.samples.append(sample)
-
-    def note(self, key: str, message: str, **fields: Any) -> None:
-        self.notes.append((key, message, fields))
-
-    def get(self, t_ns: int, metric: str, device: int, pid: int = 0) -> list[float | None]:
-        return [
-            s.value
-            for s in self.samples
-            if (s.t_ns, s.metric, s.device_index, s.pid) == (t_ns, metric, device, pid)
-        ]
 
 
 @dataclass

@@ -12,34 +12,9 @@ import time
 from typing import Any
 
 import pytest
+from conftest import ListSink
 
 from collectors.proc_sampler import CLK_TCK, ProcSampler, process_tree_pids
-from gpuwatch.records import Sample
-
-
-class ListSink:
-    """A RecordSink that keeps everything, for assertions."""
-
-    def __init__(self) -> None:
-        self.samples: list[Sample] = []
-        self.notes: list[tuple[str, str, dict[str, Any]]] = []
-
-    def emit_span(self, span: Any) -> None:
-        raise AssertionError("samplers emit no spans")
-
-    def emit_sample(self, sample: Sample) -> None:
-        self.samples.append(sample)
-
-    def note(self, key: str, message: str, **fields: Any) -> None:
-        self.notes.append((key, message, fields))
-
-    def at(self, t_ns: int, metric: str, pid: int | None = None) -> list[Sample]:
-        return [s for s in self.samples if s.t_ns == t_ns and s.metric == metric and pid in (None, s.pid)]
-
-    def one(self, t_ns: int, metric: str, pid: int | None = None) -> float | None:
-        found = self.at(t_ns, metric, pid)
-        assert len(found) == 1, (metric, pid, found)
-        return found[0].value
 
 
 def spawn(code: str) -> subprocess.Popen[str]:
