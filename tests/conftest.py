@@ -1,8 +1,9 @@
-"""Shared fixtures: the real GPU traces in ../shared/traces, running the real `gpuwatch` CLI, and a sink that
-keeps what samplers emit."""
+"""Shared fixtures: the real GPU traces in ../shared/traces, running the real `gpuwatch` CLI, a sink that keeps
+what samplers emit, and a run's spans as rows."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gpuwatch.records import Sample
+from gpuwatch.records import Sample, SpanColumns
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces"
@@ -101,6 +102,28 @@ class ListSink:
 @pytest.fixture
 def gpuwatch_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return run_cli
+
+
+def span_rows(cols: SpanColumns) -> list[dict[str, Any]]:
+    """Spans as dicts (attrs parsed, `{}` when none), by start."""
+    rows = []
+    for i in range(len(cols)):
+        raw = cols.attrs[i]
+        rows.append(
+            {
+                "kind": cols.kind[i],
+                "name": cols.name[i],
+                "category": cols.category[i],
+                "tid": int(cols.tid[i]),
+                "step": int(cols.step[i]),
+                "bytes": int(cols.bytes[i]),
+                "seq": int(cols.seq[i]),
+                "start_ns": int(cols.start_ns[i]),
+                "end_ns": int(cols.end_ns[i]),
+                "attrs": json.loads(raw) if isinstance(raw, str) and raw else {},
+            }
+        )
+    return sorted(rows, key=lambda r: r["start_ns"])
 
 
 @pytest.fixture(scope="session")

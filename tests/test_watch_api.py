@@ -3,7 +3,6 @@ fatal to the job; spans, discovery of top-level modules, profiler windows, dropp
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import warnings
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import span_rows
 from torch.utils.data import DataLoader, TensorDataset
 
 import gpuwatch
@@ -31,22 +31,7 @@ def read(run_dir: Path) -> tuple[list[dict], list]:
     """Every span of rank 0 (as dicts, by start) and the writers."""
     reader = RunReader(run_dir)
     try:
-        cols = reader.span_columns(0, with_attrs=True)
-        rows = [
-            {
-                "kind": cols.kind[i],
-                "name": cols.name[i],
-                "category": cols.category[i],
-                "tid": int(cols.tid[i]),
-                "start_ns": int(cols.start_ns[i]),
-                "end_ns": int(cols.end_ns[i]),
-                "attrs": json.loads(cols.attrs[i])
-                if isinstance(cols.attrs[i], str) and cols.attrs[i]
-                else {},
-            }
-            for i in range(len(cols))
-        ]
-        return sorted(rows, key=lambda r: r["start_ns"]), reader.writers
+        return span_rows(reader.span_columns(0, with_attrs=True)), reader.writers
     finally:
         reader.close()
 

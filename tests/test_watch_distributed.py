@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, run_cli, span_rows
 
 from gpuwatch.run_reader import RunReader
 
@@ -32,29 +32,7 @@ def dist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def spans(run_dir: Path) -> dict[int, list[dict]]:
     reader = RunReader(run_dir)
     try:
-        out = {}
-        for rank in reader.ranks:
-            cols = reader.span_columns(rank, with_attrs=True)
-            rows = []
-            for i in range(len(cols)):
-                raw = cols.attrs[i]
-                rows.append(
-                    {
-                        "kind": cols.kind[i],
-                        "name": cols.name[i],
-                        "category": cols.category[i],
-                        "tid": int(cols.tid[i]),
-                        "step": int(cols.step[i]),
-                        "bytes": int(cols.bytes[i]),
-                        "seq": int(cols.seq[i]),
-                        "start_ns": int(cols.start_ns[i]),
-                        "end_ns": int(cols.end_ns[i]),
-                        "attrs": json.loads(raw) if isinstance(raw, str) and raw else {},
-                    }
-                )
-            rows.sort(key=lambda r: r["start_ns"])
-            out[rank] = rows
-        return out
+        return {rank: span_rows(reader.span_columns(rank, with_attrs=True)) for rank in reader.ranks}
     finally:
         reader.close()
 
