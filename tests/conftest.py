@@ -99,11 +99,6 @@ class ListSink:
         return found[0].value
 
 
-@pytest.fixture
-def gpuwatch_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
-    return run_cli
-
-
 def span_rows(cols: SpanColumns) -> list[dict[str, Any]]:
     """Spans as dicts (attrs parsed, `{}` when none), by start."""
     rows = []

@@ -3,35 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import HTA_TRACES, run_cli
 
 from gpuwatch import summary_cache
 from gpuwatch.records import Run, Span
 from gpuwatch.segment_writer import SegmentWriter
 
-ROOT = Path(__file__).resolve().parents[1]
-TRACES = ROOT.parent / "shared" / "traces" / "hta"
-pytestmark = pytest.mark.skipif(not TRACES.exists(), reason="../shared/traces is not on this machine")
-
-
-def cli(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gpuwatch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
+pytestmark = pytest.mark.skipif(not HTA_TRACES.exists(), reason="../shared/traces is not on this machine")
 
 
 def summary(run: Path, *extra: str) -> dict:
-    proc = cli("summary", run, "--json", *extra)
+    proc = run_cli("summary", run, "--json", *extra)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -39,7 +25,7 @@ def summary(run: Path, *extra: str) -> dict:
 @pytest.mark.parametrize("trace", ["trace_filter", "nccl_parser_config", "cpu_only", "trace_file_list"])
 def test_the_summary_import_stores_is_the_one_a_fresh_analysis_computes(tmp_path: Path, trace: str) -> None:
     run = tmp_path / "run"
-    proc = cli("import", TRACES / trace, "--out", run)
+    proc = run_cli("import", HTA_TRACES / trace, "--out", run)
     assert proc.returncode == 0, proc.stderr
     assert (run / summary_cache.CACHE_FILE).exists()
     cached, fresh = summary(run), summary(run, "--no-cache")
