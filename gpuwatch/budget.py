@@ -46,6 +46,25 @@ def name_codes(cols: SpanColumns) -> np.ndarray:
     return np.fromiter((index.setdefault(n, len(index)) for n in cols.name.tolist()), np.int64, len(cols))
 
 
+def launch_ns(cols: SpanColumns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """When the spans `idx` were launched: the start of the host runtime call with the same correlation id.
+
+    Returns `(launch_ns, found)`: `found` marks the spans whose launch is in the trace (the others keep their
+    own start); it is None when the trace has no runtime call with a correlation id at all.
+    """
+    launch = cols.start_ns[idx].copy()
+    runtime = np.flatnonzero((cols.kind == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    if runtime.size == 0:
+        return launch, None
+    r_corr = cols.correlation[runtime]
+    order = np.argsort(r_corr, kind="stable")
+    r_corr, r_start = r_corr[order], cols.start_ns[runtime][order]
+    d_corr = cols.correlation[idx]
+    pos = np.clip(np.searchsorted(r_corr, d_corr), 0, r_corr.size - 1)
+    found = (d_corr >= 0) & (r_corr[pos] == d_corr)
+    return np.where(found, r_start[pos], launch), found
+
+
 @dataclass(frozen=True, slots=True)
 class Evidence:
     """One named contributor to a category on one rank: which spans, how much time."""

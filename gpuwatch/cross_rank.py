@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gpuwatch.budget import CAT_INDEX, RankBudget
+from gpuwatch.budget import CAT_INDEX, RankBudget, launch_ns
 from gpuwatch.records import CATEGORIES, Category, SpanColumns, SpanKind
 
 
@@ -104,17 +104,10 @@ def _step_index(cols: SpanColumns, budget: RankBudget, idx: np.ndarray) -> np.nd
     A device kernel may start in the next step on a busy device; the host call that launched it (same
     correlation id) says when the rank issued it, so that time decides.
     """
-    issued = cols.start_ns[idx].copy()
-    runtime = np.flatnonzero((cols.kind == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    issued = cols.start_ns[idx]
     on_device = cols.stream[idx] >= 0
-    if runtime.size and on_device.any():
-        r_corr = cols.correlation[runtime]
-        order = np.argsort(r_corr, kind="stable")
-        r_corr, r_start = r_corr[order], cols.start_ns[runtime][order]
-        d_corr = cols.correlation[idx]
-        pos = np.clip(np.searchsorted(r_corr, d_corr), 0, r_corr.size - 1)
-        found = on_device & (d_corr >= 0) & (r_corr[pos] == d_corr)
-        issued = np.where(found, r_start[pos], issued)
+    if on_device.any():
+        issued = np.where(on_device, launch_ns(cols, idx)[0], issued)
     starts, ends = budget.step_start_ns, budget.step_end_ns
     if starts.size == 0:
         return np.full(idx.size, -1, dtype=np.int64)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuwatch import intervals as iv
-from gpuwatch.budget import CAT_INDEX, RankBudget, kind_in, name_codes
+from gpuwatch.budget import CAT_INDEX, RankBudget, kind_in, launch_ns, name_codes
 from gpuwatch.records import Category, SpanColumns, SpanKind
 
 
@@ -46,26 +46,15 @@ def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown
         [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value, SpanKind.MEMCPY.value, SpanKind.MEMSET.value],
     ) & (cols.stream >= 0)
     idx = np.flatnonzero(device)
-    launch = cols.start_ns[idx].copy()
-    d_corr = cols.correlation[idx]
-    found = np.zeros(idx.size, dtype=bool)
-    # launch time = start of the host runtime call with the same correlation id
-    runtime = np.flatnonzero((kinds == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
-    if runtime.size:
-        r_corr = cols.correlation[runtime]
-        order = np.argsort(r_corr, kind="stable")
-        r_corr, r_start = r_corr[order], cols.start_ns[runtime][order]
-        pos = np.clip(np.searchsorted(r_corr, d_corr), 0, max(r_corr.size - 1, 0))
-        found = (d_corr >= 0) & (r_corr[pos] == d_corr)
-        launch = np.where(found, r_start[pos], launch)
-    # HTA filters only when the trace has two or more ProfilerStep names
+    # HTA filters only when the trace has two or more ProfilerStep names, by when the work was launched
     if budget.steps_from_markers and np.unique(budget.step_ids).size > 1:
+        launch, found = launch_ns(cols, idx)
         keep = launch < budget.step_start_ns.max()
-        if runtime.size:
+        if found is not None:
             # HTA joins device work to its launches by correlation: work whose correlation id names no
             # launch in the trace (launched before the profiler started) is dropped; work without a
             # correlation id is kept by its own start (checked against HTA 0.6.1 on planted traces)
-            keep &= found | (d_corr < 0)
+            keep &= found | (cols.correlation[idx] < 0)
         idx = idx[keep]
     if idx.size == 0:
         return None
