@@ -10,6 +10,7 @@ does it there); that time is recorded as a `host_overhead` span named for gpuwat
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from collections.abc import Callable
@@ -154,12 +155,10 @@ class ProfilerWindow(Collector):
 
 def shift_columns(cols: SpanColumns, shift_ns: int, rank: int) -> SpanColumns:
     """Imported spans on the writer's timeline, without the profiler's step markers."""
-    keep = cols.kind != SpanKind.STEP.value
-    fields = {}
-    for name in SpanColumns.__dataclass_fields__:
-        value = getattr(cols, name)
-        fields[name] = value[keep] if isinstance(value, np.ndarray) and value.shape == keep.shape else value
-    fields["start_ns"] = fields["start_ns"] + np.int64(shift_ns)
-    fields["end_ns"] = fields["end_ns"] + np.int64(shift_ns)
-    fields["rank"] = np.full(int(keep.sum()), rank, dtype=np.int32)
-    return SpanColumns(**fields)
+    kept = cols.take(cols.kind != SpanKind.STEP.value)
+    return dataclasses.replace(
+        kept,
+        start_ns=kept.start_ns + np.int64(shift_ns),
+        end_ns=kept.end_ns + np.int64(shift_ns),
+        rank=np.full(len(kept), rank, dtype=np.int32),
+    )

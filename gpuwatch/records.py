@@ -190,3 +190,11 @@ class SpanColumns:
 
     def __len__(self) -> int:
         return int(self.start_ns.shape[0])
+
+    def take(self, rows: np.ndarray) -> SpanColumns:
+        """The spans at `rows` (indices or a boolean mask), every column alike; a column left None stays None."""
+        columns: dict[str, Any] = {}
+        for name in SpanColumns.__dataclass_fields__:
+            value = getattr(self, name)
+            columns[name] = None if value is None else value[rows]
+        return SpanColumns(**columns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -91,7 +92,6 @@ def _summary_in_memory(out_path: Path, run_id: str, writers: list, results: list
         import numpy as np
 
         from gpuwatch.analysis import analyze_columns, to_json
-        from gpuwatch.records import SpanColumns
         from gpuwatch.run_reader import WriterInfo
 
         anchor = min(res.anchor_unix_ns for res in results)
@@ -109,16 +109,12 @@ def _summary_in_memory(out_path: Path, run_id: str, writers: list, results: list
         ]
         rank_cols = {}
         for res in results:
-            cols = res.spans
             offset = res.anchor_unix_ns - anchor
-            order = np.lexsort((-cols.end_ns, cols.start_ns))  # the order the reader returns spans in
-            fields = {
-                f: None if getattr(cols, f) is None else getattr(cols, f)[order]
-                for f in SpanColumns.__dataclass_fields__
-            }
-            fields["start_ns"] = fields["start_ns"] + offset
-            fields["end_ns"] = fields["end_ns"] + offset
-            rank_cols[res.rank] = SpanColumns(**fields)
+            # the order the reader returns spans in
+            cols = res.spans.take(np.lexsort((-res.spans.end_ns, res.spans.start_ns)))
+            rank_cols[res.rank] = dataclasses.replace(
+                cols, start_ns=cols.start_ns + offset, end_ns=cols.end_ns + offset
+            )
         return to_json(analyze_columns(out_path, run_id, infos, rank_cols))
     except Exception:  # noqa: BLE001 - the import itself succeeds either way
         return None
