@@ -87,11 +87,6 @@ def watch(
     )
 
 
-def active_watcher() -> Watcher | None:
-    """The running watch of this process, if any."""
-    return _ACTIVE
-
-
 class Watcher:
     """One process's collection into a run directory. Create it with `gpuwatch.watch(...)`."""
 
