@@ -179,13 +179,18 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def tokens_per_sample(cfg: ModelConfig, frames: int, height: int, width: int) -> int:
+    """Space-time patch tokens of one (frames, height, width) sample."""
+    return (frames // cfg.patch_frames) * (height // cfg.patch) * (width // cfg.patch)
+
+
 def flops_per_sample(cfg: ModelConfig, frames: int, height: int, width: int) -> float:
     """Training FLOPs for one sample (forward + backward = 3x forward), matmuls and attention only.
 
     The usual 6 * params * tokens for the dense layers plus 12 * depth * tokens^2 * width for attention
     (torchtitan's `get_num_flop_per_token` counts the same two terms).
     """
-    tokens = (frames // cfg.patch_frames) * (height // cfg.patch) * (width // cfg.patch)
+    tokens = tokens_per_sample(cfg, frames, height, width)
     d, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
     per_block = 3 * d * d + d * d + 2 * d * hidden + 6 * d * d  # qkv, proj, mlp, adaLN (adaLN once/sample)
     dense = 6 * tokens * cfg.depth * (per_block - 6 * d * d) + 6 * cfg.depth * 6 * d * d

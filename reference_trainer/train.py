@@ -34,7 +34,14 @@ from reference_trainer.data import (
 )
 from reference_trainer.distributed import DistInfo, GradSync, init_distributed
 from reference_trainer.metrics import MetricsLogger, peak_flops
-from reference_trainer.model import ModelConfig, VideoDiT, flops_per_sample, rectified_flow_loss
+from reference_trainer.model import (
+    ModelConfig,
+    VideoDiT,
+    flops_per_sample,
+    param_count,
+    rectified_flow_loss,
+    tokens_per_sample,
+)
 
 
 class _NoWatch:
@@ -136,7 +143,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
     )
     _log(
         info,
-        f"world {info.world_size} ({info.backend}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M "
+        f"world {info.world_size} ({info.backend}), {param_count(model) / 1e6:.2f} M "
         f"params, grad sync {cfg.grad_sync}, checkpoint {cfg.checkpoint} every {cfg.checkpoint_every}, "
         f"workers {cfg.num_workers}, decode {'gpu:' + gpu_decoder if gpu_decoder else 'workers' if decode_in_dataset else 'training thread'}"
         f"{' reduced' if cfg.reduced_decode else ' full-size'}; mfu peak: {peak.source}",
@@ -174,12 +181,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
             log_now = info.device.type == "cpu" or (step + 1) % cfg.log_every == 0
             loss_value = float(loss.detach()) if log_now else None  # no per-step device sync on GPU
             shape = sampler.shape(step)
-            tokens = (
-                x.shape[0]
-                * (x.shape[2] // mcfg.patch_frames)
-                * (x.shape[3] // mcfg.patch)
-                * (x.shape[4] // mcfg.patch)
-            )
+            tokens = x.shape[0] * tokens_per_sample(mcfg, x.shape[2], x.shape[3], x.shape[4])
             flops = x.shape[0] * flops_per_sample(mcfg, shape.frames, shape.size, shape.size)
             metrics.step(
                 step,
