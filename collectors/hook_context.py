@@ -153,6 +153,16 @@ class HookContext:
         self.gap_key = key
         return t
 
+    def rehome(self) -> None:
+        """Make the calling thread the training thread (the loop runs elsewhere than where the watch
+        started): its region count and gaps start afresh."""
+        self.train_ident = threading.get_ident()
+        self.train_tid = threading.get_native_id()
+        self.depth = 0
+        self.data_depth = 0
+        self.closed_gaps.clear()
+        self.gap_start_ns = self.now_ns()
+
     def _leave(self, t: int, key: str) -> None:
         if self.depth > 0:
             self.depth -= 1

@@ -165,7 +165,7 @@ class Watcher:
             return
         try:
             if threading.get_ident() != ctx.train_ident and self._step_index == 0:
-                self._rehome(ctx)
+                ctx.rehome()  # the first step() came from another thread than the one that started the watch
             t = ctx.begin("step")
         except Exception as exc:
             ctx.hook_error("step", exc)
@@ -305,15 +305,6 @@ class Watcher:
             self._checkpoints.refresh()
         if self._profiler is not None:
             self._profiler.on_boundary(finished + 1)
-
-    def _rehome(self, ctx: Any) -> None:
-        """The first step() came from another thread than the one that started the watch: train there."""
-        ctx.train_ident = threading.get_ident()
-        ctx.train_tid = threading.get_native_id()
-        ctx.depth = 0
-        ctx.data_depth = 0
-        ctx.closed_gaps.clear()
-        ctx.gap_start_ns = ctx.now_ns()
 
     def _final_meta(self) -> dict[str, Any]:
         meta: dict[str, Any] = {"steps": self._step_index}
