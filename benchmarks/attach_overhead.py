@@ -61,11 +61,27 @@ WARMUP_S = 3.0  # twins: after starting a sampler: interpreter start-up, py-spy'
 MODES = ("bare", "attach", "pyspy-nb", "blocking")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLED_MODES = MODES[1:]
-ATTACH_VARIANTS = {"attach-nosub": ["--no-subprocesses"], "attach-chunk8": ["--chunk", "8"]}
-"""Extra windows modes for finding where attach's cost comes from (`--modes attach,attach-nosub,...`)."""
+SAMPLERS: dict[str, tuple[str, list[str]]] = {
+    "attach": ("attach", []),
+    "pyspy-nb": ("py-spy", ["--nonblocking"]),
+    "blocking": ("py-spy", []),
+    # for finding where a cost comes from (`--modes attach,attach-nosub,...`); 1000 Hz magnifies per-sample
+    # costs tenfold, so a cost hidden in the noise at 100 Hz shows there
+    "attach-nosub": ("attach", ["--no-subprocesses"]),
+    "attach-chunk8": ("attach", ["--chunk", "8"]),
+    "attach-1000hz": ("attach", ["--rate", "1000"]),
+    "pyspy-nb-1000hz": ("py-spy", ["--nonblocking", "--rate", "1000"]),
+    "blocking-1000hz": ("py-spy", ["--rate", "1000"]),
+    # attach through its Python API without the /proc (and NVML) samplers: not a CLI option
+    "attach-noproc": ("attach-api", ["--no-system-samplers"]),
+    "attach-noproc-1000hz": ("attach-api", ["--no-system-samplers", "--rate", "1000"]),
+}
+"""Windows design: sampled mode -> (which tool, extra arguments on top of attach's defaults)."""
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+"""`--malloc steady`: glibc serves the trainer's large tensors from its heap and keeps freed memory."""
 TAIL_S = 0.5
 """Windows design: the sampler is asked to run this much past the window's end (timer slack)."""
-PYSPY_FLAGS = ["--idle", "--subprocesses", "--format", "chrometrace", "--rate", "100"]
+PYSPY_FLAGS = ["--idle", "--subprocesses", "--format", "chrometrace"]
 """py-spy's flags in attach (gpuwatch.attach / collectors.pyspy_sampler), less --nonblocking."""
 
 
@@ -271,11 +287,15 @@ class Window:
     round: int
     lo_ns: int
     hi_ns: int
-    other_cores: float
-    """Non-trainer CPU of the whole machine inside the window (samplers, other jobs), in cores."""
+    foreign_cores: float
+    """CPU of everything but the trainer and the sampler inside the window (other jobs), in cores."""
+    sampler_cores: float
+    """CPU of the sampler processes (the sampler and its live or reaped descendants) inside the window."""
     steal_cores: float
     """CPU the hypervisor took from this VM inside the window, in cores."""
     load1: float
+    trainer_counters: np.ndarray
+    """Deltas of the trainer thread's kernel counters in the window: see `thread_counters`."""
     sampler_cpu_s: float = 0.0
     """CPU of the sampler processes over their whole life (start-up and closing summary included)."""
     sampler_wall_s: float = 0.0
@@ -290,17 +310,19 @@ def pyspy_exe() -> str:
 
 
 def window_sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[str]:
-    if mode == "attach" or mode in ATTACH_VARIANTS:
-        return [sys.executable, "-m", "gpuwatch", "attach", str(pid), "--rate", "100",
-                "--duration", f"{seconds:.2f}", "--out", str(out), *ATTACH_VARIANTS.get(mode, [])]  # fmt: skip
+    tool, extra = SAMPLERS[mode]
+    rate = [] if "--rate" in extra else ["--rate", "100"]
+    if tool.startswith("attach"):
+        head = ["-m", "gpuwatch", "attach"] if tool == "attach" else [str(HERE), "--attach-api"]
+        return [sys.executable, *head, str(pid), *rate,
+                "--duration", f"{seconds:.2f}", "--out", str(out), *extra]  # fmt: skip
     cmd = [pyspy_exe(), "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
-    cmd += PYSPY_FLAGS + ["--output", str(out)]
-    return cmd + (["--nonblocking"] if mode == "pyspy-nb" else [])
+    return cmd + PYSPY_FLAGS + rate + ["--output", str(out)] + extra
 
 
 def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0) -> None:
     """Block until the sampler says it samples: attach's first progress line, py-spy's "Sampling process"."""
-    is_attach = mode.startswith("attach")
+    is_attach = SAMPLERS[mode][0].startswith("attach")
     stream = proc.stderr if is_attach else proc.stdout
     marker = b"sampling process" if is_attach else b"Sampling process"
     assert stream is not None
@@ -317,16 +339,52 @@ def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0
     raise SystemExit(f"{mode} did not start sampling within {timeout_s:.0f} s")
 
 
-def measure(mode: str, rnd: int, pid: int, seconds: float) -> Window:
+def tree_ticks(root: int | None) -> int:
+    """CPU ticks of `root` and its live descendants, each with the reaped children it waited for (py-spy
+    chunks that attach started and reaped count once: live before, in attach's cutime after)."""
+    if root is None:
+        return 0
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, utime + stime + cutime + cstime)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                rest = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(name)] = (int(rest[1]), sum(int(x) for x in rest[11:15]))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += [c for c, (ppid, _) in stats.items() if ppid == pid]
+    return total
+
+
+COUNTERS = ("user s", "system s", "minor faults", "voluntary switches", "involuntary switches")
+
+
+def thread_counters(pid: int) -> np.ndarray:
+    """The trainer's main thread (tid = pid): user and system CPU seconds, minor page faults, voluntary and
+    involuntary context switches, from /proc/PID/task/PID/{stat,status}."""
+    rest = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    switches = [int(line.split()[1]) for line in status.splitlines() if "ctxt_switches" in line]
+    return np.array([int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK, int(rest[7]), *switches], dtype=float)
+
+
+def measure(mode: str, rnd: int, pid: int, seconds: float, sampler: int | None = None) -> Window:
     """Sleep through one window of `seconds` and say what the machine did meanwhile."""
     busy0, steal0 = machine_ticks()
-    tgt0 = proc_ticks(pid)
+    tgt0, smp0, cnt0 = proc_ticks(pid), tree_ticks(sampler), thread_counters(pid)
     lo, t0 = time.time_ns(), time.monotonic()
     time.sleep(seconds)
     hi, dt = time.time_ns(), time.monotonic() - t0
+    counters = thread_counters(pid) - cnt0
+    smp = (tree_ticks(sampler) - smp0) / CLK_TCK / dt
     busy1, steal1 = machine_ticks()
-    other = (busy1 - busy0 - (proc_ticks(pid) - tgt0)) / CLK_TCK / dt
-    return Window(mode, rnd, lo, hi, other, (steal1 - steal0) / CLK_TCK / dt, os.getloadavg()[0])
+    foreign = (busy1 - busy0 - (proc_ticks(pid) - tgt0)) / CLK_TCK / dt - smp
+    steal = (steal1 - steal0) / CLK_TCK / dt
+    return Window(mode, rnd, lo, hi, foreign, smp, steal, os.getloadavg()[0], counters)
 
 
 def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Path) -> Window:
@@ -340,7 +398,7 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
-        stdout=subprocess.DEVNULL if mode.startswith("attach") else subprocess.PIPE,
+        stdout=subprocess.DEVNULL if SAMPLERS[mode][0].startswith("attach") else subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
         preexec_fn=pin,
@@ -348,7 +406,7 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     try:
         wait_ready(proc, mode)
         time.sleep(args.settle_s)
-        win = measure(mode, rnd, pid, args.window_s)
+        win = measure(mode, rnd, pid, args.window_s, proc.pid)
         _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -360,6 +418,23 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     win.sampler_cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     win.sampler_wall_s = time.monotonic() - t0
     return win
+
+
+def attach_api(argv: list[str]) -> None:
+    """`gpuwatch attach` through its Python API, for settings the CLI does not offer (diagnostic modes)."""
+    from gpuwatch.attach import AttachOptions, attach
+
+    p = argparse.ArgumentParser(prog="attach-api")
+    p.add_argument("pid", type=int)
+    p.add_argument("--rate", type=int, default=100)
+    p.add_argument("--duration", type=float, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--no-system-samplers", dest="system_samplers", action="store_false")
+    a = p.parse_args(argv)
+    opts = AttachOptions(
+        pid=a.pid, out_dir=a.out, duration_s=a.duration, rate_hz=a.rate, system_samplers=a.system_samplers
+    )
+    attach(opts, progress=lambda line: print(f"gpuwatch attach: {line}", file=sys.stderr, flush=True))
 
 
 def window_plan(modes: list[str], rounds: int, shuffle: bool, seed: int) -> list[tuple[str, int]]:
@@ -386,20 +461,25 @@ def window_stats(w: Window) -> np.ndarray:
 
 def against_neighbours(wins: list[Window], i: int, gap: int) -> np.ndarray:
     """Window i against windows i-gap and i+gap (its bare neighbours): ratios of the median step, p10 step and
-    CPU per step to their geometric mean; then the off-CPU ms per step and the machine's non-trainer CPU
-    (cores) minus their arithmetic mean, the off-CPU difference as a fraction of their median step."""
+    CPU per step to their geometric mean; then the off-CPU ms per step minus their mean, as a fraction of
+    their median step; then the trainer thread's system CPU ms and minor page faults per step minus their
+    means."""
     here, before, after = (window_stats(wins[j]) for j in (i, i - gap, i + gap))
-    ref = np.sqrt(before * after)
+    ref = np.sqrt(before[:3] * after[:3])
     off = (here[3] - (before[3] + after[3]) / 2) / ref[0]
-    other = wins[i].other_cores - (wins[i - gap].other_cores + wins[i + gap].other_cores) / 2
-    return np.array([*(here[:3] / ref[:3]), off, other])
+
+    def per_step(w: Window) -> np.ndarray:
+        return w.trainer_counters[1:3] / len(w.steps) * np.array([1000.0, 1.0])
+
+    kernel = per_step(wins[i]) - (per_step(wins[i - gap]) + per_step(wins[i + gap])) / 2
+    return np.array([*(here[:3] / ref[:3]), off, *kernel])
 
 
 def run_windows(args: argparse.Namespace) -> None:
     modes = args.modes.split(",")
-    unknown = [m for m in modes if m not in SAMPLED_MODES and m not in ATTACH_VARIANTS]
+    unknown = [m for m in modes if m not in SAMPLERS]
     if unknown:
-        raise SystemExit(f"unknown --modes {unknown}; known: {', '.join([*SAMPLED_MODES, *ATTACH_VARIANTS])}")
+        raise SystemExit(f"unknown --modes {unknown}; known: {', '.join(SAMPLERS)}")
     plan = window_plan(modes, args.rounds, args.shuffle, args.seed)
     all_modes = ["bare", *modes]
     load_start = os.getloadavg()
@@ -411,7 +491,8 @@ def run_windows(args: argparse.Namespace) -> None:
         cmd = [sys.executable, str(HERE), "--target", str(log), "--width", str(args.width)]
         cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
         cmd += ["--target-cpu", "0"] if args.pin else []
-        trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ, **MALLOC_ENV) if args.malloc == "steady" else None
+        trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         try:
             pid = int(trainer.stdout.readline())  # type: ignore[union-attr]
             steps = StepLog(log)
@@ -436,10 +517,13 @@ def run_windows(args: argparse.Namespace) -> None:
                     else ""
                 )
                 print(
-                    f"  round {rnd + 1} {mode:13s} {len(win.steps):4d} steps, median {np.median(win.steps[:, 0]):7.3f} ms"
+                    f"  round {rnd + 1} {mode:15s} {len(win.steps):4d} steps, median {np.median(win.steps[:, 0]):7.3f} ms"
                     f", p10 {np.percentile(win.steps[:, 0], 10):7.3f} ms, off-CPU {window_stats(win)[3]:.3f} ms/step"
-                    f"; non-trainer CPU {win.other_cores:.2f} cores"
-                    f", steal {win.steal_cores:.2f}, load {win.load1:.2f}{extra}",
+                    f"; sampler {win.sampler_cores:.3f} cores, others {win.foreign_cores:.2f} cores"
+                    f", steal {win.steal_cores:.2f}, load {win.load1:.2f}{extra}; trainer per step: "
+                    + ", ".join(
+                        f"{v / len(win.steps):.3g} {k}" for k, v in zip(COUNTERS, win.trainer_counters)
+                    ),
                     flush=True,
                 )
         finally:
@@ -455,7 +539,7 @@ def run_windows(args: argparse.Namespace) -> None:
         if w.mode == "bare" and not 2 <= i < len(wins) - 2:
             continue
         rows[w.mode].append(against_neighbours(wins, i, gap))
-        quiet[w.mode].append(max(wins[i - gap].other_cores, wins[i + gap].other_cores) < args.quiet_cores)
+        quiet[w.mode].append(max(wins[j].foreign_cores for j in (i - gap, i, i + gap)) < args.quiet_cores)
 
     print()
     print(
@@ -466,9 +550,8 @@ def run_windows(args: argparse.Namespace) -> None:
     )
     print(
         f"load average at start {' '.join(f'{x:.2f}' for x in load_start)}, at end "
-        f"{' '.join(f'{x:.2f}' for x in load_end)}; {os.cpu_count()} CPUs; non-trainer CPU in bare windows: "
-        f"median {np.median([w.other_cores for w in wins if w.mode == 'bare']):.2f} cores, "
-        f"max {max(w.other_cores for w in wins if w.mode == 'bare'):.2f}"
+        f"{' '.join(f'{x:.2f}' for x in load_end)}; {os.cpu_count()} CPUs; other jobs' CPU in the windows: "
+        f"median {np.median([w.foreign_cores for w in wins]):.2f} cores, max {max(w.foreign_cores for w in wins):.2f}"
     )
     gm: dict[str, dict[str, tuple[float, float]]] = {}
     summaries = [("all windows", False)]
@@ -476,18 +559,18 @@ def run_windows(args: argparse.Namespace) -> None:
         summaries.append(("quiet windows only", True))
     for label, only_quiet in summaries:
         print(
-            f"{label}{f' (both bare neighbours had < {args.quiet_cores:g} cores of non-trainer CPU)' if only_quiet else ''}"
+            f"{label}{f' (other jobs used < {args.quiet_cores:g} cores in the window and its neighbours)' if only_quiet else ''}"
             ": window / its bare neighbours, geometric mean over windows +- standard error (min..max):"
         )
         print(
-            f"  {'mode':13s} {'n':>3s} {'step ms':>7s}  {'median step':>29s}  {'p10 step':>29s}  {'CPU/step':>8s}"
-            f"  {'off-CPU':>7s}  {'sampler CPU':>11s}  {'life':>5s}"
+            f"  {'mode':15s} {'n':>3s} {'step ms':>7s}  {'median step':>29s}  {'p10 step':>29s}  {'CPU/step':>8s}"
+            f"  {'off-CPU':>7s}  {'sys ms':>6s}  {'faults':>6s}  {'sampler CPU':>11s}  {'life':>5s}"
         )
         gm[label] = {}
         for mode in all_modes:
             keep = [r for r, q in zip(rows[mode], quiet[mode]) if q or not only_quiet]
             if not keep:
-                print(f"  {mode:13s} {0:3d}")
+                print(f"  {mode:15s} {0:3d}")
                 continue
             arr = np.array(keep)
             logs = np.log(arr[:, :3])
@@ -502,24 +585,27 @@ def run_windows(args: argparse.Namespace) -> None:
                 if mode == "bare"
                 else f"{100 * sum(w.sampler_cpu_s for w in mine) / sum(w.sampler_wall_s for w in mine):.1f}%"
             )
+            in_window = 100 * np.mean([w.sampler_cores for w in mine])
             print(
-                f"  {mode:13s} {len(arr):3d} {step_ms:7.2f}"
+                f"  {mode:15s} {len(arr):3d} {step_ms:7.2f}"
                 f"  {g[0]:7.4f} +-{100 * se[0]:4.2f}% ({arr[:, 0].min():.3f}..{arr[:, 0].max():.3f})"
                 f"  {g[1]:7.4f} +-{100 * se[1]:4.2f}% ({arr[:, 1].min():.3f}..{arr[:, 1].max():.3f})"
-                f"  {g[2]:8.4f}  {100 * arr[:, 3].mean():+6.2f}%  {100 * arr[:, 4].mean():+10.1f}%  {life:>5s}"
+                f"  {g[2]:8.4f}  {100 * arr[:, 3].mean():+6.2f}%  {arr[:, 4].mean():+6.3f}  {arr[:, 5].mean():+6.0f}"
+                f"  {in_window:10.1f}%  {life:>5s}"
             )
     print(
         "  bare: each interior bare window against the bare windows either side of it (the noise floor). "
         "CPU/step: the trainer thread's CPU time per step. off-CPU: mean (wall - CPU time) per step, the part of "
-        "a step the trainer thread was stopped or waiting, minus the neighbours', in % of the step. sampler CPU: "
-        "the machine's non-trainer CPU in the window minus the neighbours', % of one core. life: the sampler "
-        "processes' own CPU over their whole run (start-up and attach's closing summary included) per wall second."
+        "a step the trainer thread was stopped or waiting, minus the neighbours', in % of the step. sys ms, faults: "
+        "the trainer thread's system CPU ms and minor page faults per step, minus the neighbours'. sampler CPU: "
+        "the sampler processes' CPU inside the windows (the sampler and its descendants, reaped ones included), "
+        "% of one core; life: the same over their whole run (start-up and attach's closing summary included)."
     )
     for label in gm:
         g = gm[label]
         names = {
             "attach": "gpuwatch attach (non-blocking, 100 Hz)",
-            **{m: f"gpuwatch attach {' '.join(a)}" for m, a in ATTACH_VARIANTS.items()},
+            **{m: f"{m} ({t} {' '.join(a)})" for m, (t, a) in list(SAMPLERS.items())[3:]},
             "pyspy-nb": "py-spy alone non-blocking",
             "blocking": "py-spy default blocking",
             "bare": "noise floor (bare vs bare)",
@@ -562,12 +648,13 @@ def main() -> None:
         "--quiet-cores",
         type=float,
         default=0.15,
-        help="windows: also summarize the sampled windows whose bare neighbours had less non-trainer CPU than this",
+        help="windows: also summarize the windows where other jobs used less CPU than this (cores), it and "
+        "its bare neighbours",
     )
     p.add_argument(
         "--modes",
         default=",".join(SAMPLED_MODES),
-        help=f"windows: sampled modes, comma-separated (default %(default)s; also {', '.join(ATTACH_VARIANTS)})",
+        help=f"windows: sampled modes, comma-separated (default %(default)s; also {', '.join(list(SAMPLERS)[3:])})",
     )
     p.add_argument("--pin", action="store_true", help="windows: trainer on CPU 0, samplers on the other CPUs")
     p.add_argument(
@@ -579,7 +666,17 @@ def main() -> None:
     p.add_argument("--batch", type=int, help="default 128 (steps of ~20 ms alone), twins 64")
     p.add_argument("--nice", type=int, default=0, help="twins: trainers' priority when root (0: leave as is)")
     p.add_argument("--target", metavar="LOG", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--malloc",
+        choices=("glibc", "steady"),
+        default="glibc",
+        help="windows: trainer's allocator; glibc (default) maps and unmaps its large tensors every step "
+        "(~500-1000 page faults per step here); steady keeps them in the heap (no faults after warm-up)",
+    )
     p.add_argument("--target-cpu", type=int, help=argparse.SUPPRESS)
+    if sys.argv[1:2] == ["--attach-api"]:
+        attach_api(sys.argv[2:])
+        return
     args = p.parse_args()
     if args.batch is None:
         args.batch = 64 if args.design == "twins" else 128
