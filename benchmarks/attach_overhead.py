@@ -459,6 +459,16 @@ def window_stats(w: Window) -> np.ndarray:
     return np.array([np.median(wall), np.percentile(wall, 10), np.median(cpu), np.mean(wall - cpu)])
 
 
+def pooled_log_sd(groups: list[np.ndarray]) -> np.ndarray:
+    """Standard deviation of log ratios within modes, pooled over the sampled modes (each window's deviation
+    from its mode's mean): with a handful of windows per mode, one mode's own spread is a poor estimate."""
+    res = [np.log(g) - np.log(g).mean(axis=0) for g in groups if len(g)]
+    dof = sum(len(r) for r in res) - len(res)
+    if dof < 1:
+        return np.full(3, np.nan)
+    return np.sqrt(sum((r**2).sum(axis=0) for r in res) / dof)
+
+
 def against_neighbours(wins: list[Window], i: int, gap: int) -> np.ndarray:
     """Window i against windows i-gap and i+gap (its bare neighbours): ratios of the median step, p10 step and
     CPU per step to their geometric mean; then the off-CPU ms per step minus their mean, as a fraction of
@@ -560,22 +570,26 @@ def run_windows(args: argparse.Namespace) -> None:
     for label, only_quiet in summaries:
         print(
             f"{label}{f' (other jobs used < {args.quiet_cores:g} cores in the window and its neighbours)' if only_quiet else ''}"
-            ": window / its bare neighbours, geometric mean over windows +- standard error (min..max):"
+            ": window / its bare neighbours, geometric mean over windows +- standard error (min..max); the "
+            "sampled modes' standard errors use the spread of windows pooled over the sampled modes:"
         )
         print(
             f"  {'mode':15s} {'n':>3s} {'step ms':>7s}  {'median step':>29s}  {'p10 step':>29s}  {'CPU/step':>8s}"
             f"  {'off-CPU':>7s}  {'sys ms':>6s}  {'faults':>6s}  {'sampler CPU':>11s}  {'life':>5s}"
         )
         gm[label] = {}
+        kept = {m: [r for r, q in zip(rows[m], quiet[m]) if q or not only_quiet] for m in all_modes}
+        pooled_sd = pooled_log_sd([np.array(kept[m])[:, :3] for m in modes if len(kept[m])])
         for mode in all_modes:
-            keep = [r for r, q in zip(rows[mode], quiet[mode]) if q or not only_quiet]
+            keep = kept[mode]
             if not keep:
                 print(f"  {mode:15s} {0:3d}")
                 continue
             arr = np.array(keep)
             logs = np.log(arr[:, :3])
             g = np.exp(logs.mean(axis=0))
-            se = logs.std(axis=0, ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else np.full(3, np.nan)
+            own_sd = logs.std(axis=0, ddof=1) if len(arr) > 1 else np.full(3, np.nan)
+            se = (own_sd if mode == "bare" else pooled_sd) / np.sqrt(len(arr))
             gm[label][mode] = (float(g[0]), float(100 * se[0]))
             gm[label][mode + "/p10"] = (float(g[1]), float(100 * se[1]))
             mine = [w for w in wins if w.mode == mode]
@@ -629,14 +643,15 @@ def main() -> None:
         default="windows",
         help="windows: one trainer, alternating bare and sampled windows (default); twins: two trainers at once",
     )
-    p.add_argument("--rounds", type=int, default=4, help="rounds; each runs every sampled mode once")
+    p.add_argument(
+        "--rounds", type=int, help="rounds; each runs every sampled mode once (default 8, twins 4)"
+    )
     p.add_argument(
         "--window-s",
         "--phase-s",
         dest="window_s",
         type=float,
-        default=8.0,
-        help="seconds measured per window",
+        help="seconds measured per window (default 4, twins 8)",
     )
     p.add_argument(
         "--settle-s",
@@ -678,8 +693,13 @@ def main() -> None:
         attach_api(sys.argv[2:])
         return
     args = p.parse_args()
+    twins = args.design == "twins"
     if args.batch is None:
-        args.batch = 64 if args.design == "twins" else 128
+        args.batch = 64 if twins else 128
+    if args.rounds is None:
+        args.rounds = 4 if twins else 8
+    if args.window_s is None:
+        args.window_s = 8.0 if twins else 4.0
     if args.target:
         target(args.target, args.width, args.depth, args.batch, args.target_cpu)
         return
