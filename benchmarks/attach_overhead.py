@@ -22,11 +22,23 @@ is left to the samplers (as on a GPU node with many cores); nothing is pinned un
             run for the whole window: py-spy's share of attach)
   blocking  the same py-spy command without --nonblocking: py-spy's default mode, which stops every thread
             of the target for each sample
-Printed per mode: median and p10 step ratios against the adjacent bare windows, the trainer's CPU time per
-step ratio, the sampler processes' own CPU (getrusage of everything the script reaped, over their whole life,
-start-up and attach's closing summary included) and the machine's non-trainer CPU inside the window (/proc/stat
-minus the trainer; in bare windows that is the rest of the machine, so sampled minus bare is the sampler's
-in-window share), plus the load average. Target for attach: under 1% slowdown.
+Printed per mode (window / its bare neighbours, geometric mean over windows, +- standard error):
+  median step, p10 step   the wall-clock step time ratios the issue asks for
+  CPU/step                the trainer thread's own CPU time per step (thread_time)
+  off-CPU                 mean (wall - CPU time) per step minus the neighbours', % of the step: the time the
+                          trainer was stopped (ptrace) or preempted. Immune to the machine's speed drift, so it
+                          resolves a 0.05% cost where the ratios cannot
+  sys ms, faults          the trainer thread's system CPU and minor page faults per step minus the neighbours'
+  sampler CPU, life       the sampler processes' CPU (the sampler and its descendants, reaped ones included)
+                          inside the windows, and over their whole run (start-up, attach's closing summary)
+plus the CPU other jobs used in each window (/proc/stat minus trainer and sampler), a summary of the quiet
+windows only when some were not, and the load average. Target for attach: under 1% slowdown.
+
+Reading it on a small VM: the trainer's speed wanders +-3% from one window to the next with nothing else
+running (the host), so one run resolves a mode's median ratio to about +-1% (the printed standard error, from
+the windows' spread pooled over the sampled modes) and runs differ by about +-2%; off-CPU does not wander.
+The 1000 Hz modes (`--modes attach-1000hz,pyspy-nb-1000hz,blocking-1000hz`) magnify per-sample costs tenfold.
+`--malloc steady` keeps the trainer's large tensors in glibc's heap, so it takes no page faults per step.
 
 Twin design (`--design twins`): two identical trainers run at once, one sampled and one control, roles
 swapped every round; each ratio is sampled/control at the same moment. On a 2-core machine both cores are
@@ -34,7 +46,7 @@ then saturated, so the sampler competes with the trainers for CPU: its ratios ca
 kernel favours a task that keeps getting stopped and resumed (blocking py-spy) over its never-sleeping twin,
 so the blocking row can come out *faster* there. Useful where the machine's load swings faster than a window.
 
-    python benchmarks/attach_overhead.py [--rounds 4] [--window-s 8] [--settle-s 1] [--pin]
+    python benchmarks/attach_overhead.py [--rounds 8] [--window-s 4] [--settle-s 1] [--modes ...] [--pin]
     python benchmarks/attach_overhead.py --design twins [--rounds 4] [--window-s 8] [--nice N]
 """
 
@@ -592,6 +604,8 @@ def run_windows(args: argparse.Namespace) -> None:
             se = (own_sd if mode == "bare" else pooled_sd) / np.sqrt(len(arr))
             gm[label][mode] = (float(g[0]), float(100 * se[0]))
             gm[label][mode + "/p10"] = (float(g[1]), float(100 * se[1]))
+            off_se = arr[:, 3].std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else np.nan
+            gm[label][mode + "/off"] = (1 + float(arr[:, 3].mean()), float(100 * off_se))
             mine = [w for w in wins if w.mode == mode]
             step_ms = np.median([np.median(w.steps[:, 0]) for w in mine])
             life = (
@@ -624,9 +638,13 @@ def run_windows(args: argparse.Namespace) -> None:
             "blocking": "py-spy default blocking",
             "bare": "noise floor (bare vs bare)",
         }
-        for key, what in (("", "median"), ("/p10", "p10")):
+        for key, what in (
+            ("", "median step slowdown"),
+            ("/p10", "p10 step slowdown"),
+            ("/off", "time stopped or preempted per step"),
+        ):
             print(
-                f"{what} step slowdown vs adjacent bare windows ({label}): "
+                f"{what} vs adjacent bare windows ({label}): "
                 + ", ".join(
                     f"{name} {100 * (g[m + key][0] - 1):+.2f}% +-{g[m + key][1]:.2f}"
                     for m, name in names.items()
