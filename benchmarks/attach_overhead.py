@@ -38,7 +38,8 @@ Reading it on a small VM: the trainer's speed wanders +-3% from one window to th
 running (the host), so one run resolves a mode's median ratio to about +-1% (the printed standard error, from
 the windows' spread pooled over the sampled modes) and runs differ by about +-2%; off-CPU does not wander.
 The 1000 Hz modes (`--modes attach-1000hz,pyspy-nb-1000hz,blocking-1000hz`) magnify per-sample costs tenfold.
-`--malloc steady` keeps the trainer's large tensors in glibc's heap, so it takes no page faults per step.
+The trainer runs with `--malloc steady` (its large tensors stay in glibc's heap, so it takes no page faults per
+step): as is, glibc maps and unmaps them every step, and that churn alone doubles the window-to-window spread.
 
 Twin design (`--design twins`): two identical trainers run at once, one sampled and one control, roles
 swapped every round; each ratio is sampled/control at the same moment. On a 2-core machine both cores are
@@ -513,14 +514,15 @@ def run_windows(args: argparse.Namespace) -> None:
         cmd = [sys.executable, str(HERE), "--target", str(log), "--width", str(args.width)]
         cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
         cmd += ["--target-cpu", "0"] if args.pin else []
-        env = dict(os.environ, **MALLOC_ENV) if args.malloc == "steady" else None
+        env = dict(os.environ, **MALLOC_ENV) if args.malloc == "steady" else None  # see --malloc
         trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         try:
             pid = int(trainer.stdout.readline())  # type: ignore[union-attr]
             steps = StepLog(log)
             time.sleep(3.0)  # warm caches and allocators
             print(
-                f"trainer pid {pid}: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread"
+                f"trainer pid {pid}: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread, "
+                f"malloc {args.malloc}"
                 f"{', pinned to CPU 0, samplers on the other CPUs' if args.pin else ''}; load average "
                 f"{' '.join(f'{x:.2f}' for x in load_start)}; {len(plan)} windows of {args.window_s:g} s",
                 flush=True,
@@ -565,7 +567,8 @@ def run_windows(args: argparse.Namespace) -> None:
 
     print()
     print(
-        f"windows design: ONE trainer ({args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread"
+        f"windows design: ONE trainer ({args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread, "
+        f"malloc {args.malloc}"
         f"{', pinned to CPU 0' if args.pin else ''}), {args.rounds} rounds x {len(modes)} sampled windows "
         f"of {args.window_s:g} s, each between two bare windows; settle {args.settle_s:g} s after attach/detach; "
         f"{elapsed:.0f} s in all"
@@ -702,9 +705,10 @@ def main() -> None:
     p.add_argument(
         "--malloc",
         choices=("glibc", "steady"),
-        default="glibc",
-        help="windows: trainer's allocator; glibc (default) maps and unmaps its large tensors every step "
-        "(~500-1000 page faults per step here); steady keeps them in the heap (no faults after warm-up)",
+        default="steady",
+        help="windows: the trainer's allocator. steady (default) keeps its large tensors in glibc's heap (no page "
+        "faults after warm-up); glibc as is maps and unmaps them every step: ~500-1000 page faults and ~1 ms of "
+        "system time per step here, varying 2x from window to window by itself (twice the noise)",
     )
     p.add_argument("--target-cpu", type=int, help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--attach-api"]:
