@@ -88,6 +88,8 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     # attach through its Python API without the /proc (and NVML) samplers: not a CLI option
     "attach-noproc": ("attach-api", ["--no-system-samplers"]),
     "attach-noproc-1000hz": ("attach-api", ["--no-system-samplers", "--rate", "1000"]),
+    # attach's /proc sampler alone, 100 times a second instead of once (its cost magnified 100x)
+    "proc-100hz": ("proc-api", ["--interval", "0.01"]),
 }
 """Windows design: sampled mode -> (which tool, extra arguments on top of attach's defaults)."""
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
@@ -325,6 +327,8 @@ def pyspy_exe() -> str:
 def window_sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[str]:
     tool, extra = SAMPLERS[mode]
     rate = [] if "--rate" in extra else ["--rate", "100"]
+    if tool == "proc-api":
+        return [sys.executable, str(HERE), "--proc-api", str(pid), "--duration", f"{seconds:.2f}", *extra]
     if tool.startswith("attach"):
         head = ["-m", "gpuwatch", "attach"] if tool == "attach" else [str(HERE), "--attach-api"]
         return [sys.executable, *head, str(pid), *rate,
@@ -335,7 +339,7 @@ def window_sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[s
 
 def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0) -> None:
     """Block until the sampler says it samples: attach's first progress line, py-spy's "Sampling process"."""
-    is_attach = SAMPLERS[mode][0].startswith("attach")
+    is_attach = SAMPLERS[mode][0] != "py-spy"
     stream = proc.stderr if is_attach else proc.stdout
     marker = b"sampling process" if is_attach else b"Sampling process"
     assert stream is not None
@@ -411,7 +415,7 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
-        stdout=subprocess.DEVNULL if SAMPLERS[mode][0].startswith("attach") else subprocess.PIPE,
+        stdout=subprocess.DEVNULL if SAMPLERS[mode][0] != "py-spy" else subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=ROOT,
         preexec_fn=pin,
@@ -448,6 +452,38 @@ def attach_api(argv: list[str]) -> None:
         pid=a.pid, out_dir=a.out, duration_s=a.duration, rate_hz=a.rate, system_samplers=a.system_samplers
     )
     attach(opts, progress=lambda line: print(f"gpuwatch attach: {line}", file=sys.stderr, flush=True))
+
+
+class _CountingSink:
+    """A RecordSink that keeps nothing: the /proc sampler's reading and parsing is what is measured."""
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def emit_span(self, span: object) -> None:
+        self.records += 1
+
+    def emit_sample(self, sample: object) -> None:
+        self.records += 1
+
+    def note(self, key: str, message: str, **fields: object) -> None:
+        pass
+
+
+def proc_api(argv: list[str]) -> None:
+    """attach's /proc sampler alone on PID (children and threads included) at --interval seconds."""
+    from collectors.proc_sampler import ProcSampler
+
+    p = argparse.ArgumentParser(prog="proc-api")
+    p.add_argument("pid", type=int)
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--duration", type=float, required=True)
+    a = p.parse_args(argv)
+    sampler = ProcSampler(a.interval, time.time_ns(), pid=a.pid)
+    sampler.start(_CountingSink())
+    print(f"gpuwatch attach: sampling process {a.pid} with /proc only", file=sys.stderr, flush=True)
+    time.sleep(a.duration)
+    sampler.stop()
 
 
 def window_plan(modes: list[str], rounds: int, shuffle: bool, seed: int) -> list[tuple[str, int]]:
@@ -519,7 +555,7 @@ def run_windows(args: argparse.Namespace) -> None:
         try:
             pid = int(trainer.stdout.readline())  # type: ignore[union-attr]
             steps = StepLog(log)
-            time.sleep(3.0)  # warm caches and allocators
+            time.sleep(5.0)  # warm caches and allocators (page faults settle within ~5 s)
             print(
                 f"trainer pid {pid}: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread, "
                 f"malloc {args.malloc}"
@@ -713,6 +749,9 @@ def main() -> None:
     p.add_argument("--target-cpu", type=int, help=argparse.SUPPRESS)
     if sys.argv[1:2] == ["--attach-api"]:
         attach_api(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["--proc-api"]:
+        proc_api(sys.argv[2:])
         return
     args = p.parse_args()
     twins = args.design == "twins"
