@@ -97,7 +97,7 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": 
 TAIL_S = 0.5
 """Windows design: the sampler is asked to run this much past the window's end (timer slack)."""
 PYSPY_FLAGS = ["--idle", "--subprocesses", "--format", "chrometrace"]
-"""py-spy's flags in attach (gpuwatch.attach / collectors.pyspy_sampler), less --nonblocking."""
+"""py-spy's flags in attach (gpuwatch.attach / collectors.pyspy.pyspy_sampler), less --nonblocking."""
 
 
 def target(log_path: str, width: int, depth: int, batch: int, cpu: int | None = None) -> None:
@@ -439,7 +439,7 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
 
 def attach_api(argv: list[str]) -> None:
     """`gpuwatch attach` through its Python API, for settings the CLI does not offer (diagnostic modes)."""
-    from gpuwatch.attach import AttachOptions, attach
+    from gpuwatch.capture.attach import AttachOptions, attach
 
     p = argparse.ArgumentParser(prog="attach-api")
     p.add_argument("pid", type=int)
@@ -472,7 +472,7 @@ class _CountingSink:
 
 def proc_api(argv: list[str]) -> None:
     """attach's /proc sampler alone on PID (children and threads included) at --interval seconds."""
-    from collectors.proc_sampler import ProcSampler
+    from collectors.system.proc_sampler import ProcSampler
 
     p = argparse.ArgumentParser(prog="proc-api")
     p.add_argument("pid", type=int)

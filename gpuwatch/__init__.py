@@ -14,15 +14,15 @@ __all__ = ["Category", "Watcher", "__version__", "span", "watch"]
 
 _LAZY = {
     "Category": ("gpuwatch.records", "Category"),
-    "watch": ("gpuwatch.watch", "watch"),
-    "Watcher": ("gpuwatch.watch", "Watcher"),
-    "span": ("gpuwatch.span", "span"),
+    "watch": ("gpuwatch.capture.watch", "watch"),
+    "Watcher": ("gpuwatch.capture.watch", "Watcher"),
+    "span": ("gpuwatch.capture.span", "span"),
 }
 
 if TYPE_CHECKING:
+    from gpuwatch.capture.span import span
+    from gpuwatch.capture.watch import Watcher, watch
     from gpuwatch.records import Category
-    from gpuwatch.span import span
-    from gpuwatch.watch import Watcher, watch
 
 
 def __getattr__(name: str) -> Any:

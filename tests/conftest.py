@@ -124,7 +124,7 @@ def span_rows(cols: SpanColumns) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Import a shared trace once per session (in-process, the same code the CLI runs); returns its run."""
-    from gpuwatch.trace_import import import_to_run
+    from gpuwatch.capture.trace_import import import_to_run
 
     cache: dict[str, Path] = {}
 

@@ -1,0 +1,295 @@
+"""What every in-process hook shares: the sink, one clock, the training thread and its open hook regions.
+
+`gpuwatch.watch` creates one `HookContext` per process and publishes it as `ACTIVE`; hooks read that global
+and do nothing when it is None (no watch running, or a forked DataLoader worker, see `_disable_in_child`).
+
+Hooks call `begin(key)` / `end(...)` around the region they time. On the training thread the context counts
+open regions; the time between regions ("gaps": Python the hooks do not see) is handed to the stack sampler
+as `(serial, start_ns, end_ns, key_before, key_after)`, so sampled stacks explain exactly the uncovered
+time and never overlap a hooked region. Times are integer ns since the writer's anchor, read from
+`time.perf_counter_ns` plus a fixed offset (monotonic and cheap; equal to `time.time_ns() - anchor` at start).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from collectors.base import RecordSink
+from gpuwatch.records import Span
+
+ACTIVE: HookContext | None = None
+"""The context of the running watch in this process, or None: every hook checks this first."""
+
+MAX_PENDING_GAPS = 8192
+"""Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
+IN_COLLECTIVE = "in_collective"
+"""Per-thread flag: a hooked collective is running (its inner calls belong to it)."""
+
+
+class HookContext:
+    """Shared state of one process's in-process collectors.
+
+    Args:
+        sink: where spans go (the run's segment writer).
+        rank: this process's global rank.
+        anchor_unix_ns: the writer's wall-clock anchor; every time is ns since it.
+    """
+
+    def __init__(self, sink: RecordSink, rank: int, anchor_unix_ns: int) -> None:
+        self.sink = sink
+        self.rank = rank
+        self.pid = os.getpid()
+        self.anchor_unix_ns = anchor_unix_ns
+        self._offset_ns = (time.time_ns() - anchor_unix_ns) - time.perf_counter_ns()
+        self.train_ident = threading.get_ident()
+        self.train_tid = threading.get_native_id()
+        self.step = 0
+        """Index of the step in progress (the next `gw.step()` closes it)."""
+        self.distributed = False
+        """True once a process group is initialized (checked at step boundaries)."""
+        # training-thread region bookkeeping (only the training thread writes these)
+        self.depth = 0
+        self.data_depth = 0
+        """Open DataLoader regions: a torch.load inside one is data, not a checkpoint."""
+        self.gap_serial = 0
+        self.gap_start_ns = self.now_ns()
+        self.gap_key = "start"
+        self.closed_gaps: collections.deque[tuple[int, int, int, str, str]] = collections.deque(
+            maxlen=MAX_PENDING_GAPS
+        )
+        self._tls = threading.local()
+        self._noted: set[str] = set()
+        # gap probes (see collectors.hooks.stack_sampler): gaps opening after one of these keys get traced
+        self.probe_keys: set[str] = set()
+        self.on_probe_start: Callable[[str], bool] | None = None
+        self.on_probe_stop: Callable[[], None] | None = None
+        self.probing = False
+
+    # ---- clock -----------------------------------------------------------------------------------
+    def now_ns(self) -> int:
+        """Now, in ns since the writer's anchor."""
+        return time.perf_counter_ns() + self._offset_ns
+
+    # ---- regions ----------------------------------------------------------------------------------
+    def begin(self, key: str) -> int:
+        """Open a hooked region called `key`; returns its start (ns). Pair with `end`/`abandon`."""
+        t = time.perf_counter_ns() + self._offset_ns
+        if threading.get_ident() == self.train_ident:
+            if self.depth == 0:
+                if self.probing:
+                    self._stop_probe()
+                self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key))
+                self.gap_serial += 1
+            self.depth += 1
+        return t
+
+    def end(
+        self,
+        start_ns: int,
+        kind: str,
+        name: str,
+        category: str | None,
+        key: str = "",
+        **fields: Any,
+    ) -> int:
+        """Close a region opened by `begin` and emit its span; returns its end (ns)."""
+        t = time.perf_counter_ns() + self._offset_ns
+        on_train = threading.get_ident() == self.train_ident
+        if on_train:
+            self._leave(t, key or name)
+        self._emit_thread_span(start_ns, t, on_train, kind, name, category, fields)
+        return t
+
+    def emit_since(self, start_ns: int, kind: str, name: str, category: str | None, **fields: Any) -> int:
+        """Emit a span of the calling thread from `start_ns` until now without a hooked region (a short
+        call the sampler may overlap, a label-only user span); returns its end (ns)."""
+        t = time.perf_counter_ns() + self._offset_ns
+        on_train = threading.get_ident() == self.train_ident
+        self._emit_thread_span(start_ns, t, on_train, kind, name, category, fields)
+        return t
+
+    def _emit_thread_span(
+        self,
+        start_ns: int,
+        end_ns: int,
+        on_train: bool,
+        kind: str,
+        name: str,
+        category: str | None,
+        fields: dict[str, Any],
+    ) -> None:
+        self.sink.emit_span(
+            Span(
+                rank=self.rank,
+                kind=kind,
+                name=name,
+                start_ns=start_ns,
+                end_ns=end_ns,
+                category=category,
+                pid=self.pid,
+                tid=self.train_tid if on_train else threading.get_native_id(),
+                step=self.step,
+                **fields,
+            )
+        )
+
+    def abandon(self, key: str = "") -> None:
+        """Close a region without a span (its end was lost, e.g. an optimizer step that raised)."""
+        if threading.get_ident() == self.train_ident:
+            self._leave(time.perf_counter_ns() + self._offset_ns, key)
+
+    def restart_gap(self, key: str) -> int:
+        """Forget the time so far on the training thread (gpuwatch's own start-up): a new gap opens now."""
+        t = self.now_ns()
+        self.closed_gaps.clear()
+        self.gap_serial += 1
+        self.gap_start_ns = t
+        self.gap_key = key
+        return t
+
+    def rehome(self) -> None:
+        """Make the calling thread the training thread (the loop runs elsewhere than where the watch
+        started): its region count and gaps start afresh."""
+        self.train_ident = threading.get_ident()
+        self.train_tid = threading.get_native_id()
+        self.depth = 0
+        self.data_depth = 0
+        self.closed_gaps.clear()
+        self.gap_start_ns = self.now_ns()
+
+    def _leave(self, t: int, key: str) -> None:
+        if self.depth > 0:
+            self.depth -= 1
+        if self.depth == 0:
+            self.gap_start_ns = t
+            self.gap_key = key
+            if self.probe_keys and key in self.probe_keys and self.on_probe_start is not None:
+                self.probe_keys.discard(key)
+                self.probing = self.on_probe_start(key)
+
+    def _stop_probe(self) -> None:
+        self.probing = False
+        if self.on_probe_stop is not None:
+            self.on_probe_stop()
+
+    def emit(self, span: Span) -> None:
+        """Emit a span made elsewhere (device timings, async completions)."""
+        self.sink.emit_span(span)
+
+    # ---- per-thread flags (nested collectives, checkpoint internals) ------------------------------
+    def flag(self, name: str) -> bool:
+        return getattr(self._tls, name, False)
+
+    def set_flag(self, name: str, value: bool) -> None:
+        setattr(self._tls, name, value)
+
+    # ---- errors -----------------------------------------------------------------------------------
+    def hook_error(self, where: str, exc: BaseException) -> None:
+        """Record a failing hook once (later failures are counted by the sink); never raises."""
+        try:
+            at = ""
+            tb = exc.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            if tb is not None:  # where it broke, for a bug report
+                at = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
+            self.sink.note(f"hook_error:{where}", f"{where} hook failed and was skipped: {exc!r}{at}")
+        except Exception:
+            pass
+
+    def note_once(self, key: str, message: str) -> None:
+        if key in self._noted:
+            return
+        self._noted.add(key)
+        try:
+            self.sink.note(key, message)
+        except Exception:
+            pass
+
+
+# ---- patching ------------------------------------------------------------------------------------
+class Patcher:
+    """Replaces attributes and puts the originals back; a later patch by someone else is left in place.
+
+    One function reachable under several names (`torch.save` and `torch.serialization.save`) gets one
+    wrapper, so a call through either name is timed once.
+    """
+
+    def __init__(self) -> None:
+        self._done: list[tuple[Any, str, Any, Any, bool]] = []
+        self._wrappers: dict[int, Any] = {}
+
+    def patch(self, owner: Any, attr: str, make: Callable[[Any], Any]) -> bool:
+        """Set `owner.attr = make(original)`; returns False when the attribute is missing."""
+        original = getattr(owner, attr, None)
+        if original is None:
+            return False
+        if getattr(original, "__gpuwatch_original__", None) is not None:
+            return True  # already ours
+        wrapper = self._wrappers.get(id(original))
+        if wrapper is None:
+            wrapper = make(original)
+            wrapper.__gpuwatch_original__ = original
+            self._wrappers[id(original)] = wrapper
+        own = attr in getattr(owner, "__dict__", {})
+        setattr(owner, attr, wrapper)
+        self._done.append((owner, attr, original, wrapper, own))
+        return True
+
+    def restore(self) -> None:
+        while self._done:
+            owner, attr, original, wrapper, own = self._done.pop()
+            try:
+                if getattr(owner, attr, None) is not wrapper:
+                    continue  # someone patched over us: leave theirs (ours stays inert without ACTIVE)
+                if own:
+                    setattr(owner, attr, original)
+                else:
+                    delattr(owner, attr)  # it was inherited: let the base class's show through again
+            except Exception:
+                pass
+        self._wrappers.clear()
+
+
+def unwrap(fn: Any) -> Any:
+    """The function a gpuwatch wrapper replaced (or `fn` itself)."""
+    return getattr(fn, "__gpuwatch_original__", fn)
+
+
+def _disable_in_child() -> None:
+    # A forked DataLoader worker inherits the patched functions but not the writer thread: go quiet.
+    global ACTIVE
+    ACTIVE = None
+
+
+os.register_at_fork(after_in_child=_disable_in_child)
+
+
+def activate(ctx: HookContext | None) -> None:
+    global ACTIVE, _compiling
+    ACTIVE = ctx
+    torch = sys.modules.get("torch")
+    compiler = getattr(torch, "compiler", None)
+    _compiling = getattr(compiler, "is_compiling", _never)
+
+
+def _never() -> bool:
+    return False
+
+
+_compiling: Callable[[], bool] = _never
+
+
+def current() -> HookContext | None:
+    """The active context, or None when not watching or while torch.compile traces the caller: a hook
+    traced into a graph would break it (timing calls cannot be compiled), so hooks step aside there."""
+    ctx = ACTIVE
+    if ctx is None or _compiling():
+        return None
+    return ctx

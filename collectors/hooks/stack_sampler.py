@@ -1,0 +1,317 @@
+"""A light in-process sampler of the training thread: explains the time no hook covers.
+
+At `hz` ticks a second a daemon thread looks at the training thread. When a hooked region is open (forward,
+DataLoader wait, collective...) it does nothing: the hook already explains that time. Otherwise it reads the
+thread's Python stack (`sys._current_frames`) and classifies it with `collectors.stack_rules` (decode and
+augmentation -> cpu_preprocessing, file/object-store reads -> data_loading, logging and anything unmatched
+-> host_overhead, ...).
+
+Samples are not spans of a fixed width. The hook context reports every *gap* between hooked regions with
+its exact start and end; the sampler turns the samples that fell in a gap into spans that tile exactly that
+gap (a change of category between two samples splits at their midpoint). A gap that no tick landed in (it
+was shorter than the tick) takes the category its *signature* — the hooks on either side, e.g.
+"DataLoader.__next__ -> forward" — had when it was sampled in other steps: training loops repeat, so the
+same gap does the same work. Gaps whose signature was never sampled stay unattributed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.base import Collector, RecordSink, run_paced
+from collectors.hooks.hook_context import HookContext
+from collectors.stack_rules import classify_stack
+from gpuwatch.records import Category, Span, SpanKind
+
+MIN_GAP_NS = 2_000
+"""Gaps shorter than this are not worth a span."""
+MAX_PENDING_GAPS = 4096
+"""Unsampled gaps waiting for their signature to be learned; older ones are dropped (stay unattributed)."""
+MAX_DEPTH = 128
+"""Frames read per sample (deep recursion is cut; the innermost frames decide most rules)."""
+MAX_SAMPLES_PER_GAP = 20_000
+"""A gap that never closes (no hooks, no gw.step) stops collecting samples here; the last category holds."""
+PROBE_MIN_GAP_NS = 100_000
+"""An unexplained gap at least this long gets its signature probed."""
+PROBE_EVERY_NS = 250_000
+"""While probing, one stack every this many ns of the training thread's own events."""
+PROBE_RETRY_STEPS = 20
+"""A signature still unexplained after a probe is probed again this many steps later."""
+MAX_SIGNATURES = 10_000
+"""Gap signatures remembered (span names with a counter in them would otherwise grow this forever)."""
+
+_OWN_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (__file__, os.path.join(os.path.dirname(os.path.dirname(__file__)), "gpuwatch", "x"))
+)
+"""gpuwatch's own code: a stack inside it is gpuwatch's overhead, named as such."""
+_STDLIB_WAITS = ("threading.py", "queue.py", "selectors.py")
+HOST_OVERHEAD = Category.HOST_OVERHEAD.value
+STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
+
+
+def _torch_profiler_on() -> bool:
+    torch = sys.modules.get("torch")
+    try:
+        return bool(torch is not None and torch._C._autograd._profiler_enabled())
+    except Exception:
+        return True  # cannot tell: stay out of its way
+
+
+@dataclass(slots=True)
+class _Signature:
+    counts: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def add(self, category: str, label: str, n: int) -> None:
+        self.counts[category] = self.counts.get(category, 0) + n
+        self.labels[category] = label
+
+    def dominant(self) -> tuple[str, str]:
+        category = max(self.counts, key=lambda c: self.counts[c])
+        return category, self.labels[category]
+
+
+class StackSampler(Collector):
+    """Samples the training thread at `hz` when no hook covers it.
+
+    The GIL biases a sampling thread: it gets to run when the training thread releases the GIL (inside C
+    calls, sleeps, I/O), so a short gap of pure-Python work can go unsampled step after step. A gap
+    signature that stays unexplained although its gaps are long is therefore *probed*: the next gap that
+    opens after the same hook is traced on the training thread itself (`sys.setprofile`, only for that one
+    gap, only if no other profile function is set) and stacks are taken from the trace events.
+
+    Args:
+        ctx: the process's hook context (training thread, gaps, sink, clock).
+        hz: ticks per second (tens of Hz is enough: gap signatures fill in short gaps).
+        probes: allow gap probes.
+    """
+
+    name = "stack_sampler"
+
+    def __init__(self, ctx: HookContext, hz: float = 50.0, *, probes: bool = True) -> None:
+        self.ctx = ctx
+        self.interval_s = 1.0 / max(hz, 0.1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._samples: dict[int, list[tuple[int, str, str]]] = {}  # gap serial -> (t_ns, category, label)
+        self._signatures: dict[tuple[str, str], _Signature] = {}
+        self._pending: collections.deque[tuple[int, int, tuple[str, str]]] = collections.deque(
+            maxlen=MAX_PENDING_GAPS
+        )
+        self._learned = False
+        self._probed_at: dict[str, int] = {}
+        self._probe_last_ns = 0
+        self.samples = 0
+        """Stacks read so far by the sampling thread."""
+        self.probe_samples = 0
+        """Stacks read by gap probes."""
+        self.probes = 0
+        self.ticks = 0
+        if probes:
+            ctx.on_probe_start = self._probe_start
+            ctx.on_probe_stop = self._probe_stop
+
+    def start(self, sink: RecordSink) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="gpuwatch-stack-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop ticking, then turn every closed gap still held into spans."""
+        self._stop.set()
+        self.ctx.on_probe_start = None
+        if self.ctx.probing and threading.get_ident() == self.ctx.train_ident:
+            self.ctx._stop_probe()
+        self.ctx.on_probe_stop = None
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5.0)
+        try:
+            self._drain(final=True)
+        except Exception as exc:
+            self.ctx.hook_error("stack_sampler", exc)
+
+    def _loop(self) -> None:
+        run_paced(self._stop, self.interval_s, self.tick, self._tick_failed)
+
+    def _tick_failed(self, exc: Exception) -> None:
+        self.ctx.hook_error("stack_sampler", exc)  # a bad frame must not end sampling
+
+    # ---- one tick -------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Sample the training thread if it is between hooked regions; then emit spans for closed gaps."""
+        ctx = self.ctx
+        self.ticks += 1
+        if ctx.depth == 0 and not ctx.probing:
+            serial = ctx.gap_serial
+            frame = sys._current_frames().get(ctx.train_ident)
+            if frame is not None and ctx.depth == 0 and serial == ctx.gap_serial:
+                t = ctx.now_ns()
+                category, label = self.classify(frame)
+                del frame
+                self.samples += 1
+                self._add(serial, t, category, label)
+        self._drain(final=False)
+
+    def _add(self, serial: int, t: int, category: str, label: str) -> None:
+        samples = self._samples.get(serial)
+        if samples is None:
+            samples = self._samples[serial] = []
+        if len(samples) < MAX_SAMPLES_PER_GAP:
+            samples.append((t, category, label))
+
+    @staticmethod
+    def classify(frame: object) -> tuple[str, str]:
+        """(category, label) of one stack, innermost frame first."""
+        frames: list[tuple[str, str]] = []
+        f = frame
+        while f is not None and len(frames) < MAX_DEPTH:
+            code = f.f_code  # type: ignore[attr-defined]
+            frames.append((code.co_filename, code.co_name))
+            f = f.f_back  # type: ignore[attr-defined]
+        rule = classify_stack(frames)
+        if rule is not None:
+            return rule.category.value, rule.label or rule.category.value
+        if any(filename.startswith(_OWN_DIRS) for filename, _ in frames):
+            return HOST_OVERHEAD, "gpuwatch (own overhead)"
+        for filename, function in frames:  # unmatched: name the innermost frame of the job's own code
+            base = os.path.basename(filename)
+            if base not in _STDLIB_WAITS:
+                return HOST_OVERHEAD, f"{base}:{function}"
+        return HOST_OVERHEAD, "python"
+
+    # ---- gap probes (training thread) ---------------------------------------------------------------------
+    def _probe_start(self, key: str) -> bool:
+        if sys.getprofile() is not None or _torch_profiler_on():
+            return False  # someone else profiles this thread: never replace their function
+        self.probes += 1
+        self._probe_last_ns = 0
+        sys.setprofile(self._probe_event)
+        return True
+
+    def _probe_stop(self) -> None:
+        if sys.getprofile() == self._probe_event:
+            sys.setprofile(None)
+
+    def _probe_event(self, frame: Any, event: str, arg: Any) -> None:
+        t = time.perf_counter_ns()
+        if t - self._probe_last_ns < PROBE_EVERY_NS:
+            return
+        self._probe_last_ns = t
+        try:
+            ctx = self.ctx
+            if ctx.depth != 0:
+                return
+            category, label = self.classify(frame)
+            self.probe_samples += 1
+            self._add(ctx.gap_serial, ctx.now_ns(), category, label)
+        except Exception as exc:
+            sys.setprofile(None)
+            self.ctx.hook_error("stack_probe", exc)
+
+    # ---- gaps -> spans -----------------------------------------------------------------------------------
+    def _drain(self, final: bool) -> None:
+        ctx = self.ctx
+        gaps = ctx.closed_gaps
+        while gaps:
+            try:
+                serial, start, end, key_before, key_after = gaps.popleft()
+            except IndexError:
+                break
+            samples = self._samples.pop(serial, None)
+            self._gap(start, end, (key_before, key_after), samples)
+        if len(self._samples) > 64:  # samples of gaps that fell off the context's deque
+            current = ctx.gap_serial
+            for serial in [s for s in self._samples if s < current - 64]:
+                del self._samples[serial]
+        if self._learned or final:
+            self._learned = False
+            self._retry_pending()
+
+    def _gap(
+        self, start: int, end: int, signature: tuple[str, str], samples: list[tuple[int, str, str]] | None
+    ) -> None:
+        if end - start < MIN_GAP_NS:
+            return
+        if not samples:
+            sig = self._signatures.get(signature)
+            if sig is None:
+                self._pending.append((start, end, signature))
+                if end - start >= PROBE_MIN_GAP_NS:
+                    self._want_probe(signature[0])
+            else:
+                category, label = sig.dominant()
+                self._emit(start, end, category, label, 0, inferred=True)
+            return
+        samples.sort()
+        sig = self._signatures.get(signature)
+        if sig is None:
+            sig = (
+                _Signature()
+                if len(self._signatures) >= MAX_SIGNATURES
+                else self._signatures.setdefault(signature, _Signature())
+            )
+        if not sig.counts:
+            self._learned = True
+        # runs of equal category; a change splits at the midpoint between the two samples
+        runs: list[list[Any]] = []  # [category, label, first_t, last_t, count]
+        for t, category, label in samples:
+            if runs and runs[-1][0] == category:
+                runs[-1][3] = t
+                runs[-1][4] += 1
+            else:
+                runs.append([category, label, t, t, 1])
+        edge = start
+        for i, (category, label, _first, last, count) in enumerate(runs):
+            sig.add(category, label, count)
+            cut = end if i + 1 == len(runs) else min(max((last + runs[i + 1][2]) // 2, edge), end)
+            if cut > edge:
+                self._emit(edge, cut, category, label, count, inferred=False)
+            edge = cut
+
+    def _want_probe(self, key: str) -> None:
+        step = self.ctx.step
+        last = self._probed_at.get(key)
+        if (last is not None and step - last < PROBE_RETRY_STEPS) or len(self._probed_at) >= MAX_SIGNATURES:
+            return
+        self._probed_at[key] = step
+        self.ctx.probe_keys.add(key)
+
+    def _retry_pending(self) -> None:
+        still: collections.deque[tuple[int, int, tuple[str, str]]] = collections.deque(
+            maxlen=MAX_PENDING_GAPS
+        )
+        while self._pending:
+            start, end, signature = self._pending.popleft()
+            sig = self._signatures.get(signature)
+            if sig is None:
+                still.append((start, end, signature))
+                continue
+            category, label = sig.dominant()
+            self._emit(start, end, category, label, 0, inferred=True)
+        self._pending = still
+
+    def _emit(self, start: int, end: int, category: str, label: str, samples: int, *, inferred: bool) -> None:
+        ctx = self.ctx
+        ctx.emit(
+            Span(
+                rank=ctx.rank,
+                kind=STACK_SAMPLE,
+                name=label,
+                start_ns=start,
+                end_ns=end,
+                category=category,
+                pid=ctx.pid,
+                tid=ctx.train_tid,
+                attrs={"inferred": True} if inferred else {"samples": samples},
+            )
+        )

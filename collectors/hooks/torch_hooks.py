@@ -1,0 +1,475 @@
+"""Hooks on the training phases of any PyTorch loop, found without the user passing loader, model or optimizer.
+
+- DataLoader: every iterator's `__next__` (single- and multi-process: both inherit it from
+  `_BaseDataLoaderIter`) and iterator creation (worker start-up) -> `data_loading`.
+- Forward: global module hooks run for one step to find the *top-level* modules (called on the training
+  thread outside any other module's forward); then only those get instance hooks and the global hooks are
+  removed, so submodules keep PyTorch's hook-free fast path. Discovery runs again at steps 10, 100, 1000...
+- Backward: `torch.autograd._engine_run_backward`, the one call under `Tensor.backward`,
+  `torch.autograd.backward` and `torch.autograd.grad`.
+- Optimizer: torch's global optimizer step pre/post hooks.
+- In a distributed run, the time between the end of the autograd graph and the return of backward (the
+  DDP reducer's final callback waiting for its bucket all-reduces) -> a `sync` collective span matched
+  across ranks by its per-process sequence number.
+- On a GPU: CUDA events around each phase (device spans), host<->device copies (`Tensor.to/cuda/cpu`),
+  blocking `.item()` and `torch.cuda.synchronize()` -> `memcpy` / `sync`.
+
+Phases are `compute` host spans; on a GPU rank the engine takes compute from the device spans instead.
+Every hook catches its own errors (noted once) and does nothing when no watch is active.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import weakref
+from typing import Any
+
+from collectors.base import Collector, RecordSink
+from collectors.hooks import hook_context as hc
+from collectors.hooks.device_timer import DeviceTimer
+from collectors.hooks.hook_context import HookContext, Patcher
+from gpuwatch.records import Category, Span, SpanKind
+
+PHASE = SpanKind.PHASE.value
+COMPUTE = Category.COMPUTE.value
+DISCOVERY_STEPS = frozenset({0, 10, 100, 1000, 10_000, 100_000})
+"""Steps during which global module hooks look for new top-level modules (step 0's discovery goes on up
+to step 2 when it found nothing: a first step without a forward)."""
+REDUCER_WAIT_MIN_NS = 50_000
+"""Shorter tails of backward are bookkeeping, not a wait for communication."""
+
+
+class TorchHooks(Collector):
+    """DataLoader, forward, backward and optimizer timing (plus copies and syncs on a GPU).
+
+    Args:
+        ctx: the process's hook context.
+        device_timing: record CUDA events around phases when CUDA is available.
+    """
+
+    name = "torch_hooks"
+
+    def __init__(self, ctx: HookContext, *, device_timing: bool = True) -> None:
+        self.ctx = ctx
+        self.device_timing = device_timing
+        self.timer: DeviceTimer | None = None
+        self._patcher = Patcher()
+        self._torch: Any = None
+        self._global_handles: list[Any] = []
+        self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._instance_handles: list[Any] = []
+        self._found: list[Any] = []  # top-level modules seen by the current discovery
+        self._fwd_stack: list[tuple[Any, int, Any]] = []  # (module, start_ns or -1 when nested, device token)
+        self._opt_stack: list[tuple[Any, int, Any]] = []
+        self._names: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        self.ddp_seen = False
+        self.dynamo_mode = False
+        """True once torch.compile compiled code while the global module hooks were on (they then stay)."""
+        self._reducer_seq = 0
+        self._started = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+    def start(self, sink: RecordSink) -> None:
+        torch = sys.modules.get("torch")
+        if torch is None or self._started:
+            return
+        self._torch = torch
+        self._started = True
+        for install in (self._install_dataloader, self._install_backward, self._install_optimizer):
+            try:
+                install(torch)
+            except Exception as exc:
+                self.ctx.hook_error(f"install:{install.__name__}", exc)
+        self._start_discovery()
+        try:
+            if self.device_timing and torch.cuda.is_available():
+                self.timer = DeviceTimer(self.ctx, torch)
+                self._install_gpu(torch)
+        except Exception as exc:
+            self.ctx.hook_error("install:gpu", exc)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._stop_discovery()
+        for handle in self._instance_handles:
+            try:
+                handle.remove()
+            except Exception:
+                pass
+        self._instance_handles.clear()
+        self._patcher.restore()
+        if self.timer is not None:
+            try:
+                self.timer.flush(wait=True)
+            except Exception as exc:
+                self.ctx.hook_error("device_timer", exc)
+
+    def on_step(self, finished_step: int) -> None:
+        """Called by the watcher at each step boundary (training thread): discovery, device spans, cleanup."""
+        if not self._started:
+            return
+        try:
+            # a forward/optimizer that raised left its region open: close it so gaps stay right
+            while self._opt_stack:
+                self._opt_stack.pop()
+                self.ctx.abandon("optimizer")
+            if self._global_handles and not self.dynamo_mode:
+                if _dynamo_compiled():
+                    # torch.compile traced code under our global hooks: adding or removing module hooks now
+                    # would change its guards and recompile it, so the global hooks stay (they step aside
+                    # inside compiled code, and time the eager top-level modules from here on)
+                    self.dynamo_mode = True
+                    self._found.clear()
+                    self.ctx.note_once(
+                        "torch_compile",
+                        "torch.compile in use: module timing stays on global hooks (no recompiles)",
+                    )
+                else:
+                    self._adopt_found()
+                    if self._hooked or finished_step >= 2:
+                        self._stop_discovery()
+            if finished_step + 1 in DISCOVERY_STEPS and not self._global_handles and not _dynamo_compiled():
+                self._start_discovery()
+            if self.timer is not None:
+                self.timer.poll()
+        except Exception as exc:
+            self.ctx.hook_error("torch_hooks.on_step", exc)
+
+    # ---- DataLoader --------------------------------------------------------------------------------
+    def _install_dataloader(self, torch: Any) -> None:
+        from torch.utils.data import dataloader as dl
+
+        self._patcher.patch(dl._BaseDataLoaderIter, "__next__", _wrap_next)
+        self._patcher.patch(dl.DataLoader, "_get_iterator", _wrap_get_iterator)
+
+    # ---- forward -----------------------------------------------------------------------------------
+    def _start_discovery(self) -> None:
+        try:
+            module_mod = self._torch.nn.modules.module
+            self._global_handles = [
+                module_mod.register_module_forward_pre_hook(self._global_pre),
+                module_mod.register_module_forward_hook(self._global_post, always_call=True),
+            ]
+        except Exception as exc:
+            self.ctx.hook_error("forward_discovery", exc)
+
+    def _stop_discovery(self) -> None:
+        for handle in self._global_handles:
+            try:
+                handle.remove()
+            except Exception:
+                pass
+        self._global_handles = []
+
+    def _adopt_found(self) -> None:
+        for module in self._found:
+            if module in self._hooked:
+                continue
+            self._hooked.add(module)
+            self._instance_handles.append(module.register_forward_pre_hook(self._instance_pre))
+            self._instance_handles.append(module.register_forward_hook(self._instance_post, always_call=True))
+        self._found.clear()
+
+    def _name(self, module: Any) -> str:
+        name = self._names.get(module)
+        if name is None:
+            cls = type(module).__name__
+            # DDP / FSDP / torch.compile wrappers: say what they wrap
+            inner = getattr(module, "_orig_mod", None) or getattr(module, "module", None)
+            if inner is not None and hasattr(inner, "forward"):
+                cls = f"{cls}({type(inner).__name__})"
+            name = self._names[module] = f"forward {cls}"
+            if type(module).__name__ == "DistributedDataParallel":
+                self.ddp_seen = True
+        return name
+
+    def _enter(self, ctx: HookContext, module: Any) -> None:
+        if threading.get_ident() != ctx.train_ident:
+            return
+        if self._fwd_stack:
+            self._fwd_stack.append((module, -1, None))
+            return
+        token = self.timer.start() if self.timer is not None else None
+        self._fwd_stack.append((module, ctx.begin("forward"), token))
+
+    def _exit(self, ctx: HookContext, module: Any) -> None:
+        if threading.get_ident() != ctx.train_ident or not self._fwd_stack:
+            return
+        entry = self._fwd_stack.pop()
+        while entry[0] is not module and self._fwd_stack:  # unwinding after an exception
+            entry = self._fwd_stack.pop()
+        if entry[1] < 0:
+            return
+        name = self._name(module)
+        ctx.end(entry[1], PHASE, name, COMPUTE, key="forward")
+        if self.timer is not None:
+            self.timer.stop(entry[2], SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
+
+    # The four hooks below check `hc.current()` first (and hand that context on): under torch.compile
+    # tracing it is None, so the traced hook is an immediate return (nothing to break the graph on).
+    def _global_pre(self, module: Any, args: Any) -> None:
+        ctx = hc.current()
+        if ctx is None:
+            return
+        try:
+            if module in self._hooked:
+                return  # its instance hook handles it
+            if not self._fwd_stack and not self.dynamo_mode and threading.get_ident() == ctx.train_ident:
+                self._found.append(module)
+                self._name(module)
+            self._enter(ctx, module)
+        except Exception as exc:
+            ctx.hook_error("forward", exc)
+
+    def _global_post(self, module: Any, args: Any, output: Any) -> None:
+        ctx = hc.current()
+        if ctx is None:
+            return
+        try:
+            if module not in self._hooked:
+                self._exit(ctx, module)
+        except Exception as exc:
+            ctx.hook_error("forward", exc)
+
+    def _instance_pre(self, module: Any, args: Any) -> None:
+        ctx = hc.current()
+        if ctx is None:
+            return
+        try:
+            self._enter(ctx, module)
+        except Exception as exc:
+            ctx.hook_error("forward", exc)
+
+    def _instance_post(self, module: Any, args: Any, output: Any) -> None:
+        ctx = hc.current()
+        if ctx is None:
+            return
+        try:
+            self._exit(ctx, module)
+        except Exception as exc:
+            ctx.hook_error("forward", exc)
+
+    # ---- backward ----------------------------------------------------------------------------------
+    def _install_backward(self, torch: Any) -> None:
+        autograd = torch.autograd
+        if not self._patcher.patch(autograd, "_engine_run_backward", self._wrap_backward):
+            # older torch: no single entry point; time the two public ones
+            self._patcher.patch(autograd, "backward", self._wrap_backward)
+            self._patcher.patch(autograd, "grad", self._wrap_backward)
+
+    def _wrap_backward(self, original: Any) -> Any:
+        hooks = self
+
+        def _engine_run_backward(*args: Any, **kwargs: Any) -> Any:
+            ctx = hc.current()
+            if ctx is None:
+                return original(*args, **kwargs)
+            try:
+                probe = hooks._arm_reducer_probe(args) if ctx.distributed else None
+                token = hooks.timer.start() if hooks.timer is not None else None
+                t0 = ctx.begin("backward")
+            except Exception as exc:
+                ctx.hook_error("backward", exc)
+                return original(*args, **kwargs)
+            try:
+                return original(*args, **kwargs)
+            finally:
+                try:
+                    t1 = ctx.end(t0, PHASE, "backward", COMPUTE, key="backward")
+                    if hooks.timer is not None:
+                        hooks.timer.stop(token, SpanKind.KERNEL.value, "backward", COMPUTE, step=ctx.step)
+                    if probe is not None:
+                        hooks._finish_reducer_probe(ctx, probe, t1)
+                except Exception as exc:
+                    ctx.hook_error("backward", exc)
+
+        return _engine_run_backward
+
+    def _arm_reducer_probe(self, args: Any) -> tuple[Any, list[int]] | None:
+        """Queue an autograd final callback at the root of this backward: it runs before DDP's finalizer."""
+        roots = args[0] if args else None
+        if roots is None:
+            return None
+        if not isinstance(roots, (tuple, list)):
+            roots = (roots,)
+        root = next((t for t in roots if getattr(t, "grad_fn", None) is not None), None)
+        if root is None:
+            return None
+        ctx = self.ctx
+        engine = self._torch.autograd.Variable._execution_engine
+        fired: list[int] = []
+
+        def callback() -> None:
+            fired.append(ctx.now_ns())
+
+        def prehook(grad_outputs: Any) -> None:
+            if not fired:
+                try:
+                    engine.queue_callback(callback)
+                except Exception as exc:
+                    ctx.hook_error("reducer_probe", exc)
+
+        return root.grad_fn.register_prehook(prehook), fired
+
+    def _finish_reducer_probe(self, ctx: HookContext, probe: tuple[Any, list[int]], t_end: int) -> None:
+        handle, fired = probe
+        handle.remove()
+        if not fired or t_end - fired[0] < REDUCER_WAIT_MIN_NS or threading.get_ident() != ctx.train_ident:
+            return
+        self._reducer_seq += 1
+        name = "DDP reducer wait" if self.ddp_seen else "autograd final callbacks (distributed)"
+        ctx.emit(
+            Span(
+                rank=ctx.rank,
+                kind=SpanKind.COLLECTIVE.value,
+                name=name,
+                start_ns=fired[0],
+                end_ns=t_end,
+                category=Category.SYNC.value,
+                pid=ctx.pid,
+                tid=ctx.train_tid,
+                step=ctx.step,
+                seq=self._reducer_seq,
+                attrs={"process_group": "ddp_reducer", "collective": "ddp_reducer_wait"},
+            )
+        )
+
+    # ---- optimizer -----------------------------------------------------------------------------------
+    def _install_optimizer(self, torch: Any) -> None:
+        from torch.optim import optimizer as optim_mod
+
+        self._instance_handles += [
+            optim_mod.register_optimizer_step_pre_hook(self._opt_pre),
+            optim_mod.register_optimizer_step_post_hook(self._opt_post),
+        ]
+
+    def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            ctx = hc.current()
+            if ctx is None or threading.get_ident() != ctx.train_ident:
+                return None
+            token = self.timer.start() if self.timer is not None else None
+            self._opt_stack.append((optimizer, ctx.begin("optimizer"), token))
+        except Exception as exc:
+            self.ctx.hook_error("optimizer", exc)
+        return None  # a value here would replace the step's arguments
+
+    def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        try:
+            ctx = hc.current()
+            if ctx is None or threading.get_ident() != ctx.train_ident or not self._opt_stack:
+                return
+            opt, t0, token = self._opt_stack.pop()
+            name = f"optimizer {type(opt).__name__}.step"
+            ctx.end(t0, PHASE, name, COMPUTE, key="optimizer")
+            if self.timer is not None:
+                self.timer.stop(token, SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
+        except Exception as exc:
+            self.ctx.hook_error("optimizer", exc)
+
+    # ---- GPU only: copies and host-device syncs -------------------------------------------------------
+    def _install_gpu(self, torch: Any) -> None:
+        from collectors.hooks.device_copy_hooks import install_device_copy_hooks
+
+        install_device_copy_hooks(self._patcher, torch)
+
+
+def _dynamo_compiled() -> bool:
+    """Has torch.compile (dynamo) compiled anything in this process? (False when it was never imported.)"""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return False
+    try:
+        return bool(utils.counters["stats"].get("unique_graphs", 0))
+    except Exception:
+        return True  # cannot tell: assume compiled code exists and never touch module hooks again
+
+
+# ---- DataLoader wrappers (module level: they are installed on the class) ---------------------------
+def _loader_name(it: Any) -> str:
+    name = it.__dict__.get("_gpuwatch_name")
+    if name is None:
+        workers = getattr(it, "_num_workers", "?")
+        name = f"DataLoader.__next__ (num_workers={workers})"
+        try:
+            it._gpuwatch_name = name
+        except Exception:
+            pass
+    return name
+
+
+def _loader_attrs(it: Any) -> dict[str, Any]:
+    return {
+        "num_workers": getattr(it, "_num_workers", None),
+        "pin_memory": getattr(it, "_pin_memory", None),
+        "prefetch_factor": getattr(it, "_prefetch_factor", None),
+        "persistent_workers": getattr(it, "_persistent_workers", None),
+        "batch_size": getattr(getattr(it, "_index_sampler", None), "batch_size", None),
+    }
+
+
+def _wrap_next(original: Any) -> Any:
+    def __next__(self: Any) -> Any:
+        ctx = hc.current()
+        if ctx is None:
+            return original(self)
+        try:
+            on_train = threading.get_ident() == ctx.train_ident
+            t0 = ctx.begin("DataLoader.__next__")
+            if on_train:
+                ctx.data_depth += 1
+        except Exception as exc:
+            ctx.hook_error("dataloader", exc)
+            return original(self)
+        try:
+            return original(self)
+        finally:
+            try:
+                if on_train:
+                    ctx.data_depth -= 1
+                first = not self.__dict__.get("_gpuwatch_seen", False)
+                if first:
+                    self._gpuwatch_seen = True
+                ctx.end(
+                    t0,
+                    PHASE,
+                    _loader_name(self),
+                    Category.DATA_LOADING.value,
+                    key="DataLoader.__next__",
+                    attrs=_loader_attrs(self) if first else None,
+                )
+            except Exception as exc:
+                ctx.hook_error("dataloader", exc)
+
+    return __next__
+
+
+def _wrap_get_iterator(original: Any) -> Any:
+    def _get_iterator(self: Any) -> Any:
+        ctx = hc.current()
+        if ctx is None:
+            return original(self)
+        try:
+            t0 = ctx.begin("DataLoader.__iter__")
+        except Exception as exc:
+            ctx.hook_error("dataloader", exc)
+            return original(self)
+        try:
+            return original(self)
+        finally:
+            try:
+                workers = getattr(self, "num_workers", "?")
+                ctx.end(
+                    t0,
+                    PHASE,
+                    f"DataLoader iterator start (num_workers={workers})",
+                    Category.DATA_LOADING.value,
+                    key="DataLoader.__iter__",
+                )
+            except Exception as exc:
+                ctx.hook_error("dataloader", exc)
+
+    return _get_iterator

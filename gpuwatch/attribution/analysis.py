@@ -1,0 +1,108 @@
+"""A whole run analysed: per-rank budgets, the HTA-compatible view, cross-rank waits, recommendations.
+
+This is the one entry point views use (`gpuwatch summary`, the TUI, reports, compare): they never touch
+the engine modules directly. `summary.summarize` turns the result into the typed `Summary` views render.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gpuwatch.attribution.budget import RankBudget, compute_rank_budget
+from gpuwatch.attribution.cross_rank import CrossRankResult, analyze_cross_rank
+from gpuwatch.attribution.recommendations import Recommendation, recommend
+from gpuwatch.attribution.temporal import TemporalBreakdown, temporal_breakdown
+from gpuwatch.errors import RunDirError
+from gpuwatch.records import SpanColumns
+from gpuwatch.store.run_reader import RunReader, WriterInfo
+
+
+@dataclass(frozen=True, slots=True)
+class RankAnalysis:
+    budget: RankBudget
+    temporal: TemporalBreakdown | None
+    writers: tuple[WriterInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RunAnalysis:
+    run_dir: Path
+    run_id: str
+    ranks: tuple[RankAnalysis, ...]
+    cross: CrossRankResult
+    recommendations: tuple[Recommendation, ...]
+    notes: tuple[str, ...]
+    """Things the user should know about the data (hook errors, dropped records, a writer still running)."""
+
+
+def analyze_run(run_dir: str | Path, *, ranks: list[int] | None = None) -> RunAnalysis:
+    """Read every segment of a run and analyse it. Raises RunDirError when there is nothing to analyse."""
+    reader = RunReader(run_dir)
+    try:
+        return _analyze(reader, ranks)
+    finally:
+        reader.close()
+
+
+def _analyze(reader: RunReader, only: list[int] | None) -> RunAnalysis:
+    rank_cols = {
+        rank: reader.span_columns(rank, with_attrs=True)
+        for rank in reader.ranks
+        if only is None or rank in only
+    }
+    return analyze_columns(reader.run_dir, reader.run_id, reader.writers, rank_cols)
+
+
+def analyze_columns(
+    run_dir: str | Path, run_id: str, writers: list[WriterInfo], rank_cols: dict[int, SpanColumns]
+) -> RunAnalysis:
+    """Analyse spans already in memory (each rank's columns on the run's common timeline).
+
+    `analyze_run` reads them from the store; `gpuwatch import` passes the columns it just wrote, so it
+    can leave the finished summary next to the run without reading it back.
+    """
+    per_rank: dict[int, tuple[Any, RankBudget]] = {}
+    results = []
+    for rank in sorted(rank_cols):
+        cols = rank_cols[rank]
+        if len(cols) == 0:
+            continue
+        budget = compute_rank_budget(rank, cols)
+        per_rank[rank] = (cols, budget)
+        rank_writers = tuple(w for w in writers if w.run.rank == rank)
+        results.append(
+            RankAnalysis(budget=budget, temporal=temporal_breakdown(cols, budget), writers=rank_writers)
+        )
+    if not results:
+        raise RunDirError(f"run {run_dir} has no spans yet (nothing recorded, or the first flush is pending)")
+    cross = analyze_cross_rank(per_rank)
+    recs = tuple(recommend([r.budget for r in results], cross))
+    return RunAnalysis(
+        run_dir=Path(run_dir),
+        run_id=run_id,
+        ranks=tuple(results),
+        cross=cross,
+        recommendations=recs,
+        notes=tuple(_notes(writers)),
+    )
+
+
+def _notes(writers: list[WriterInfo]) -> list[str]:
+    """One line per distinct fact; the same note from several ranks is said once, naming them."""
+    grouped: dict[str, list[str]] = {}
+    for w in writers:
+        who = f"rank {w.run.rank} (pid {w.run.pid})"
+        facts = []
+        if w.dropped_spans or w.dropped_samples:
+            facts.append(f"queue full, dropped {w.dropped_spans} spans and {w.dropped_samples} samples")
+        for key, note in sorted(w.notes.items()):
+            count = note.get("count", 1)
+            more = f" (x{count})" if count > 1 else ""
+            facts.append(f"{key}: {note.get('message', '')}{more}")
+        if w.status == "running":
+            facts.append("still running, or stopped without closing (killed): data up to its last flush")
+        for fact in facts:
+            grouped.setdefault(fact, []).append(who)
+    return [f"{', '.join(whos)}: {fact}" for fact, whos in grouped.items()]

@@ -1,0 +1,274 @@
+"""The time-budget engine: each step of each rank split into the eight categories, summing to 100%.
+
+DESIGN.md "The time budget" is the specification. In short:
+1. Device busy is the union of device intervals; compute kernels beat communication and memory kernels.
+2. Device-idle time goes to the host activity on the training thread (and, on GPU ranks, the threads that
+   launch device work) by priority checkpoint_io > sync > data_loading > cpu_preprocessing > memcpy >
+   host_overhead, else unattributed.
+3. On a rank with no device events, compute is the training thread's math; everything else as above, so a
+   collective or a DataLoader wait nested inside a forward region still counts as what it is.
+
+The whole rank is cut once into elementary segments at every interval boundary; each segment gets one
+category by those rules, and segments are summed per step. Everything is numpy: no per-event Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpuwatch.attribution import intervals as iv
+from gpuwatch.records import CATEGORIES, HOST_PRIORITY, Category, SpanColumns, SpanKind
+
+CAT_INDEX: dict[str, int] = {c.value: i for i, c in enumerate(CATEGORIES)}
+_DEVICE_KINDS = np.array(
+    [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value, SpanKind.MEMCPY.value, SpanKind.MEMSET.value],
+    dtype=object,
+)
+_NOT_ACTIVITY = np.array([SpanKind.STEP.value, "gpu_annotation"], dtype=object)
+
+
+def kind_in(kind: np.ndarray, values: Any) -> np.ndarray:
+    """Mask of spans whose kind is one of `values` (np.isin on an object array sorts it: 20x slower)."""
+    out = np.zeros(kind.shape, dtype=bool)
+    for v in values:
+        out |= kind == v
+    return out
+
+
+def name_codes(cols: SpanColumns) -> np.ndarray:
+    """An int per span, equal exactly for equal names: the reader's dictionary codes when it has them."""
+    if cols.name_code is not None:
+        return cols.name_code
+    index: dict[str, int] = {}
+    return np.fromiter((index.setdefault(n, len(index)) for n in cols.name.tolist()), np.int64, len(cols))
+
+
+def launch_ns(cols: SpanColumns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """When the spans `idx` were launched: the start of the host runtime call with the same correlation id.
+
+    Returns `(launch_ns, found)`: `found` marks the spans whose launch is in the trace (the others keep their
+    own start); it is None when the trace has no runtime call with a correlation id at all.
+    """
+    launch = cols.start_ns[idx].copy()
+    runtime = np.flatnonzero((cols.kind == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    if runtime.size == 0:
+        return launch, None
+    r_corr = cols.correlation[runtime]
+    order = np.argsort(r_corr, kind="stable")
+    r_corr, r_start = r_corr[order], cols.start_ns[runtime][order]
+    d_corr = cols.correlation[idx]
+    pos = np.clip(np.searchsorted(r_corr, d_corr), 0, r_corr.size - 1)
+    found = (d_corr >= 0) & (r_corr[pos] == d_corr)
+    return np.where(found, r_start[pos], launch), found
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One named contributor to a category on one rank: which spans, how much time."""
+
+    category: str
+    name: str
+    """Span name (operator, kernel, hook, stack frame) as recorded."""
+    total_ns: int
+    """Time this name explains in the category, over all steps."""
+    count: int
+    """How many spans of that name contributed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timeline:
+    """One rank's category at every instant of its steps: segment i is [points[i], points[i+1])."""
+
+    points: np.ndarray
+    category: np.ndarray
+    """Index into CATEGORIES per segment, -1 outside any step."""
+
+    def category_ns_within(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Time per category (array of 8, ns) inside the union of the given intervals."""
+        region = iv.union(starts, ends)
+        out = np.zeros(len(CATEGORIES), dtype=np.int64)
+        if region[0].size == 0 or self.points.size < 2:
+            return out
+        seg_s, seg_e = self.points[:-1], self.points[1:]
+        inside = iv.overlap(region, seg_s, seg_e)
+        valid = self.category >= 0
+        np.add.at(out, self.category[valid], inside[valid])
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class RankBudget:
+    """The budget of one rank: per-step nanoseconds in each category, and what explains them."""
+
+    rank: int
+    mode: str
+    """"device" when the rank has device events (GPU), "host" when compute is the training thread's math."""
+    training_tid: int
+    step_ids: np.ndarray
+    step_start_ns: np.ndarray
+    step_end_ns: np.ndarray
+    step_category_ns: np.ndarray
+    """Shape (steps, 8), columns in CATEGORIES order; each row sums to the step's wall time."""
+    evidence: tuple[Evidence, ...]
+    timeline: Timeline
+    steps_from_markers: bool
+    """False when the trace had no step markers and the whole rank is one step."""
+
+    @property
+    def step_ns(self) -> np.ndarray:
+        return self.step_end_ns - self.step_start_ns
+
+    def total_pct(self) -> dict[Category, float]:
+        """Share of all steps' wall time per category, 0-100."""
+        sums = self.step_category_ns.sum(axis=0)
+        wall = max(int(sums.sum()), 1)
+        return {c: 100.0 * float(sums[i]) / wall for i, c in enumerate(CATEGORIES)}
+
+
+def pick_training_tid(cols: SpanColumns) -> int:
+    """The host thread that runs the training loop: the one with step markers, else the busiest host thread."""
+    host = ~kind_in(cols.kind, _DEVICE_KINDS) | (cols.stream < 0)
+    steps = host & (cols.kind == SpanKind.STEP.value)
+    if steps.any():
+        tids, counts = np.unique(cols.tid[steps], return_counts=True)
+        return int(tids[np.argmax(counts)])
+    categorized = host & (cols.category != None)  # noqa: E711 (elementwise on an object array)
+    pick = categorized if categorized.any() else host
+    if not pick.any():
+        return 0
+    tids, inverse = np.unique(cols.tid[pick], return_inverse=True)
+    busy = np.bincount(inverse, weights=(cols.end_ns[pick] - cols.start_ns[pick]).astype(np.float64))
+    return int(tids[np.argmax(busy)])
+
+
+def _steps(cols: SpanColumns, tid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    mask = (cols.kind == SpanKind.STEP.value) & (cols.tid == tid)
+    if mask.any():
+        order = np.argsort(cols.start_ns[mask], kind="stable")
+        ids = cols.step[mask][order]
+        starts = cols.start_ns[mask][order]
+        ends = cols.end_ns[mask][order]
+        # a step ends where the next one begins (markers can overlap by a few microseconds)
+        ends = np.minimum(ends, np.append(starts[1:], ends[-1:]))
+        ids = np.where(ids >= 0, ids, np.arange(ids.size))
+        return ids, starts, ends, True
+    if len(cols) == 0:
+        z = np.zeros(0, dtype=np.int64)
+        return z, z, z, False
+    return np.array([0]), cols.start_ns.min(keepdims=True), cols.end_ns.max(keepdims=True), False
+
+
+def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: int = 3) -> RankBudget:
+    """The time budget of one rank from all its spans (any order).
+
+    Args:
+        rank: the rank the spans belong to.
+        cols: every span of that rank (host and device), times in ns on one timeline.
+        evidence_per_category: how many top contributing span names to keep per category.
+    """
+    tid = pick_training_tid(cols)
+    step_ids, step_s, step_e, from_markers = _steps(cols, tid)
+    kind = cols.kind
+    is_device = kind_in(kind, _DEVICE_KINDS) & (cols.stream >= 0)
+    mode = "device" if is_device.any() else "host"
+
+    host_tids = {tid}
+    if mode == "device":  # threads that launch device work (the autograd thread runs backward launches)
+        host_tids |= set(np.unique(cols.tid[(kind == SpanKind.RUNTIME.value) & ~is_device]).tolist())
+    on_host = ~is_device & np.isin(cols.tid, list(host_tids)) & ~kind_in(kind, _NOT_ACTIVITY)
+
+    cat = cols.category
+    start, end = cols.start_ns, cols.end_ns
+    sets: list[tuple[int, np.ndarray]] = []  # (category index, mask) in priority order
+
+    def add(category: Category, mask: np.ndarray) -> None:
+        if mask.any():
+            sets.append((CAT_INDEX[category.value], mask))
+
+    if mode == "device":
+        add(Category.COMPUTE, is_device & (kind == SpanKind.KERNEL.value))
+        add(Category.SYNC, is_device & (kind == SpanKind.COLLECTIVE.value))
+        add(Category.MEMCPY, is_device & kind_in(kind, [SpanKind.MEMCPY.value, SpanKind.MEMSET.value]))
+    for category in HOST_PRIORITY:
+        add(category, on_host & (cat == category.value))
+    if mode == "host":
+        add(Category.COMPUTE, on_host & (cat == Category.COMPUTE.value))
+    # any other host activity on those threads is overhead (on GPU ranks, host-side math is launch overhead)
+    add(Category.HOST_OVERHEAD, on_host)
+
+    masks_union = [iv.union(start[m], end[m]) for _, m in sets]
+    bounds = [step_s, step_e] + [a for u in masks_union for a in u]
+    points = np.unique(np.concatenate(bounds)) if step_s.size else np.zeros(0, dtype=np.int64)
+    seg_cat = np.full(max(points.size - 1, 0), CAT_INDEX[Category.UNATTRIBUTED.value], dtype=np.int64)
+    left = points[:-1]
+    decided = np.zeros(left.size, dtype=bool)
+    for (cat_idx, _), u in zip(sets, masks_union, strict=True):
+        hit = ~decided & iv.covered(u, left)
+        seg_cat[hit] = cat_idx
+        decided |= hit
+    # which step each segment belongs to (steps are disjoint and sorted)
+    seg_step = np.searchsorted(step_s, left, side="right") - 1
+    in_step = (seg_step >= 0) & (left < step_e[np.maximum(seg_step, 0)])
+    seg_cat = np.where(in_step, seg_cat, -1)
+    lengths = np.diff(points)
+    n_steps = step_s.size
+    step_cat = np.zeros((n_steps, len(CATEGORIES)), dtype=np.int64)
+    if n_steps and left.size:
+        flat = seg_step[in_step] * len(CATEGORIES) + seg_cat[in_step]
+        step_cat = np.bincount(flat, weights=lengths[in_step], minlength=n_steps * len(CATEGORIES))
+        step_cat = np.rint(step_cat).astype(np.int64).reshape(n_steps, len(CATEGORIES))
+    timeline = Timeline(points=points, category=seg_cat)
+    evidence = _evidence(cols, sets, timeline, evidence_per_category)
+    return RankBudget(
+        rank=rank,
+        mode=mode,
+        training_tid=tid,
+        step_ids=step_ids,
+        step_start_ns=step_s,
+        step_end_ns=step_e,
+        step_category_ns=step_cat,
+        evidence=evidence,
+        timeline=timeline,
+        steps_from_markers=from_markers,
+    )
+
+
+def _evidence(
+    cols: SpanColumns, sets: list[tuple[int, np.ndarray]], timeline: Timeline, top: int
+) -> tuple[Evidence, ...]:
+    """For each category, the span names that explain most of the time the engine gave it."""
+    if timeline.points.size < 2:
+        return ()
+    out: list[Evidence] = []
+    seg_s, seg_e = timeline.points[:-1], timeline.points[1:]
+    codes = name_codes(cols)
+    seen: set[int] = set()
+    for cat_idx, _ in sets:
+        if cat_idx in seen:
+            continue
+        seen.add(cat_idx)
+        region = iv.union(seg_s[timeline.category == cat_idx], seg_e[timeline.category == cat_idx])
+        if region[0].size == 0:
+            continue
+        # all sets feeding this category (host_overhead has one; sync may have device and host sets)
+        feed = np.zeros(len(cols), dtype=bool)
+        for other_idx, other_mask in sets:
+            if other_idx == cat_idx:
+                feed |= other_mask
+        idx = np.flatnonzero(feed)
+        got = iv.overlap(region, cols.start_ns[idx], cols.end_ns[idx])
+        hit = got > 0
+        if not hit.any():
+            continue
+        hit_idx = idx[hit]
+        uniq, first, inverse = np.unique(codes[hit_idx], return_index=True, return_inverse=True)
+        sums = np.bincount(inverse, weights=got[hit].astype(np.float64))
+        counts = np.bincount(inverse)
+        # largest first; equal times by name, so the evidence does not depend on row order
+        names = [str(cols.name[hit_idx[k]]) for k in first.tolist()]
+        for j in sorted(range(len(uniq)), key=lambda j: (-sums[j], names[j]))[:top]:
+            out.append(Evidence(CATEGORIES[cat_idx].value, names[j], int(sums[j]), int(counts[j])))
+    return tuple(out)

@@ -1,0 +1,411 @@
+"""The typed Summary of a run: what every view renders (terminal, HTML, compare, the live dashboard).
+
+`summarize(analysis)` turns the engine's `RunAnalysis` (numpy arrays, engine records) into frozen records
+with unit-named fields; `Summary.to_json()` is the documented `gpuwatch summary --json` document (keys and
+values as they have always been, new keys added after the old ones) and `Summary.from_json()` reads one
+back, so a stored summary or a CI baseline file is as good as a run directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuwatch.attribution.analysis import RunAnalysis
+from gpuwatch.attribution.budget import RankBudget
+from gpuwatch.attribution.cross_rank import RankSyncSplit
+from gpuwatch.errors import RunDirError
+from gpuwatch.records import CATEGORIES
+
+CATEGORY_NAMES: tuple[str, ...] = tuple(c.value for c in CATEGORIES)
+"""The eight budget categories in their fixed order (compute first, unattributed last)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CategoryValues:
+    """One number per budget category, in the unit its holder's name says (`budget_pct`, `..._ms`)."""
+
+    compute: float = 0.0
+    data_loading: float = 0.0
+    cpu_preprocessing: float = 0.0
+    sync: float = 0.0
+    checkpoint_io: float = 0.0
+    memcpy: float = 0.0
+    host_overhead: float = 0.0
+    unattributed: float = 0.0
+
+    def get(self, category: str) -> float:
+        """The value of a category by its name; raises KeyError for a name that is not a category."""
+        if category not in CATEGORY_NAMES:
+            raise KeyError(category)
+        return float(getattr(self, category))
+
+    def items(self) -> Iterator[tuple[str, float]]:
+        """(category, value) in the fixed category order."""
+        for name in CATEGORY_NAMES:
+            yield name, float(getattr(self, name))
+
+    def to_json(self) -> dict[str, float]:
+        return dict(self.items())
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> CategoryValues:
+        return cls(**{name: float(doc.get(name, 0.0)) for name in CATEGORY_NAMES})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepTimeMs:
+    """Wall time of a training step over the run's steps, in milliseconds (0.0 with no steps)."""
+
+    median: float
+    mean: float
+    p90: float
+    min: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemporalPct:
+    """HTA's temporal breakdown, percent of the analysed window (0.0 when there is no device basis)."""
+
+    idle: float
+    compute: float
+    non_compute: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncSplitPct:
+    """`sync` split into moving data and waiting for a late rank, percent of step wall time."""
+
+    transfer: float
+    wait: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvidenceItem:
+    """A named region that made up part of a category (inclusive totals: parents and children both count)."""
+
+    category: str
+    name: str
+    total_ms: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerStep:
+    """Every step of a rank: what compare's noise model and the charts read. Milliseconds."""
+
+    step: tuple[int, ...]
+    """Step ids, in order."""
+    wall_ms: tuple[float, ...]
+    """Wall time of each step."""
+    category_ms: Mapping[str, tuple[float, ...]]
+    """Per category (the eight names, fixed order), its time in each step; sums to `wall_ms` per step."""
+
+    def category(self, name: str) -> tuple[float, ...]:
+        return tuple(self.category_ms.get(name, ()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RankSummary:
+    """One rank's budget and step statistics."""
+
+    rank: int
+    mode: str
+    """"device" when device events exist, "cpu" when compute is the training thread's math."""
+    steps: int
+    steps_from_markers: bool
+    """True when steps come from markers (gw.step, ProfilerStep); False when inferred."""
+    step_time_ms: StepTimeMs
+    budget_pct: CategoryValues
+    """Share of all step wall time, percent; sums to 100."""
+    budget_ms_per_step: CategoryValues
+    """Mean milliseconds per step."""
+    temporal_pct: TemporalPct
+    temporal_basis: str | None
+    sync_split_pct: SyncSplitPct
+    training_tid: int
+    evidence: tuple[EvidenceItem, ...]
+    per_step: PerStep | None = None
+    """None for summaries stored before per-step data was kept."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StragglerSummary:
+    """The rank the others wait for, and what it was doing meanwhile."""
+
+    rank: int
+    caused_wait_ms: float
+    share_pct: float
+    """Its share of all cross-rank waiting, percent."""
+    doing_ms: tuple[tuple[str, float], ...]
+    """(category, milliseconds) of what it did while others waited, largest first."""
+    matched_collectives: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecommendationItem:
+    """A change to make, with the evidence that triggered it."""
+
+    category: str
+    rank: int | None
+    """None when the advice applies to every rank."""
+    title: str
+    evidence: str
+    change: str
+    pct: float
+    """The category's share of step time that triggered the rule, percent."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Summary:
+    """What gpuwatch says about a run: per-rank budgets, the rank others wait for, what to change."""
+
+    run_id: str
+    run_dir: str
+    ranks: tuple[RankSummary, ...]
+    straggler: StragglerSummary | None
+    recommendations: tuple[RecommendationItem, ...]
+    notes: tuple[str, ...]
+
+    def rank(self, rank: int) -> RankSummary:
+        """The summary of one rank; KeyError when the run has no such rank."""
+        for r in self.ranks:
+            if r.rank == rank:
+                return r
+        raise KeyError(rank)
+
+    def to_json(self) -> dict[str, Any]:
+        """The documented `gpuwatch summary --json` document (percentages are 0-100)."""
+        return {
+            "run_id": self.run_id,
+            "run_dir": self.run_dir,
+            "ranks": [_rank_to_json(r) for r in self.ranks],
+            "straggler": None if self.straggler is None else _straggler_to_json(self.straggler),
+            "recommendations": [_plain(r) for r in self.recommendations],
+            "notes": list(self.notes),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Summary:
+        """Read a `summary --json` document back. Raises RunDirError when it is not one."""
+        try:
+            s = doc.get("straggler")
+            return cls(
+                run_id=str(doc["run_id"]),
+                run_dir=str(doc.get("run_dir", "")),
+                ranks=tuple(_rank_from_json(r) for r in doc["ranks"]),
+                straggler=None
+                if not s
+                else StragglerSummary(
+                    rank=int(s["rank"]),
+                    caused_wait_ms=float(s["caused_wait_ms"]),
+                    share_pct=float(s["share_pct"]),
+                    doing_ms=tuple((str(k), float(v)) for k, v in s["doing_ms"].items()),
+                    matched_collectives=int(s["matched_collectives"]),
+                ),
+                recommendations=tuple(
+                    RecommendationItem(**{f.name: r.get(f.name) for f in fields(RecommendationItem)})
+                    for r in doc.get("recommendations", [])
+                ),
+                notes=tuple(str(n) for n in doc.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RunDirError(
+                f"not a gpuwatch summary document ({type(exc).__name__}: {exc}); "
+                "expected the output of `gpuwatch summary --json`"
+            ) from None
+
+
+def load_summary(
+    run_dir: str | os.PathLike[str], *, ranks: list[int] | None = None, use_cache: bool = True
+) -> Summary:
+    """The Summary of a run directory: the stored one of a finished run, else a fresh analysis (then
+    stored, once every writer has ended and all ranks were asked for). Raises RunDirError / RunDirUsageError
+    for a directory that is not a readable run."""
+    from gpuwatch.attribution.analysis import analyze_run
+    from gpuwatch.store import summary_cache
+
+    path = Path(run_dir)
+    doc = summary_cache.load(path) if use_cache and not ranks else None
+    if doc is not None:
+        return Summary.from_json(doc)
+    summary = summarize(analyze_run(path, ranks=ranks))
+    if not ranks:
+        summary_cache.store(path, summary.to_json())
+    return summary
+
+
+def summarize(analysis: RunAnalysis) -> Summary:
+    """The typed summary of an analysed run."""
+    ranks = tuple(
+        _rank_summary(ra.budget, ra.temporal, analysis.cross.splits.get(ra.budget.rank))
+        for ra in analysis.ranks
+    )
+    s = analysis.cross.straggler
+    return Summary(
+        run_id=analysis.run_id,
+        run_dir=str(analysis.run_dir),
+        ranks=ranks,
+        straggler=None
+        if s is None
+        else StragglerSummary(
+            rank=s.rank,
+            caused_wait_ms=s.caused_wait_ns / 1e6,
+            share_pct=s.share_pct,
+            doing_ms=tuple((c, ns / 1e6) for c, ns in s.doing_ns),
+            matched_collectives=s.matched_collectives,
+        ),
+        recommendations=tuple(
+            RecommendationItem(
+                category=r.category,
+                rank=r.rank,
+                title=r.title,
+                evidence=r.evidence,
+                change=r.change,
+                pct=r.pct,
+            )
+            for r in analysis.recommendations
+        ),
+        notes=tuple(analysis.notes),
+    )
+
+
+def _rank_summary(b: RankBudget, t: Any, split: RankSyncSplit | None) -> RankSummary:
+    step_ms = b.step_ns / 1e6
+    n = int(step_ms.size)
+    totals = b.step_category_ns.sum(axis=0)
+    total = float(totals.sum())
+    wall = float(b.step_category_ns.sum()) or 1.0
+    return RankSummary(
+        rank=b.rank,
+        mode=b.mode,
+        steps=int(b.step_ids.size),
+        steps_from_markers=b.steps_from_markers,
+        step_time_ms=StepTimeMs(
+            median=float(np.median(step_ms)) if n else 0.0,
+            mean=float(step_ms.mean()) if n else 0.0,
+            p90=float(np.percentile(step_ms, 90)) if n else 0.0,
+            min=float(step_ms.min()) if n else 0.0,
+            max=float(step_ms.max()) if n else 0.0,
+        ),
+        budget_pct=CategoryValues(
+            **{c: (100.0 * float(totals[i]) / total if total else 0.0) for i, c in enumerate(CATEGORY_NAMES)}
+        ),
+        budget_ms_per_step=CategoryValues(
+            **{
+                c: float(b.step_category_ns[:, i].mean() / 1e6) if n else 0.0
+                for i, c in enumerate(CATEGORY_NAMES)
+            }
+        ),
+        temporal_pct=TemporalPct(
+            idle=t.idle_pct if t else 0.0,
+            compute=t.compute_pct if t else 0.0,
+            non_compute=t.non_compute_pct if t else 0.0,
+        ),
+        temporal_basis=t.basis if t else None,
+        sync_split_pct=SyncSplitPct(
+            transfer=100.0 * split.transfer_ns / wall if split else 0.0,
+            wait=100.0 * split.wait_ns / wall if split else 0.0,
+        ),
+        training_tid=b.training_tid,
+        evidence=tuple(
+            EvidenceItem(category=e.category, name=e.name, total_ms=e.total_ns / 1e6, count=e.count)
+            for e in b.evidence
+        ),
+        per_step=PerStep(
+            step=tuple(int(s) for s in b.step_ids),
+            wall_ms=tuple(_round_ms(v) for v in step_ms),
+            category_ms={
+                c: tuple(_round_ms(v) for v in b.step_category_ns[:, i] / 1e6)
+                for i, c in enumerate(CATEGORY_NAMES)
+            },
+        ),
+    )
+
+
+def _round_ms(value: float) -> float:
+    """Per-step figures are kept to the microsecond: exact enough for any statistic, a third the JSON."""
+    return round(float(value), 3)
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
+def _rank_to_json(r: RankSummary) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "rank": r.rank,
+        "mode": r.mode,
+        "steps": r.steps,
+        "steps_from_markers": r.steps_from_markers,
+        "step_time_ms": _plain(r.step_time_ms),
+        "budget_pct": r.budget_pct.to_json(),
+        "budget_ms_per_step": r.budget_ms_per_step.to_json(),
+        "temporal_pct": _plain(r.temporal_pct),
+        "temporal_basis": r.temporal_basis,
+        "sync_split_pct": _plain(r.sync_split_pct),
+        "training_tid": r.training_tid,
+        "evidence": [_plain(e) for e in r.evidence],
+    }
+    if r.per_step is not None:
+        doc["per_step"] = {
+            "step": list(r.per_step.step),
+            "wall_ms": list(r.per_step.wall_ms),
+            "category_ms": {c: list(r.per_step.category(c)) for c in CATEGORY_NAMES},
+        }
+    return doc
+
+
+def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
+    ps = d.get("per_step")
+    return RankSummary(
+        rank=int(d["rank"]),
+        mode=str(d.get("mode", "device")),
+        steps=int(d["steps"]),
+        steps_from_markers=bool(d.get("steps_from_markers", True)),
+        step_time_ms=StepTimeMs(
+            **{f.name: float(d["step_time_ms"].get(f.name, 0.0)) for f in fields(StepTimeMs)}
+        ),
+        budget_pct=CategoryValues.from_json(d["budget_pct"]),
+        budget_ms_per_step=CategoryValues.from_json(d.get("budget_ms_per_step", {})),
+        temporal_pct=TemporalPct(
+            **{f.name: float(d.get("temporal_pct", {}).get(f.name, 0.0)) for f in fields(TemporalPct)}
+        ),
+        temporal_basis=d.get("temporal_basis"),
+        sync_split_pct=SyncSplitPct(
+            **{f.name: float(d.get("sync_split_pct", {}).get(f.name, 0.0)) for f in fields(SyncSplitPct)}
+        ),
+        training_tid=int(d.get("training_tid", 0)),
+        evidence=tuple(
+            EvidenceItem(
+                category=str(e["category"]),
+                name=str(e["name"]),
+                total_ms=float(e["total_ms"]),
+                count=int(e["count"]),
+            )
+            for e in d.get("evidence", [])
+        ),
+        per_step=None
+        if not ps
+        else PerStep(
+            step=tuple(int(s) for s in ps["step"]),
+            wall_ms=tuple(float(v) for v in ps["wall_ms"]),
+            category_ms={c: tuple(float(v) for v in ps["category_ms"].get(c, ())) for c in CATEGORY_NAMES},
+        ),
+    )
+
+
+def _straggler_to_json(s: StragglerSummary) -> dict[str, Any]:
+    return {
+        "rank": s.rank,
+        "caused_wait_ms": s.caused_wait_ms,
+        "share_pct": s.share_pct,
+        "doing_ms": dict(s.doing_ms),
+        "matched_collectives": s.matched_collectives,
+    }

@@ -1,0 +1,404 @@
+"""`gpuwatch attach PID`: sample a running trainer with no code change and write a normal run directory.
+
+Pieces (all started here, all stopped here):
+- `collectors.pyspy.pyspy_sampler.PySpyRecorder`: chunked non-blocking py-spy of the target and its children;
+- `collectors.pyspy.attach_stacks.AttachStacks`: training thread, classified spans, steps, DataLoader workers;
+- `collectors.system.nvml_busy.NvmlBusySampler` + `place_busy`: on a GPU, device-busy time from NVML;
+- the /proc and NVML samplers of the in-process path, when installed (imported lazily, optional).
+
+The run directory is written while sampling (one chunk of latency), so `gpuwatch summary` works during and
+after. Stopping (duration reached, Ctrl-C, SIGTERM) is clean: the running py-spy chunk is finished and
+written. When the target exits, the run is kept and marked `target_exited`; that is not an error.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpuwatch.errors import AttachError, UsageError
+from gpuwatch.records import Run, Span
+
+DEFAULT_RATE_HZ = 100
+DEFAULT_CHUNK_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class AttachOptions:
+    """What `gpuwatch attach` was asked to do."""
+
+    pid: int
+    out_dir: Path | None = None
+    """Run directory; None = runs/attach-<pid>-<time>."""
+    duration_s: float | None = None
+    """Stop after this many seconds; None = until Ctrl-C or the target exits."""
+    rate_hz: int = DEFAULT_RATE_HZ
+    thread: str | None = None
+    """Training thread override: a kernel thread id or a thread name."""
+    subprocesses: bool = True
+    """Follow child processes (DataLoader workers)."""
+    pyspy: str | None = None
+    chunk_s: float = DEFAULT_CHUNK_S
+    """Seconds per py-spy run: how far the run directory lags behind the target."""
+    min_step_confidence: float = 0.6
+    gpu: bool = True
+    """Query NVML for device utilization (CPU mode without a driver either way)."""
+    system_samplers: bool = True
+    """Also run the /proc and NVML samplers of the in-process path when they are installed."""
+
+
+@dataclass
+class AttachResult:
+    run_dir: Path
+    status: str
+    """"ended" (duration reached or stopped by the user) or "target_exited"."""
+    sampled_s: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def default_out_dir(pid: int) -> Path:
+    return Path("runs") / f"attach-{pid}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _read_proc(pid: int, name: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/{name}").read_bytes()
+    except OSError:
+        return b""
+
+
+def target_facts(pid: int) -> dict[str, Any]:
+    """Command line, Python version and torchrun rank of the target, as far as /proc tells (never raises)."""
+    cmdline = _read_proc(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+    env = dict(
+        kv.split("=", 1)
+        for kv in _read_proc(pid, "environ").decode(errors="replace").split("\0")
+        if "=" in kv
+    )
+    version = None
+    m = re.search(rb"python(\d+\.\d+)", _read_proc(pid, "maps"))
+    if m:
+        version = m.group(1).decode()
+
+    def as_int(key: str, default: int) -> int:
+        try:
+            return int(env.get(key, default))
+        except ValueError:
+            return default
+
+    return {
+        "command": cmdline or f"pid {pid}",
+        "python": version,
+        "rank": as_int("RANK", 0),
+        "world_size": as_int("WORLD_SIZE", 1),
+        "local_rank": as_int("LOCAL_RANK", 0),
+    }
+
+
+class _ThreadResolver:
+    """(pid, Python thread id) -> (kernel tid, name) from `py-spy dump`, re-dumped at most every 10 s per pid."""
+
+    def __init__(self, pyspy: str, threads: list[Any]) -> None:
+        self.pyspy = pyspy
+        self._map = {(t.pid, t.thread_id): (t.os_tid or 0, t.name) for t in threads}
+        self._dumped: dict[int, float] = {}
+
+    def __call__(self, pid: int, thread_id: int) -> tuple[int, str] | None:
+        hit = self._map.get((pid, thread_id))
+        if (hit is None or not hit[0]) and time.monotonic() - self._dumped.get(pid, -1e9) > 10.0:
+            self._dumped[pid] = time.monotonic()
+            from collectors.pyspy.pyspy_sampler import probe_threads
+
+            try:
+                for t in probe_threads(self.pyspy, pid, timeout_s=10.0):
+                    self._map[(t.pid, t.thread_id)] = (t.os_tid or 0, t.name)
+            except Exception:
+                pass
+            hit = self._map.get((pid, thread_id))
+        if hit is None or not hit[0]:
+            return None
+        return hit
+
+
+def pick_thread(threads: list[Any], pid: int, wanted: str) -> tuple[int, int]:
+    """The (pid, Python thread id) of `--thread` (kernel tid or thread name). Raises UsageError if absent."""
+    for t in threads:
+        if (wanted.isdigit() and t.os_tid == int(wanted)) or t.name == wanted:
+            return t.pid, t.thread_id
+    listing = ", ".join(f"{t.os_tid} ({t.name or '?'})" for t in threads if t.pid == pid) or "none"
+    raise UsageError(f"no Python thread {wanted!r} in process {pid}; its Python threads: {listing}")
+
+
+class _BusyPlacer:
+    """Buffers the training thread's spans and lays NVML busy intervals over them once both are in."""
+
+    def __init__(self, sampler: Any, sink: Any, rank: int, pid: int) -> None:
+        self.sampler = sampler
+        self.sink = sink
+        self.rank = rank
+        self.pid = pid
+        self._host: list[tuple[int, int, str | None]] = []
+        self._lock = threading.Lock()
+        self.placed = 0
+
+    def add(self, spans: list[Span]) -> None:
+        with self._lock:
+            self._host.extend((s.start_ns, s.end_ns, s.category) for s in spans)
+            self._place(final=False)
+
+    def finish(self) -> None:
+        with self._lock:
+            self._place(final=True)
+
+    def _place(self, final: bool) -> None:
+        from collectors.system.nvml_busy import place_busy
+
+        if not self._host or not self.sampler.available:
+            return
+        self._host.sort()
+        horizon = None if final else self._host[-1][1]
+        busy = self.sampler.take(horizon)
+        if not busy:
+            return
+        for span in place_busy(busy, self._host, rank=self.rank, pid=self.pid):
+            self.sink.emit_span(span)
+            self.placed += 1
+        first_open = min(b.start_ns for b in busy) if busy else 0
+        self._host = [h for h in self._host if h[1] > first_open]  # keep what later intervals may need
+
+
+def _start_system_samplers(opts: AttachOptions, anchor: int, rank: int, writer: Any) -> list[Any]:
+    """The in-process path's /proc and NVML samplers, aimed at the target; absent modules are skipped."""
+    started: list[Any] = []
+    if not opts.system_samplers:
+        return started
+    proc = None
+    try:
+        from collectors.system.proc_sampler import ProcSampler
+
+        proc = ProcSampler(1.0, anchor, pid=opts.pid, rank=rank)
+        proc.start(writer)
+        started.append(proc)
+    except Exception as exc:  # not installed yet, or a constructor we do not know: attach goes on
+        writer.note("attach_proc_sampler", f"/proc sampler not used: {type(exc).__name__}: {exc}")
+    if opts.gpu:
+        try:
+            from collectors.system.nvml_sampler import NvmlSampler  # type: ignore[import-not-found]
+
+            pids = proc.watched_pids if proc is not None else (lambda: {opts.pid})
+            nvml = NvmlSampler(1.0, anchor, pids=pids, rank=rank)
+            nvml.start(writer)
+            started.append(nvml)
+        except Exception as exc:
+            writer.note("attach_nvml_sampler", f"NVML sampler not used: {type(exc).__name__}: {exc}")
+    return started
+
+
+def attach(
+    opts: AttachOptions,
+    *,
+    stop: threading.Event | None = None,
+    progress: Callable[[str], None] | None = None,
+    progress_every_s: float = 5.0,
+    nvml: Any = None,
+) -> AttachResult:
+    """Sample `opts.pid` into a run directory until the duration, `stop`, or the target's exit.
+
+    `nvml` replaces the `pynvml` module (tests at the NVML boundary); None imports nvidia-ml-py.
+
+    Raises:
+        UsageError: no such process, a thread id instead of a process, not a Python process, bad --thread.
+        AttachError: no permission, a Python py-spy cannot read, py-spy missing, py-spy failing mid-run
+            (the run written so far is kept and named in the message).
+    """
+    from collectors.pyspy.attach_stacks import AttachStacks
+    from collectors.pyspy.pyspy_sampler import (
+        PySpyRecorder,
+        check_target,
+        find_pyspy,
+        probe_threads,
+        process_alive,
+        pyspy_version,
+    )
+    from collectors.system.nvml_busy import NvmlBusySampler
+    from gpuwatch import __version__
+    from gpuwatch.store.run_dir import default_host
+    from gpuwatch.store.segment_writer import SegmentWriter
+
+    if not 1 <= opts.rate_hz <= 1000:
+        raise UsageError(f"--rate must be between 1 and 1000 samples per second, not {opts.rate_hz}")
+    if opts.duration_s is not None and opts.duration_s <= 0:
+        raise UsageError(f"--duration must be positive, not {opts.duration_s}")
+    check_target(opts.pid)
+    pyspy = find_pyspy(opts.pyspy)
+    threads = probe_threads(pyspy, opts.pid)
+    override = pick_thread(threads, opts.pid, opts.thread) if opts.thread else None
+    stop = stop or threading.Event()
+
+    facts = target_facts(opts.pid)
+    out_dir = Path(opts.out_dir) if opts.out_dir is not None else default_out_dir(opts.pid)
+    anchor = time.time_ns()
+    run = Run(
+        run_id="",
+        rank=facts["rank"],
+        host=default_host(),
+        pid=opts.pid,
+        command=facts["command"],
+        world_size=facts["world_size"],
+        started_at_unix_ns=anchor,
+        tool_version=__version__,
+        source="attach",
+        meta={
+            "attach": {
+                "py_spy": pyspy,
+                "py_spy_version": pyspy_version(pyspy),
+                "python": facts["python"],
+                "rate_hz": opts.rate_hz,
+                "chunk_s": opts.chunk_s,
+                "subprocesses": opts.subprocesses,
+                "mode": "nonblocking",
+            }
+        },
+    )
+    writer = SegmentWriter(out_dir, run)
+    rank = facts["rank"]
+    worker_pids: list[int] = []  # filled in by the stack attribution as workers show up
+
+    busy_sampler = NvmlBusySampler(0.2, anchor, pids=lambda: {opts.pid, *worker_pids}, rank=rank, nvml=nvml)
+    placer = _BusyPlacer(busy_sampler, writer, rank, opts.pid)
+    if opts.gpu:  # before the stacks: whether there is a GPU decides how `.item()` lines count
+        busy_sampler.start(writer)
+    stacks = AttachStacks(
+        writer,
+        rank=rank,
+        anchor_unix_ns=anchor,
+        target_pid=opts.pid,
+        rate_hz=opts.rate_hz,
+        resolve_thread=_ThreadResolver(pyspy, threads),
+        thread_override=override,
+        min_step_confidence=opts.min_step_confidence,
+        on_training_spans=placer.add,
+        device_syncs=busy_sampler.available,
+    )
+    worker_pids = stacks.workers.pids  # the lambda above reads this name: now the live list
+
+    def on_chunk(intervals: list[Any], final: bool) -> None:
+        try:
+            stacks.feed(intervals, final)
+            if final:
+                placer.finish()
+            writer.set_meta(attach={**run.meta["attach"], **stacks.report()})
+        except Exception as exc:  # a bug here must not lose the run: note it, keep sampling
+            writer.note("attach_error", f"processing samples failed: {type(exc).__name__}: {exc}")
+
+    recorder = PySpyRecorder(
+        pyspy,
+        opts.pid,
+        rate_hz=opts.rate_hz,
+        chunk_s=opts.chunk_s,
+        subprocesses=opts.subprocesses,
+        on_chunk=on_chunk,
+    )
+    samplers = _start_system_samplers(opts, anchor, rank, writer)
+    if progress is not None:
+        until = f"for {opts.duration_s:g} s" if opts.duration_s else "until Ctrl-C"
+        progress(
+            f"sampling process {opts.pid} ({facts['command'][:60]}) at {opts.rate_hz} Hz {until}; "
+            f"run directory {out_dir}"
+        )
+    t0 = time.monotonic()
+    recorder.start()
+    next_progress = t0 + progress_every_s
+    try:
+        while not recorder.done.is_set() and not stop.is_set():
+            if opts.duration_s is not None and time.monotonic() - t0 >= opts.duration_s:
+                break
+            stop.wait(0.1)
+            if progress is not None and time.monotonic() >= next_progress:
+                next_progress += progress_every_s
+                progress(_progress_line(time.monotonic() - t0, stacks))
+    finally:
+        recorder.stop()
+        for s in samplers:
+            s.stop()
+        busy_sampler.stop()
+        placer.finish()
+        target_exited = recorder.target_exited or not process_alive(opts.pid)
+        report = _final_report(opts, stacks, recorder, busy_sampler, placer, target_exited)
+        writer.set_meta(attach={**run.meta["attach"], **report})
+        _final_notes(writer, report)
+        status = "target_exited" if target_exited else "ended"
+        writer.close(status=status)
+    if recorder.error is not None and not target_exited:
+        err = recorder.error
+        if recorder.chunks == 0 and isinstance(err, UsageError | AttachError):
+            raise err
+        raise AttachError(f"{err} (the run so far is kept in {out_dir})")
+    return AttachResult(out_dir, status, report["sampled_s"], report)
+
+
+def _progress_line(elapsed_s: float, stacks: Any) -> str:
+    tr = stacks.training
+    who = "finding the training thread" if tr is None else f"training thread {tr.tid} ({tr.name or '?'})"
+    det = stacks.steps
+    steps = "no steps yet"
+    if det is not None and stacks.steps_emitted:
+        steps = f"{stacks.steps_emitted} steps (confidence {det.confidence:.2f})"
+    elif det is not None:
+        steps = f"steps not confident yet ({det.confidence:.2f})"
+    return f"sampled {elapsed_s:.0f} s, {who}, {steps}"
+
+
+def _final_report(
+    opts: AttachOptions, stacks: Any, recorder: Any, busy: Any, placer: _BusyPlacer, target_exited: bool
+) -> dict[str, Any]:
+    report = stacks.report()
+    window = stacks.sampled_unix_ns
+    sampled_s = 0.0 if window is None else (window[1] - window[0]) / 1e9
+    report.update(
+        {
+            "sampled_s": round(sampled_s, 3),
+            "sampled_unix_ns": None if window is None else list(window),
+            "chunks": recorder.chunks,
+            "py_spy_failed_samples": recorder.pyspy_errors,
+            "end_reason": "target exited" if target_exited else "stopped",
+            "gpu": {
+                "nvml": busy.available,
+                "devices": sorted(busy.devices_used),
+                "busy_spans": placer.placed,
+            },
+        }
+    )
+    return report
+
+
+def _final_notes(writer: Any, report: dict[str, Any]) -> None:
+    """The attach findings as run notes, so `gpuwatch summary` shows them next to the budget."""
+    tr = report.get("training_thread")
+    if tr:
+        writer.note(
+            "attach_training_thread", f"training thread {tr['tid']} ({tr['name'] or '?'}): {tr['how']}"
+        )
+    det = report.get("step_detection")
+    if det:
+        if det["used"]:
+            msg = (
+                f"{det['steps']} steps detected from the training loop, confidence {det['confidence']:.2f} "
+                f"(median {det['median_step_ms']:.0f} ms; {det['reason']})"
+            )
+        else:
+            msg = (
+                f"no steps used: detection confidence {det['confidence']:.2f} < {det['min_confidence']:.2f} "
+                f"({det['reason']}); the budget covers the whole sampled window"
+            )
+        writer.note("attach_steps", msg)
+    workers = report.get("dataloader_workers")
+    if workers and workers.get("summary"):
+        writer.note("attach_workers", workers["summary"])
+    if report.get("end_reason") == "target exited":
+        writer.note("attach_target_exited", "the target process exited while attached; the run ends there")

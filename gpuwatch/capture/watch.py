@@ -1,0 +1,448 @@
+"""`gpuwatch.watch`: in-process collection around any training loop.
+
+```python
+with gpuwatch.watch("runs/exp1") as gw:
+    for batch in loader:
+        ...
+        gw.step()          # marks the end of a training step
+```
+
+Starting a watch opens this process's writer in the run directory (one folder per rank; under torchrun or
+an initialized process group every rank joins the same run), publishes a `HookContext` that the hooks in
+`collectors/` read, and starts: torch phase hooks (DataLoader, forward, backward, optimizer, copies),
+collective hooks, checkpoint hooks, the stack sampler of the training thread, the NVML and /proc samplers
+when those collectors are present, and an optional torch.profiler window. `gw.step()` emits one `step` span
+from the previous boundary, so the engine knows the training thread and the steps.
+
+Never hurts the job: a watch that cannot start (unwritable directory...) warns once on stderr and does
+nothing; hooks note their own failures (shown in `gpuwatch summary`); SIGTERM and normal exit flush
+everything (the previous SIGTERM handler still runs), SIGKILL loses at most the last flush interval.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from gpuwatch import __version__
+from gpuwatch.records import Span, SpanKind
+
+_ACTIVE: Watcher | None = None
+_LOCK = threading.Lock()
+
+
+def watch(
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    profile_steps: int | tuple[int, int] | range | None = None,
+    sample_hz: float = 50.0,
+    system_interval_s: float = 1.0,
+    hooks: bool = True,
+    stack_sampler: bool = True,
+    system_samplers: bool = True,
+    flush_interval_s: float = 1.0,
+    max_queue: int = 200_000,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Watcher:
+    """Watch the training loop of this process; use as `with gpuwatch.watch(run_dir) as gw:`.
+
+    Args:
+        run_dir: run directory (created or joined). Default: `$GPUWATCH_RUN_DIR`, else
+            `gpuwatch-runs/<torchrun run id or start time>`.
+        profile_steps: also record torch.profiler over some steps: an int n (steps 1..n), a (first, stop)
+            pair or a range. Off by default.
+        sample_hz: stack sampler ticks per second (0 turns it off).
+        system_interval_s: period of the NVML and /proc samplers, in seconds.
+        hooks: install the torch / collective / checkpoint hooks.
+        stack_sampler: sample the training thread's stack where no hook covers it.
+        system_samplers: start the NVML and /proc samplers when available.
+        flush_interval_s: how often records are written (what a SIGKILL can lose).
+        max_queue: records held before new ones are dropped and counted.
+        rank, world_size: override what torch.distributed or RANK/WORLD_SIZE say.
+
+    Returns:
+        A `Watcher`; it starts on `__enter__` (or `.start()`).
+    """
+    return Watcher(
+        run_dir,
+        profile_steps=profile_steps,
+        sample_hz=sample_hz,
+        system_interval_s=system_interval_s,
+        hooks=hooks,
+        stack_sampler=stack_sampler,
+        system_samplers=system_samplers,
+        flush_interval_s=flush_interval_s,
+        max_queue=max_queue,
+        rank=rank,
+        world_size=world_size,
+    )
+
+
+class Watcher:
+    """One process's collection into a run directory. Create it with `gpuwatch.watch(...)`."""
+
+    def __init__(self, run_dir: str | os.PathLike[str] | None, **options: Any) -> None:
+        from collectors.hooks.profiler_window import parse_profile_steps
+
+        self.options = options
+        self.profile_window = parse_profile_steps(options.get("profile_steps"))
+        self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
+        self.rank = 0
+        self.world_size = 1
+        self.enabled = False
+        """True while collecting; False before start, after close, or when the watch could not start."""
+        self.writer: Any = None
+        self.ctx: Any = None
+        self._collectors: list[Any] = []
+        self._torch_hooks: Any = None
+        self._collectives: Any = None
+        self._checkpoints: Any = None
+        self._profiler: Any = None
+        self._step_index = 0
+        self._step_start_ns = 0
+        self._pid = os.getpid()
+        self._closing = False
+        self._prev_sigterm: Any = None
+        self._sigterm_installed = False
+
+    # ---- public ----------------------------------------------------------------------------------------
+    @property
+    def step_index(self) -> int:
+        """How many steps `step()` has closed so far."""
+        return self._step_index
+
+    def __enter__(self) -> Watcher:
+        return self.start()
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None and self.writer is not None and exc_type is not GeneratorExit:
+            try:
+                self.writer.note("job_exception", f"the watched block raised {exc_type.__name__}: {exc}")
+            except Exception:
+                pass
+        self.close()
+
+    def start(self) -> Watcher:
+        """Begin collecting (idempotent). Never raises: a watch that cannot start warns and stays off."""
+        global _ACTIVE
+        if self.enabled or self._closing:
+            return self
+        with _LOCK:
+            if _ACTIVE is not None and _ACTIVE is not self:
+                warnings.warn(
+                    f"gpuwatch: a watch is already running in this process ({_ACTIVE.run_dir}); "
+                    "this one does nothing",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                return self
+            try:
+                self._open()
+            except Exception as exc:
+                warnings.warn(
+                    f"gpuwatch: not collecting ({type(exc).__name__}: {exc}); training goes on",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self._teardown_quietly()
+                return self
+            _ACTIVE = self
+        return self
+
+    def step(self) -> None:
+        """Mark the end of one training step (call once per step, on the training thread)."""
+        ctx = self.ctx
+        if not self.enabled or ctx is None:
+            return
+        try:
+            if threading.get_ident() != ctx.train_ident and self._step_index == 0:
+                ctx.rehome()  # the first step() came from another thread than the one that started the watch
+            t = ctx.begin("step")
+        except Exception as exc:
+            ctx.hook_error("step", exc)
+            return
+        try:
+            index = self._step_index
+            self.writer.emit_span(
+                Span(
+                    rank=self.rank,
+                    kind=SpanKind.STEP.value,
+                    name=f"step {index}",
+                    start_ns=self._step_start_ns,
+                    end_ns=t,
+                    pid=self._pid,
+                    tid=ctx.train_tid,
+                    step=index,
+                )
+            )
+            self._step_start_ns = t
+            self._step_index = index + 1
+            ctx.step = index + 1
+            self._on_boundary(index)
+        except Exception as exc:
+            ctx.hook_error("step", exc)
+        finally:
+            ctx.abandon("step")  # gpuwatch's own work above is not the job's: the next gap starts now
+
+    def close(self, status: str = "ended") -> None:
+        """Stop collecting and write everything (idempotent; a forked child never closes its parent's run)."""
+        global _ACTIVE
+        if self._closing or os.getpid() != self._pid:
+            return
+        self._closing = True
+        was_enabled, self.enabled = self.enabled, False
+        try:
+            if was_enabled and self.ctx is not None:
+                self.ctx.begin("close")  # closes the last gap, so the sampler can explain it
+            for collector in reversed(self._collectors):
+                try:
+                    collector.stop()
+                except Exception as exc:
+                    if self.ctx is not None:
+                        self.ctx.hook_error(f"stop:{getattr(collector, 'name', collector)}", exc)
+            from collectors.hooks.hook_context import ACTIVE, activate
+
+            if ACTIVE is self.ctx:
+                activate(None)
+            if self.writer is not None:
+                self.writer.set_meta(**self._final_meta())
+                self.writer.close(status)
+        except Exception as exc:  # closing must not turn a finished job into a failed one
+            print(f"gpuwatch: closing the run failed: {exc!r}", file=sys.stderr)
+        finally:
+            self._restore_signals()
+            with _LOCK:
+                if _ACTIVE is self:
+                    _ACTIVE = None
+
+    # ---- internals ---------------------------------------------------------------------------------------
+    def _open(self) -> None:
+        from collectors.hooks.hook_context import HookContext, activate
+        from gpuwatch.records import Run
+        from gpuwatch.store.run_dir import default_host
+        from gpuwatch.store.segment_writer import SegmentWriter
+
+        opts = self.options
+        self.rank, self.world_size = _rank_and_world(opts.get("rank"), opts.get("world_size"))
+        anchor = time.time_ns()
+        run = Run(
+            run_id="",
+            rank=self.rank,
+            host=default_host(),
+            pid=self._pid,
+            command=" ".join([sys.executable, *sys.argv]),
+            world_size=self.world_size,
+            started_at_unix_ns=anchor,
+            tool_version=__version__,
+            source="watch",
+            meta=_start_meta(opts),
+        )
+        self.writer = SegmentWriter(
+            self.run_dir, run, flush_interval_s=opts["flush_interval_s"], max_queue=opts["max_queue"]
+        )
+        self.ctx = ctx = HookContext(self.writer, self.rank, self.writer.run.started_at_unix_ns)
+        activate(ctx)
+        self.enabled = True
+        self._start_collectors(ctx)
+        self._install_signals()
+        # the first step starts when the job gets control back, not while gpuwatch was starting up
+        self._step_start_ns = ctx.restart_gap("start")
+
+    def _start_collectors(self, ctx: Any) -> None:
+        opts = self.options
+        if opts["hooks"]:
+            from collectors.hooks.checkpoint_hooks import CheckpointHooks
+            from collectors.hooks.collective_hooks import CollectiveHooks
+            from collectors.hooks.torch_hooks import TorchHooks
+
+            self._torch_hooks = TorchHooks(ctx)
+            self._start(self._torch_hooks)
+            self._collectives = CollectiveHooks(ctx, timer=self._torch_hooks.timer)
+            self._start(self._collectives)
+            self._checkpoints = CheckpointHooks(ctx)
+            self._start(self._checkpoints)
+        if opts["stack_sampler"] and opts["sample_hz"] > 0:
+            from collectors.hooks.stack_sampler import StackSampler
+
+            self._start(StackSampler(ctx, hz=opts["sample_hz"]))
+        if opts["system_samplers"]:
+            for sampler in _system_samplers(opts["system_interval_s"], ctx, self.rank):
+                self._start(sampler)
+        if self.profile_window is not None:
+            from collectors.hooks.profiler_window import ProfilerWindow
+
+            self._profiler = ProfilerWindow(
+                ctx, self.profile_window, self.run_dir / "profiles", self.writer.write_span_columns
+            )
+            self._start(self._profiler)
+
+    def _start(self, collector: Any) -> None:
+        try:
+            collector.start(self.writer)
+            self._collectors.append(collector)
+        except Exception as exc:
+            self.ctx.hook_error(f"start:{getattr(collector, 'name', collector)}", exc)
+
+    def _on_boundary(self, finished: int) -> None:
+        if self._torch_hooks is not None:
+            if not self._torch_hooks._started:  # torch imported after the watch started
+                self._torch_hooks.start(self.writer)
+                if self._collectives is not None:
+                    self._collectives.start(self.writer)
+            self._torch_hooks.on_step(finished)
+        if self._collectives is not None:
+            self._collectives.refresh()
+        if self._checkpoints is not None:
+            self._checkpoints.refresh()
+        if self._profiler is not None:
+            self._profiler.on_boundary(finished + 1)
+
+    def _final_meta(self) -> dict[str, Any]:
+        meta: dict[str, Any] = {"steps": self._step_index}
+        torch_hooks = self._torch_hooks
+        if torch_hooks is not None:
+            meta["ddp_seen"] = torch_hooks.ddp_seen
+            meta["device_timing"] = torch_hooks.timer is not None
+        for collector in self._collectors:
+            if getattr(collector, "name", "") == "stack_sampler":
+                meta["stack_samples"] = collector.samples
+                meta["stack_probes"] = collector.probes
+                meta["stack_probe_samples"] = collector.probe_samples
+        return meta
+
+    def _teardown_quietly(self) -> None:
+        from collectors.hooks.hook_context import ACTIVE, activate
+
+        for collector in reversed(self._collectors):
+            try:
+                collector.stop()
+            except Exception:
+                pass
+        if self.ctx is not None and ACTIVE is self.ctx:
+            activate(None)
+        if self.writer is not None:
+            try:
+                self.writer.close("failed_to_start")
+            except Exception:
+                pass
+        self.enabled = False
+
+    # ---- signals and exit --------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        atexit.register(self._atexit)
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        try:
+            self._prev_sigterm = signal.getsignal(signal.SIGTERM)
+            if self._prev_sigterm is None:  # a handler installed from C: we could not chain to it
+                self.ctx.note_once("sigterm", "SIGTERM has a non-Python handler: not flushing on SIGTERM")
+                return
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._sigterm_installed = True
+        except (ValueError, OSError) as exc:
+            self.ctx.hook_error("sigterm_handler", exc)
+
+    def _restore_signals(self) -> None:
+        try:
+            atexit.unregister(self._atexit)
+        except Exception:
+            pass
+        if not self._sigterm_installed:
+            return
+        self._sigterm_installed = False
+        try:
+            if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+                signal.signal(signal.SIGTERM, self._prev_sigterm)
+        except (ValueError, OSError):
+            pass
+
+    def _atexit(self) -> None:
+        self.close()
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        prev = self._prev_sigterm
+        self.close(status="terminated")
+        if callable(prev):
+            prev(signum, frame)
+        elif prev == signal.SIG_IGN:
+            return
+        else:  # default action: terminate by the signal, as the job would have without gpuwatch
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+def _default_run_dir() -> Path:
+    env = os.environ.get("GPUWATCH_RUN_DIR")
+    if env:
+        return Path(env)
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        return Path("gpuwatch-runs") / run_id
+    return Path("gpuwatch-runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """From the arguments, else an initialized process group, else RANK/WORLD_SIZE, else (0, 1)."""
+    r, w = 0, 1
+    dist = getattr(sys.modules.get("torch"), "distributed", None)
+    try:
+        if dist is not None and dist.is_available() and dist.is_initialized():
+            r, w = int(dist.get_rank()), int(dist.get_world_size())
+        else:
+            r = int(os.environ.get("RANK", "0"))
+            w = int(os.environ.get("WORLD_SIZE", "1"))
+    except (ValueError, RuntimeError):
+        r, w = 0, 1
+    if rank is not None:
+        r = rank
+    if world_size is not None:
+        w = world_size
+    return r, max(w, r + 1)
+
+
+def _start_meta(opts: dict[str, Any]) -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    meta: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "sample_hz": opts["sample_hz"],
+        "launcher": "torchrun" if os.environ.get("TORCHELASTIC_RUN_ID") else None,
+    }
+    if torch is not None:
+        meta["torch"] = getattr(torch, "__version__", None)
+        try:
+            meta["cuda_available"] = bool(torch.cuda.is_available())
+            if meta["cuda_available"]:
+                meta["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        except Exception:
+            meta["cuda_available"] = False
+    return meta
+
+
+def _system_samplers(interval_s: float, ctx: Any, rank: int) -> list[Any]:
+    """The /proc sampler of this process and its children, and the NVML sampler of the same processes."""
+    found: list[Any] = []
+    proc = None
+    try:
+        from collectors.system.proc_sampler import ProcSampler
+
+        proc = ProcSampler(interval_s, ctx.anchor_unix_ns, pid=None, rank=rank)
+        found.append(proc)
+    except Exception as exc:
+        ctx.hook_error("start:proc_sampler", exc)
+    try:
+        from collectors.system.nvml_sampler import NvmlSampler
+
+        pids = proc.watched_pids if proc is not None else None
+        found.append(NvmlSampler(interval_s, ctx.anchor_unix_ns, pids=pids, rank=rank))
+    except Exception as exc:
+        ctx.hook_error("start:nvml_sampler", exc)
+    return found

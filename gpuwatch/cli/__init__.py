@@ -1,0 +1,6 @@
+"""The command line: `main` (argument parsing, exit codes, one-line errors) and one module per subcommand.
+The top layer: it may import everything below it (capture, tui, attribution, store) and `reports`."""
+
+from gpuwatch.cli.main import main
+
+__all__ = ["main"]

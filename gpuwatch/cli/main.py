@@ -1,0 +1,93 @@
+"""The `gpuwatch` command line: one subcommand per module in `gpuwatch/commands/`.
+
+Exit codes: 0 success, 1 runtime failure (corrupt trace, unreadable run, target gone), 2 usage or
+configuration error (bad flag, missing path), 130 interrupted. Errors are one line on stderr; stdout
+carries only data, so `--json` output stays parseable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any
+
+from gpuwatch.errors import EXIT_RUNTIME, EXIT_USAGE, GpuwatchError
+
+COMMANDS: dict[str, str] = {
+    "import": "gpuwatch.cli.import_cmd",
+    "summary": "gpuwatch.cli.summary_cmd",
+    "attach": "gpuwatch.cli.attach_cmd",
+}
+"""Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
+
+EPILOG = """\
+exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 130 interrupted.
+Errors print one line on stderr; set GPUWATCH_DEBUG=1 to get a traceback instead.
+
+Typical use:
+  gpuwatch import trace_rank*.json.gz --out runs/exp1    # PyTorch profiler traces -> run
+  gpuwatch summary runs/exp1                             # where each step's time went, what to change
+  gpuwatch attach 12345 --duration 30 --out runs/live    # a running trainer, no code change
+  in Python: with gpuwatch.watch("runs/exp1") as gw: ... gw.step()   # around your training loop
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (plus the exit code 2)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gpuwatch import __version__
+
+    parser = _Parser(
+        prog="gpuwatch",
+        description="Why do my GPUs sit idle during training, and what do I change? gpuwatch splits every "
+        "training step on every rank into compute and each cause of idleness (data loading, CPU "
+        "preprocessing, sync, checkpoint I/O, memcpy, host overhead, unattributed) and names the fix.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gpuwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for module in COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    run = importlib.import_module(COMMANDS[args.command]).run
+    try:
+        return int(run(args) or 0)
+    except GpuwatchError as exc:
+        if os.environ.get("GPUWATCH_DEBUG"):
+            raise
+        print(f"gpuwatch {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"gpuwatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gpuwatch summary --json | head`
+        return 0
+    except Exception as exc:  # a bug of ours: still one line, with the way to get the traceback
+        if os.environ.get("GPUWATCH_DEBUG"):
+            raise
+        print(
+            f"gpuwatch {args.command}: internal error: {type(exc).__name__}: {exc} "
+            "(rerun with GPUWATCH_DEBUG=1 for a traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

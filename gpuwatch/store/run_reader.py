@@ -1,0 +1,271 @@
+"""Reads a run directory (all writers, all segments) through DuckDB, while it is still being written.
+
+Times come back on the run's common timeline: nanoseconds since the earliest writer's anchor, so ranks that
+recorded their own wall-clock anchors line up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpuwatch.errors import RunDirError
+from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, Run, SpanColumns
+from gpuwatch.store.run_dir import WRITER_FILE, list_segments, list_writer_dirs, read_run_marker
+
+
+@dataclass(frozen=True, slots=True)
+class WriterInfo:
+    """One writing process of the run, as its `writer.json` describes it."""
+
+    folder: Path
+    run: Run
+    status: str
+    """"running" (or killed before it could say otherwise), "ended", or "target_exited"."""
+    offset_ns: int
+    """Add to this writer's times to put them on the run's common timeline."""
+    dropped_spans: int
+    dropped_samples: int
+    updated_at_unix_ns: int
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class RunReader:
+    """Query one run directory.
+
+    Raises:
+        RunDirUsageError: the path does not exist or is not a run directory (exit 2).
+        RunDirError: the run is from another schema version, or has no data yet (exit 1).
+    """
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        marker = read_run_marker(self.run_dir)
+        self.run_id: str = marker["run_id"]
+        self.writers = self._load_writers()
+        if not self.writers:
+            raise RunDirError(f"run {self.run_dir} has no data yet (no writer has started)")
+        self.anchor_unix_ns = min(w.run.started_at_unix_ns for w in self.writers)
+        self.writers = [
+            WriterInfo(**{**_fields(w), "offset_ns": w.run.started_at_unix_ns - self.anchor_unix_ns})
+            for w in self.writers
+        ]
+        self._con: Any = None
+
+    # ---- metadata ----------------------------------------------------------------------------
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({w.run.rank for w in self.writers})
+
+    @property
+    def world_size(self) -> int:
+        return max([w.run.world_size for w in self.writers] + [len(self.ranks)])
+
+    def _load_writers(self) -> list[WriterInfo]:
+        writers = []
+        for folder in list_writer_dirs(self.run_dir):
+            try:
+                data = json.loads((folder / WRITER_FILE).read_text())
+                run = Run(**{k: data[k] for k in Run.__dataclass_fields__})
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise RunDirError(f"unreadable writer record {folder / WRITER_FILE}: {exc}") from None
+            writers.append(
+                WriterInfo(
+                    folder=folder,
+                    run=run,
+                    status=data.get("status", "running"),
+                    offset_ns=0,
+                    dropped_spans=int(data.get("dropped_spans", 0)),
+                    dropped_samples=int(data.get("dropped_samples", 0)),
+                    updated_at_unix_ns=int(data.get("updated_at_unix_ns", 0)),
+                    notes=data.get("notes") or {},
+                )
+            )
+        return writers
+
+    # ---- queries -----------------------------------------------------------------------------
+    def connection(self) -> Any:
+        """A DuckDB connection with `spans` and `samples` views over every segment of every writer."""
+        if self._con is None:
+            import duckdb
+
+            self._con = duckdb.connect()
+            self._create_views()
+        return self._con
+
+    def _create_views(self) -> None:
+        for table, columns in (("spans", SPAN_COLUMNS), ("samples", SAMPLE_COLUMNS)):
+            parts = []
+            for w in self.writers:
+                parts.extend(_segment_selects(w, table, columns))
+            if not parts:
+                cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
+                parts = [f"SELECT {cols} WHERE false"]
+            self._con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL ".join(parts))
+
+    def query(self, sql: str, params: list[Any] | None = None) -> Any:
+        """Run SQL against the `spans`/`samples` views (values always bound as parameters).
+
+        A segment that disappears between listing and reading (compaction) triggers one rebuild.
+        """
+        for attempt in range(3):
+            try:
+                return self.connection().execute(sql, params or [])
+            except Exception as exc:  # duckdb.IOException when a compacted small segment vanished
+                if "No files found" not in str(exc) and "No such file" not in str(exc) or attempt == 2:
+                    raise RunDirError(f"cannot read run {self.run_dir}: {str(exc).splitlines()[0]}") from None
+                time.sleep(0.05)
+                self._con.close()
+                self._con = None
+        raise AssertionError("unreachable")
+
+    def span_columns(
+        self, rank: int | None = None, *, with_attrs: bool = False, _exact: bool = False
+    ) -> SpanColumns:
+        """All spans (of one rank, or all), sorted by start (then longest first); None-able integers come
+        back as -1.
+
+        Text columns (name, kind, category) travel as 64-bit hashes and are decoded through a dictionary
+        of their distinct values, so each distinct string is one Python object shared by every span that
+        carries it (and `name_code` numbers the names). Rows come in the segments' own order (DuckDB keeps
+        insertion order without ORDER BY) and are sorted with numpy, a third of DuckDB's sort time and
+        memory. `attrs`, NULL for almost every span, is fetched only where set, in that same order. If two
+        strings ever share a hash, or a writer adds rows between the two queries, the text travels in
+        full instead (`_exact`).
+        """
+        where, params = ("WHERE rank = ?", [rank]) if rank is not None else ("", [])
+        text = ("name", "kind", "category")
+        select = []
+        for name, _ in SPAN_COLUMNS:
+            if name in ("step", "bytes", "correlation", "seq"):
+                select.append(f"coalesce({name}, -1) AS {name}")
+            elif name in text and not _exact:
+                select.append(f'hash("{name}") AS "{name}"')
+            elif name != "attrs" or (_exact and with_attrs):
+                select.append(f'"{name}"')
+        if with_attrs and not _exact:
+            select.append("attrs IS NOT NULL AS has_attrs")
+        data = self.query(f"SELECT {', '.join(select)} FROM spans {where}", params).fetchnumpy()
+        data = {k: _unmasked(v) for k, v in data.items()}
+        n = len(data["start_ns"])
+        attrs = data.pop("attrs", None)
+        if with_attrs and not _exact:
+            attrs = np.full(n, None, dtype=object)
+            has = np.flatnonzero(data.pop("has_attrs").astype(bool))
+            if has.size:
+                cond = f"{where} AND attrs IS NOT NULL" if where else "WHERE attrs IS NOT NULL"
+                rows = self.query(f"SELECT start_ns, end_ns, attrs FROM spans {cond}", params).fetchall()
+                got = np.array([(r[0], r[1]) for r in rows[: has.size]], dtype=np.int64).reshape(-1, 2)
+                want = np.stack([data["start_ns"][has], data["end_ns"][has]], axis=1)
+                if got.shape != want.shape or (got != want).any():  # the run grew in between
+                    return self.span_columns(rank, with_attrs=True, _exact=True)
+                attrs[has] = [r[2] for r in rows[: has.size]]
+        order = np.lexsort((-data["end_ns"], data["start_ns"]))  # stable: ties keep segment order
+        data = {k: v[order] for k, v in data.items()}
+        name_code = None
+        if _exact:
+            decoded = {t: data[t] for t in text}
+        else:
+            got_text = self._decode_text(where, params, {t: data[t] for t in text})
+            if got_text is None:
+                return self.span_columns(rank, with_attrs=with_attrs, _exact=True)
+            decoded, name_code = got_text
+        cols: dict[str, Any] = {}
+        for name, _ in SPAN_COLUMNS:
+            if name in decoded:
+                cols[name] = decoded[name]
+            elif name in data:
+                cols[name] = data[name]
+            elif name == "attrs" and attrs is not None:
+                cols[name] = attrs[order]
+            else:
+                cols[name] = np.full(n, None, dtype=object)
+        return SpanColumns(**cols, name_code=name_code)
+
+    def _decode_text(
+        self, where: str, params: list[Any], hashed: dict[str, np.ndarray]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
+        """Hash columns back to object arrays of shared strings (None for NULL) through the distinct
+        values, and the names' dictionary codes; None if two distinct strings share a hash."""
+        union = " UNION ".join(f'SELECT DISTINCT "{t}" AS v FROM spans {where}' for t in hashed)
+        rows = self.query(f"SELECT hash(v) AS h, v FROM ({union})", params * len(hashed)).fetchall()
+        hashes = np.array([h for h, _ in rows], dtype=np.uint64)
+        order = np.argsort(hashes)
+        keys = hashes[order]
+        if keys.size and (np.diff(keys) == 0).any():
+            return None
+        values = np.empty(len(rows), dtype=object)
+        values[:] = [rows[i][1] for i in order.tolist()]
+        codes = {t: np.searchsorted(keys, h.astype(np.uint64)) for t, h in hashed.items()}
+        return {t: values[c] for t, c in codes.items()}, codes["name"].astype(np.int64)
+
+    def samples(self, metric: str, rank: int | None = None) -> dict[str, np.ndarray]:
+        """Samples of one metric: arrays `t_ns`, `value` (NaN where NULL), `device_index`, `pid`, `rank`."""
+        where = "WHERE metric = ?" + (" AND rank = ?" if rank is not None else "")
+        params: list[Any] = [metric] + ([rank] if rank is not None else [])
+        data = self.query(
+            f"SELECT rank, pid, device_index, t_ns, value FROM samples {where} ORDER BY t_ns", params
+        ).fetchnumpy()
+        return {k: np.asarray(v.filled(np.nan) if hasattr(v, "filled") else v) for k, v in data.items()}
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _unmasked(arr: Any) -> np.ndarray:
+    """A fetched column as a plain array: NULL text as None (never numpy's "?" fill value)."""
+    if isinstance(arr, np.ma.MaskedArray):
+        return _none_filled(arr) if arr.dtype == object else np.asarray(arr.filled())
+    return np.asarray(arr)
+
+
+def _none_filled(arr: np.ma.MaskedArray) -> np.ndarray:
+    out = np.array(arr.data, dtype=object, copy=True)
+    out[np.ma.getmaskarray(arr)] = None  # masked.filled(None) would use numpy's "?" default instead
+    return out
+
+
+def _fields(w: WriterInfo) -> dict[str, Any]:
+    return {name: getattr(w, name) for name in WriterInfo.__dataclass_fields__}
+
+
+def _sql_list(paths: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _segment_selects(w: WriterInfo, table: str, columns: tuple[tuple[str, str], ...]) -> list[str]:
+    """SELECTs reading one writer's segments of `table`, shifting times onto the run's timeline."""
+    segments = list_segments(w.folder, table)
+    time_col = "start_ns" if table == "spans" else "t_ns"
+    out = []
+    for fmt in ("parquet", "jsonl"):
+        paths = [s.path for s in segments if s.fmt == fmt]
+        if not paths:
+            continue
+        exprs = []
+        for name, sql_type in columns:
+            if name in (time_col, "end_ns"):
+                exprs.append(f'CAST("{name}" AS BIGINT) + {int(w.offset_ns)} AS "{name}"')
+            elif name == "attrs":
+                exprs.append('CAST("attrs" AS VARCHAR) AS "attrs"')
+            else:
+                exprs.append(f'CAST("{name}" AS {sql_type}) AS "{name}"')
+        if fmt == "parquet":
+            source = f"read_parquet({_sql_list(paths)})"
+        else:
+            json_types = ", ".join(
+                f"'{name}': '{'JSON' if name == 'attrs' else sql_type}'" for name, sql_type in columns
+            )
+            source = (
+                f"read_json({_sql_list(paths)}, format='newline_delimited', columns={{{json_types}}}, "
+                "maximum_object_size=67108864)"
+            )
+        out.append(f"SELECT {', '.join(exprs)} FROM {source}")
+    return out

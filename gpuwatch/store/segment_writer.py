@@ -1,0 +1,209 @@
+"""One writer per process: records in, immutable segment files out, never blocking the producer.
+
+Producers (hooks on the training thread, sampler threads) call `emit_span`/`emit_sample`: an append to a
+bounded deque, or a counted drop when it is full. A daemon thread paced with `time.monotonic` drains the
+deque every `flush_interval_s` into a new JSON-lines segment (temp file, then atomic rename), compacts small
+segments into larger ones, and rewrites `writer.json` with drop counts and notes. A SIGKILL loses at most
+the last flush interval. Bulk producers call `write_span_columns`, which writes one Parquet segment.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, Run, Sample, Span, SpanColumns
+from gpuwatch.store.run_dir import (
+    WRITER_FILE,
+    claim_writer_dir,
+    ensure_run_dir,
+    list_segments,
+    run_to_json,
+    segment_name,
+    write_json_atomic,
+)
+
+_SPAN_FIELDS = tuple(name for name, _ in SPAN_COLUMNS)
+_SAMPLE_FIELDS = tuple(name for name, _ in SAMPLE_COLUMNS)
+COMPACT_EVERY = 64
+"""Merge this many small segments of a table into one, so hour-long runs stay a few hundred files."""
+
+
+class SegmentWriter:
+    """Writes one process's records into its own folder of a run directory.
+
+    Args:
+        run_dir: the run directory (created if missing; joined if another rank created it).
+        run: this process's `Run` record (its `run_id` is replaced by the directory's).
+        flush_interval_s: how often the background thread writes a segment.
+        max_queue: records held in memory before new ones are dropped and counted.
+        background: False for tools that write synchronously (import); no thread is started.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        run: Run,
+        *,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 200_000,
+        background: bool = True,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        run_id = ensure_run_dir(self.run_dir, run.run_id or None)
+        self.run = Run(**{**run_to_json(run), "run_id": run_id})
+        self.folder = claim_writer_dir(self.run_dir, run.rank, run.pid)
+        self.flush_interval_s = flush_interval_s
+        self.max_queue = max_queue
+        self._spans: collections.deque[Span] = collections.deque()
+        self._samples: collections.deque[Sample] = collections.deque()
+        self.dropped_spans = 0
+        self.dropped_samples = 0
+        self._notes: dict[str, dict[str, Any]] = {}
+        self._meta_extra: dict[str, Any] = {}
+        self._seq = 0
+        self._lock = threading.Lock()  # one flush at a time (background thread vs close())
+        self._stop = threading.Event()
+        self._status = "running"
+        self._encoder = msgspec.json.Encoder()
+        self._write_writer_file()
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._loop, name="gpuwatch-writer", daemon=True)
+            self._thread.start()
+
+    # ---- producers (any thread; never block) -------------------------------------------------
+    def emit_span(self, span: Span) -> None:
+        if len(self._spans) >= self.max_queue:
+            self.dropped_spans += 1
+            return
+        self._spans.append(span)
+
+    def emit_sample(self, sample: Sample) -> None:
+        if len(self._samples) >= self.max_queue:
+            self.dropped_samples += 1
+            return
+        self._samples.append(sample)
+
+    def note(self, key: str, message: str, **fields: Any) -> None:
+        """Record a fact once per key (a hook error, a missing library); later calls only count."""
+        entry = self._notes.get(key)
+        if entry is None:
+            self._notes[key] = {"message": message, "count": 1, "t_unix_ns": time.time_ns(), **fields}
+        else:
+            entry["count"] += 1
+
+    def set_meta(self, **fields: Any) -> None:
+        """Add facts to this writer's `Run.meta` (written with the next flush)."""
+        self._meta_extra.update(fields)
+
+    # ---- bulk (synchronous) --------------------------------------------------------------------
+    def write_span_columns(self, cols: SpanColumns) -> Path:
+        """Write many spans as one Parquet segment, through DuckDB (imported here, not at module load)."""
+        import duckdb
+
+        with self._lock:
+            self._seq += 1
+            name = segment_name("spans", self._seq, self._seq, "parquet")
+            tmp = self.folder / f".{name}.tmp"
+            frame = {field: getattr(cols, field) for field in _SPAN_FIELDS}
+            # one thread: writing one file gains little from a second one, which doubles the buffers
+            con = duckdb.connect(config={"threads": 1})
+            try:
+                con.register("frame", frame)
+                select = ", ".join(_parquet_select(field, sql_type) for field, sql_type in SPAN_COLUMNS)
+                con.execute(f"COPY (SELECT {select} FROM frame) TO '{_sql_str(tmp)}' (FORMAT parquet)")
+            finally:
+                con.close()
+            os.replace(tmp, self.folder / name)
+            return self.folder / name
+
+    # ---- flushing ------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write everything queued so far (called by the thread, by close(), and by signal handlers)."""
+        with self._lock:
+            self._flush_table("spans", self._spans, _SPAN_FIELDS)
+            self._flush_table("samples", self._samples, _SAMPLE_FIELDS)
+            self._write_writer_file()
+
+    def close(self, status: str = "ended") -> None:
+        """Stop the thread, write what is left and mark the writer ended. Safe to call twice."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=max(5.0, 3 * self.flush_interval_s))
+        self._status = status
+        self.flush()
+
+    def _loop(self) -> None:
+        next_t = time.monotonic() + self.flush_interval_s
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
+            next_t += self.flush_interval_s
+            try:
+                self.flush()
+            except Exception as exc:  # a full disk must not kill the job: note it and keep trying
+                self.note("writer_error", f"segment write failed: {exc!r}")
+
+    def _flush_table(self, table: str, queue: collections.deque[Any], fields: tuple[str, ...]) -> None:
+        if not queue:
+            return
+        lines: list[bytes] = []
+        while queue:
+            try:
+                rec = queue.popleft()
+            except IndexError:
+                break
+            lines.append(self._encoder.encode({f: getattr(rec, f) for f in fields}))
+        self._seq += 1
+        name = segment_name(table, self._seq, self._seq, "jsonl")
+        tmp = self.folder / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(b"\n".join(lines))
+            fh.write(b"\n")
+        os.replace(tmp, self.folder / name)
+        self._maybe_compact(table)
+
+    def _maybe_compact(self, table: str) -> None:
+        small = [s for s in list_segments(self.folder, table) if s.fmt == "jsonl" and s.first == s.last]
+        if len(small) < COMPACT_EVERY:
+            return
+        first, last = small[0].first, small[-1].last
+        name = segment_name(table, first, last, "jsonl")
+        tmp = self.folder / f".{name}.tmp"
+        with open(tmp, "wb") as out:
+            for seg in small:
+                out.write(seg.path.read_bytes())
+        os.replace(tmp, self.folder / name)
+        for seg in small:  # readers now prefer the wider segment; the small ones can go
+            seg.path.unlink(missing_ok=True)
+
+    def _write_writer_file(self) -> None:
+        run = run_to_json(self.run)
+        run["meta"] = {**run["meta"], **self._meta_extra}
+        write_json_atomic(
+            self.folder / WRITER_FILE,
+            {
+                **run,
+                "status": self._status,
+                "updated_at_unix_ns": time.time_ns(),
+                "dropped_spans": self.dropped_spans,
+                "dropped_samples": self.dropped_samples,
+                "notes": self._notes,
+            },
+        )
+
+
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _parquet_select(field: str, sql_type: str) -> str:
+    # Bulk columns use -1 for "unknown" in integer columns that are nullable in the data model.
+    if field in ("step", "bytes", "correlation", "seq"):
+        return f'CAST(NULLIF("{field}", -1) AS {sql_type}) AS "{field}"'
+    return f'CAST("{field}" AS {sql_type}) AS "{field}"'

@@ -1,0 +1,171 @@
+"""Never hurt the job: cheap import, identical training results, and a readable run after SIGKILL / SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import ROOT, cli_env, run_cli
+
+PROGRAM = ROOT / "tests" / "support" / "planted_trainer.py"
+HEAVY = {"torch", "duckdb", "textual", "plotly"}
+
+
+def python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+def test_import_and_a_torch_free_watch_stay_light(tmp_path: Path) -> None:
+    """`import gpuwatch` and its public names load nothing heavy; a watch around a loop that never imports
+    torch does not import torch (or duckdb, textual, plotly) either, and still writes a run."""
+    code = (
+        "import sys, time, gpuwatch\n"
+        "gpuwatch.watch, gpuwatch.span, gpuwatch.Watcher\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch','duckdb','textual','plotly'}))\n"
+        "with gpuwatch.watch('run') as gw:\n"
+        "    for _ in range(5):\n"
+        "        with gpuwatch.span('parse', category='cpu_preprocessing'):\n"
+        "            sum(i * i for i in range(20000))\n"
+        "        gw.step()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch','duckdb','textual','plotly'}))\n"
+    )
+    proc = python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    after_import, after_watch = proc.stdout.splitlines()
+    assert after_import == "[]" and after_watch == "[]"
+    summary = json.loads(run_cli("summary", tmp_path / "run", "--json").stdout)
+    assert summary["ranks"][0]["steps"] == 5
+    assert summary["ranks"][0]["budget_pct"]["cpu_preprocessing"] > 50
+
+
+def test_submodule_imports_keep_watch_and_span_callable(tmp_path: Path) -> None:
+    code = (
+        "import gpuwatch.capture.watch, gpuwatch.span, gpuwatch\n"
+        "with gpuwatch.watch('run') as gw:\n"
+        "    with gpuwatch.span('x', category='host_overhead'):\n"
+        "        pass\n"
+        "    gw.step()\n"
+        "print(type(gw).__name__)\n"
+    )
+    proc = python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "Watcher"
+
+
+def test_training_results_are_bit_identical_with_and_without_gpuwatch(tmp_path: Path) -> None:
+    """DataLoader workers with a seeded shuffle, a user span, torch.save every 4 steps, momentum SGD."""
+    params = {}
+    for mode in ("bare", "watched"):
+        out = tmp_path / f"params-{mode}.pt"
+        args = [sys.executable, str(PROGRAM), "mixed", "--steps", "12", "--params-out", str(out)]
+        args += ["--run-dir", str(tmp_path / f"run-{mode}"), "--truth", str(tmp_path / f"truth-{mode}.json")]
+        if mode == "bare":
+            args.append("--no-watch")
+        proc = subprocess.run(args, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        params[mode] = out
+    assert not (tmp_path / "run-bare").exists() and (tmp_path / "run-watched").exists()
+    check = (
+        "import sys, torch\n"
+        f"a, b = torch.load({str(params['bare'])!r}), torch.load({str(params['watched'])!r})\n"
+        "assert a.keys() == b.keys()\n"
+        "same = all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)\n"
+        "print(same, float(a['0.weight'].abs().sum()))\n"
+    )
+    proc = python(check, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    same, weight_sum = proc.stdout.split()
+    assert same == "True" and float(weight_sum) > 0
+
+
+def start_trainer(tmp_path: Path, *extra: str) -> subprocess.Popen[str]:
+    args = [sys.executable, str(PROGRAM), "slow_loader", "--steps", "400", "--progress"]
+    args += ["--run-dir", str(tmp_path / "run"), "--truth", str(tmp_path / "truth.json"), *extra]
+    return subprocess.Popen(
+        args, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def read_progress(proc: subprocess.Popen[str], until_step: int) -> list[tuple[int, float]]:
+    """Progress lines ('step I T_UNIX') until step `until_step` is done."""
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        step, t_unix = line.split()[1:3]
+        seen.append((int(step), float(t_unix)))
+        if int(step) >= until_step:
+            return seen
+    raise AssertionError(f"trainer ended early: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def recorded_steps(run_dir: Path) -> tuple[int, str, list[str]]:
+    summary = run_cli("summary", run_dir, "--json")
+    assert summary.returncode == 0, summary.stderr
+    doc = json.loads(summary.stdout)
+    writer = json.loads(next(run_dir.glob("rank*/writer.json")).read_text())
+    return doc["ranks"][0]["steps"], writer["status"], doc["notes"]
+
+
+def test_sigkill_mid_run_leaves_a_readable_run_missing_at_most_about_a_second(tmp_path: Path) -> None:
+    proc = start_trainer(tmp_path)
+    try:
+        progress = read_progress(proc, until_step=60)  # well past the first flushes
+        time.sleep(0.3)
+        kill_unix = time.time()
+        os.kill(proc.pid, signal.SIGKILL)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    progress += [
+        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
+    ]
+    steps, status, notes = recorded_steps(tmp_path / "run")
+    assert status == "running"  # it never got to say otherwise
+    assert any("killed" in n for n in notes)
+    done_before = [s for s, t in progress if t <= kill_unix - 1.5]  # flush every 1 s (+ scheduling slack)
+    assert done_before and steps >= max(done_before) + 1
+    assert steps <= max(s for s, _ in progress) + 1
+
+
+def test_sigterm_flushes_everything_and_chains_to_the_jobs_handler(tmp_path: Path) -> None:
+    marker = tmp_path / "handled"
+    proc = start_trainer(tmp_path, "--sigterm-marker", str(marker))
+    try:
+        progress = read_progress(proc, until_step=20)
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and marker.read_text() == "handled"  # the job's own handler ran
+    progress += [
+        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
+    ]
+    steps, status, _ = recorded_steps(tmp_path / "run")
+    assert status == "terminated"
+    assert steps == max(s for s, _ in progress) + 1  # nothing lost
+
+
+def test_sigterm_with_the_default_action_still_terminates_by_the_signal(tmp_path: Path) -> None:
+    proc = start_trainer(tmp_path)
+    try:
+        progress = read_progress(proc, until_step=10)
+        os.kill(proc.pid, signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM
+    progress += [
+        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
+    ]
+    steps, status, _ = recorded_steps(tmp_path / "run")
+    assert status == "terminated" and steps == max(s for s, _ in progress) + 1
