@@ -47,7 +47,7 @@ def test_import_and_a_torch_free_watch_stay_light(tmp_path: Path) -> None:
 
 def test_submodule_imports_keep_watch_and_span_callable(tmp_path: Path) -> None:
     code = (
-        "import gpuwatch.capture.watch, gpuwatch.span, gpuwatch\n"
+        "import gpuwatch.capture.watch, gpuwatch.capture.span, gpuwatch\n"
         "with gpuwatch.watch('run') as gw:\n"
         "    with gpuwatch.span('x', category='host_overhead'):\n"
         "        pass\n"
