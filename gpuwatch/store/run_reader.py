@@ -16,7 +16,7 @@ import numpy as np
 
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, Run, SpanColumns
-from gpuwatch.store.run_dir import WRITER_FILE, list_segments, list_writer_dirs, read_run_marker
+from gpuwatch.store.run_dir import WRITER_FILE, Segment, list_segments, list_writer_dirs, read_run_marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,26 +67,7 @@ class RunReader:
         return max([w.run.world_size for w in self.writers] + [len(self.ranks)])
 
     def _load_writers(self) -> list[WriterInfo]:
-        writers = []
-        for folder in list_writer_dirs(self.run_dir):
-            try:
-                data = json.loads((folder / WRITER_FILE).read_text())
-                run = Run(**{k: data[k] for k in Run.__dataclass_fields__})
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise RunDirError(f"unreadable writer record {folder / WRITER_FILE}: {exc}") from None
-            writers.append(
-                WriterInfo(
-                    folder=folder,
-                    run=run,
-                    status=data.get("status", "running"),
-                    offset_ns=0,
-                    dropped_spans=int(data.get("dropped_spans", 0)),
-                    dropped_samples=int(data.get("dropped_samples", 0)),
-                    updated_at_unix_ns=int(data.get("updated_at_unix_ns", 0)),
-                    notes=data.get("notes") or {},
-                )
-            )
-        return writers
+        return [read_writer(folder) for folder in list_writer_dirs(self.run_dir)]
 
     # ---- queries -----------------------------------------------------------------------------
     def connection(self) -> Any:
@@ -102,7 +83,7 @@ class RunReader:
         for table, columns in (("spans", SPAN_COLUMNS), ("samples", SAMPLE_COLUMNS)):
             parts = []
             for w in self.writers:
-                parts.extend(_segment_selects(w, table, columns))
+                parts.extend(segment_selects(w, table, columns))
             if not parts:
                 cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
                 parts = [f"SELECT {cols} WHERE false"]
@@ -232,6 +213,25 @@ def _none_filled(arr: np.ma.MaskedArray) -> np.ndarray:
     return out
 
 
+def read_writer(folder: Path, offset_ns: int = 0) -> WriterInfo:
+    """One writer folder's `writer.json` as a WriterInfo. Raises RunDirError when it cannot be read."""
+    try:
+        data = json.loads((folder / WRITER_FILE).read_text())
+        run = Run(**{k: data[k] for k in Run.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunDirError(f"unreadable writer record {folder / WRITER_FILE}: {exc}") from None
+    return WriterInfo(
+        folder=folder,
+        run=run,
+        status=data.get("status", "running"),
+        offset_ns=offset_ns,
+        dropped_spans=int(data.get("dropped_spans", 0)),
+        dropped_samples=int(data.get("dropped_samples", 0)),
+        updated_at_unix_ns=int(data.get("updated_at_unix_ns", 0)),
+        notes=data.get("notes") or {},
+    )
+
+
 def _fields(w: WriterInfo) -> dict[str, Any]:
     return {name: getattr(w, name) for name in WriterInfo.__dataclass_fields__}
 
@@ -240,9 +240,16 @@ def _sql_list(paths: list[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _segment_selects(w: WriterInfo, table: str, columns: tuple[tuple[str, str], ...]) -> list[str]:
-    """SELECTs reading one writer's segments of `table`, shifting times onto the run's timeline."""
-    segments = list_segments(w.folder, table)
+def segment_selects(
+    w: WriterInfo,
+    table: str,
+    columns: tuple[tuple[str, str], ...],
+    segments: list[Segment] | None = None,
+) -> list[str]:
+    """SELECTs reading one writer's segments of `table` (all of them, or `segments`), shifting times onto
+    the run's timeline."""
+    if segments is None:
+        segments = list_segments(w.folder, table)
     time_col = "start_ns" if table == "spans" else "t_ns"
     out = []
     for fmt in ("parquet", "jsonl"):
