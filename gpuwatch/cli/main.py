@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "import": "gpuwatch.cli.import_cmd",
     "summary": "gpuwatch.cli.summary_cmd",
     "attach": "gpuwatch.cli.attach_cmd",
+    "top": "gpuwatch.cli.top_cmd",
 }
 """Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
 
@@ -30,6 +31,7 @@ Typical use:
   gpuwatch import trace_rank*.json.gz --out runs/exp1    # PyTorch profiler traces -> run
   gpuwatch summary runs/exp1                             # where each step's time went, what to change
   gpuwatch attach 12345 --duration 30 --out runs/live    # a running trainer, no code change
+  gpuwatch top runs/exp1                                 # live dashboard of a run being written
   in Python: with gpuwatch.watch("runs/exp1") as gw: ... gw.step()   # around your training loop
 """
 
