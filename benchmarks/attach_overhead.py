@@ -49,6 +49,13 @@ so the blocking row can come out *faster* there. Useful where the machine's load
 
     python benchmarks/attach_overhead.py [--rounds 8] [--window-s 4] [--settle-s 1] [--modes ...] [--pin]
     python benchmarks/attach_overhead.py --design twins [--rounds 4] [--window-s 8] [--nice N]
+
+Busy hosts (issue 9), same windows design: `--workload saturated` (a trainer whose DataLoader workers decode
+large JPEGs and keep both cores busy; its iteration = waiting for a batch + a small step) and `--workload
+competing` (the MLP trainer beside a CPU-bound process this script starts), e.g.
+    python benchmarks/attach_overhead.py --workload saturated --batch 4 --window-s 6 \
+        --modes attach,attach-noyield,pyspy-nb
+pyspy-nb is what attach ran before it yielded (one py-spy following the children, normal priority).
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     # for finding where a cost comes from (`--modes attach,attach-nosub,...`); 1000 Hz magnifies per-sample
     # costs tenfold, so a cost hidden in the noise at 100 Hz shows there
     "attach-nosub": ("attach", ["--no-subprocesses"]),
+    # attach at normal priority and without a CPU budget (what yielding to the job buys)
+    "attach-noyield": ("attach", ["--no-yield", "--cpu-budget", "0"]),
     "attach-chunk8": ("attach", ["--chunk", "8"]),
     "attach-1000hz": ("attach", ["--rate", "1000"]),
     "pyspy-nb-1000hz": ("py-spy", ["--nonblocking", "--rate", "1000"]),
@@ -125,6 +134,76 @@ def target(log_path: str, width: int, depth: int, batch: int, cpu: int | None = 
         loss.backward()
         opt.step()
         opt.zero_grad()
+        dt = time.perf_counter() - t0
+        os.write(fd, f"{wall} {int(dt * 1e9)} {time.thread_time_ns() - c0}\n".encode())
+
+
+class JpegFolder:
+    """An ImageFolder-style Dataset: each item decodes a large JPEG with PIL, crops, resizes and normalises
+    it (what torchvision's transforms do, in numpy); the decode keeps a DataLoader worker busy."""
+
+    def __init__(self, size: int, n: int = 16) -> None:
+        import io
+
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        self.blobs = []
+        for _ in range(n):
+            img = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            self.blobs.append(buf.getvalue())
+
+    def __len__(self) -> int:
+        return 1 << 30
+
+    def __getitem__(self, i: int):  # noqa: ANN204 - a torch tensor
+        import io
+
+        import torch
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(self.blobs[i % len(self.blobs)])).convert("RGB")
+        w, h = img.size
+        img = img.crop((w // 8, h // 8, w - w // 8, h - h // 8)).resize((112, 112))
+        x = np.asarray(img, dtype=np.float32) / 255.0
+        x = (x - 0.45) / 0.225
+        return torch.from_numpy(x.transpose(2, 0, 1).copy())
+
+
+ITERS_PER_LINE = 4
+
+
+def target_saturated(log_path: str, workers: int, image: int, batch: int) -> None:
+    """The busy-host trainer: DataLoader workers decoding large JPEGs keep every core busy (the training
+    thread waits on them); one line per ITERS_PER_LINE iterations (batch fetch + step), as `target` writes."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 5, stride=4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(10)
+    )
+    net(torch.zeros(1, 3, 112, 112))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3)
+    loader = DataLoader(JpegFolder(image), batch_size=batch, num_workers=workers, persistent_workers=True)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    it = iter(loader)
+    print(os.getpid(), flush=True)
+    while True:
+        wall = time.time_ns()
+        t0 = time.perf_counter()
+        c0 = time.thread_time_ns()
+        # one line per ITERS_PER_LINE iterations: a single iteration either finds a prefetched batch or
+        # waits for one, so its median jumps between two modes from window to window
+        for _ in range(ITERS_PER_LINE):
+            x = next(it)
+            loss = net(x).square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
         dt = time.perf_counter() - t0
         os.write(fd, f"{wall} {int(dt * 1e9)} {time.thread_time_ns() - c0}\n".encode())
 
@@ -550,14 +629,26 @@ def run_windows(args: argparse.Namespace) -> None:
         cmd = [sys.executable, str(HERE), "--target", str(log), "--width", str(args.width)]
         cmd += ["--depth", str(args.depth), "--batch", str(args.batch)]
         cmd += ["--target-cpu", "0"] if args.pin else []
+        cmd += ["--workload", args.workload, "--workers", str(args.workers), "--image", str(args.image)]
         env = dict(os.environ, **MALLOC_ENV) if args.malloc == "steady" else None  # see --malloc
         trainer = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        hog = (  # another CPU-bound job on the host, started (and killed) by this script
+            subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            if args.workload == "competing"
+            else None
+        )
         try:
             pid = int(trainer.stdout.readline())  # type: ignore[union-attr]
             steps = StepLog(log)
             time.sleep(5.0)  # warm caches and allocators (page faults settle within ~5 s)
+            what = {
+                "mlp": f"{args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread",
+                "saturated": f"{args.workers} DataLoader workers decoding {args.image}px JPEGs (batch "
+                f"{args.batch}) keep the cores busy",
+                "competing": f"{args.width}x{args.depth} MLP, batch {args.batch}, beside a CPU-bound process",
+            }[args.workload]
             print(
-                f"trainer pid {pid}: {args.width}x{args.depth} MLP, batch {args.batch}, 1 torch thread, "
+                f"trainer pid {pid}: {what}, "
                 f"malloc {args.malloc}"
                 f"{', pinned to CPU 0, samplers on the other CPUs' if args.pin else ''}; load average "
                 f"{' '.join(f'{x:.2f}' for x in load_start)}; {len(plan)} windows of {args.window_s:g} s",
@@ -589,6 +680,9 @@ def run_windows(args: argparse.Namespace) -> None:
         finally:
             trainer.kill()
             trainer.wait()
+            if hog is not None:
+                hog.kill()
+                hog.wait()
     elapsed = time.monotonic() - t_start
     load_end = os.getloadavg()
 
@@ -747,6 +841,15 @@ def main() -> None:
         "system time per step here, varying 2x from window to window by itself (twice the noise)",
     )
     p.add_argument("--target-cpu", type=int, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--workload",
+        choices=("mlp", "saturated", "competing"),
+        default="mlp",
+        help="windows: mlp (default: one torch thread on an idle host); saturated (DataLoader workers decoding "
+        "JPEGs keep every core busy: the busy host of issue 9); competing (the MLP beside a CPU-bound process)",
+    )
+    p.add_argument("--workers", type=int, default=2, help="saturated: DataLoader workers (default 2)")
+    p.add_argument("--image", type=int, default=1024, help="saturated: JPEG side in pixels (default 1024)")
     if sys.argv[1:2] == ["--attach-api"]:
         attach_api(sys.argv[2:])
         return
@@ -756,13 +859,16 @@ def main() -> None:
     args = p.parse_args()
     twins = args.design == "twins"
     if args.batch is None:
-        args.batch = 64 if twins else 128
+        args.batch = 64 if twins else (4 if args.workload == "saturated" else 128)
     if args.rounds is None:
         args.rounds = 4 if twins else 8
     if args.window_s is None:
         args.window_s = 8.0 if twins else 4.0
     if args.target:
-        target(args.target, args.width, args.depth, args.batch, args.target_cpu)
+        if args.workload == "saturated":
+            target_saturated(args.target, args.workers, args.image, args.batch)
+        else:
+            target(args.target, args.width, args.depth, args.batch, args.target_cpu)
         return
     if args.design == "twins":
         run_twins(args)

@@ -420,6 +420,28 @@ class AttachStacks:
             self._last_boundary = b[-1]
 
     # ---- report -----------------------------------------------------------------------------------
+    def category_runs(self) -> tuple[dict[str, int], float]:
+        """How many contiguous stretches of each category the training thread showed, and the seconds its
+        samples cover: the inputs of each share's sampling error."""
+        with self._lock:
+            runs: Counter[str] = Counter()
+            prev: tuple[str | None, int] | None = None
+            for cat, start, end in zip(self._h_cat, self._h_start, self._h_end):
+                key = cat or "unclassified"
+                if prev is None or prev[0] != key or prev[1] != start:
+                    runs[key] += 1
+                prev = (key, end)
+            window = (self._h_end[-1] - self._h_start[0]) / 1e9 if self._h_start else 0.0
+            return dict(runs), window
+
+    def training_shares_pct(self) -> dict[str, float]:
+        """Share of the training thread's sampled time per category (as classified from its stacks), percent."""
+        with self._lock:
+            total = sum(self.training_ns_by_category.values())
+            if not total:
+                return {}
+            return {k: round(100.0 * v / total, 2) for k, v in self.training_ns_by_category.most_common()}
+
     def report(self) -> dict[str, Any]:
         """Facts for the writer meta and the attach report (JSON-ready)."""
         with self._lock:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -429,6 +430,30 @@ class _Chunk:
     """When py-spy said it was sampling: the cut between this chunk and the previous one."""
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkStats:
+    """What one py-spy run cost and achieved."""
+
+    rate_hz: int
+    """The rate it was asked for."""
+    wall_s: float
+    """From when it said it was sampling to when it was stopped (or ended)."""
+    cpu_s: float | None
+    """py-spy's own CPU time over its life (user + system), None when it could not be read."""
+    samples: int | None
+    """Samples py-spy says it took (one per thread per tick, over every process it followed), None when it
+    did not say."""
+    threads: int
+    """Distinct threads (of every process followed) in its output: samples / threads / wall_s is the rate
+    each thread was actually sampled at."""
+
+    @property
+    def per_thread_hz(self) -> float | None:
+        if self.samples is None or self.threads == 0 or self.wall_s <= 0:
+            return None
+        return self.samples / self.threads / self.wall_s
+
+
 ChunkCallback = Callable[[list[StackInterval], bool], None]
 """Called from the recorder thread with each chunk's closed intervals; the bool is True on the last chunk."""
 
@@ -444,6 +469,10 @@ class PySpyRecorder:
         subprocesses: follow child processes (DataLoader workers).
         on_chunk: receives each chunk's intervals (recorder thread).
         workdir: where py-spy writes its chunk files (a temporary directory by default).
+        yield_cpu: run py-spy (and this recorder's thread) at the lowest CPU priority (SCHED_IDLE / nice 19).
+        cpu_budget_cores: py-spy's CPU allowance as a fraction of one core; a run over it lowers the rate of
+            the next (0 = no budget).
+        keep_pid: only stacks of processes for which this is True reach `on_chunk` (None = all).
 
     `stop()` ends sampling (SIGINT to the running py-spy, which then writes its last chunk). When the target
     exits, py-spy ends on its own; `target_exited` is then True. A py-spy failure is kept in `error`.
@@ -459,13 +488,26 @@ class PySpyRecorder:
         subprocesses: bool,
         on_chunk: ChunkCallback,
         workdir: str | os.PathLike[str] | None = None,
+        yield_cpu: bool = True,
+        cpu_budget_cores: float = 0.0,
+        min_rate_hz: int = 5,
+        keep_pid: Callable[[int], bool] | None = None,
     ) -> None:
+        from collectors.pyspy.yielding import RateGovernor
+
         self.pyspy = pyspy
         self.pid = pid
         self.rate_hz = rate_hz
         self.chunk_s = chunk_s
         self.subprocesses = subprocesses
         self.on_chunk = on_chunk
+        self.yield_cpu = yield_cpu
+        self.keep_pid = keep_pid
+        self.governor = RateGovernor(rate_hz, cpu_budget_cores, min_hz=min(min_rate_hz, rate_hz))
+        self.priority = "unchanged"
+        """The CPU priority py-spy ran at ("SCHED_IDLE", "nice 19", ...)."""
+        self.chunk_stats: list[ChunkStats] = []
+        self._spawner: Any = None
         self._tmp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="gpuwatch-pyspy-")
         self.workdir = Path(workdir if workdir is not None else self._tmp.name)  # type: ignore[union-attr]
         self._stop = threading.Event()
@@ -483,13 +525,19 @@ class PySpyRecorder:
 
     def command(self, out: Path) -> list[str]:
         cmd = [self.pyspy, "record", "--nonblocking", "--idle", "--format", "chrometrace"]
-        cmd += ["--rate", str(self.rate_hz), "--pid", str(self.pid), "--output", str(out)]
+        cmd += ["--rate", str(self.governor.rate_hz), "--pid", str(self.pid), "--output", str(out)]
         if self.subprocesses:
             cmd.append("--subprocesses")
         return cmd
 
     def start(self) -> None:
+        """Start sampling. Call it from a thread of normal priority: py-spy runs are started (and lowered
+        once sampling) by a thread made here, which keeps the priority of the caller."""
         if self._thread is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._spawner = ThreadPoolExecutor(1, thread_name_prefix="gpuwatch-pyspy-start")
+            self._spawner.submit(lambda: None).result()  # its thread exists now, at the caller's priority
             self._thread = threading.Thread(target=self._run, name="gpuwatch-pyspy", daemon=True)
             self._thread.start()
 
@@ -499,6 +547,11 @@ class PySpyRecorder:
             self._thread.join(timeout_s)
 
     def _launch(self) -> _Chunk:
+        if self._spawner is None:
+            return self._launch_now()
+        return self._spawner.submit(self._launch_now).result()
+
+    def _launch_now(self) -> _Chunk:
         self._seq += 1
         path = self.workdir / f"chunk-{self._seq:06d}.json"
         anchor = time.time_ns()
@@ -508,6 +561,10 @@ class PySpyRecorder:
         )
         anchor = (anchor + time.time_ns()) // 2
         ready = self._wait_ready(proc)
+        if self.yield_cpu:
+            from collectors.pyspy.yielding import lower_process
+
+            self.priority = lower_process(proc.pid)
         return _Chunk(proc, path, anchor, ready)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
@@ -528,7 +585,11 @@ class PySpyRecorder:
 
     def _finish(self, chunk: _Chunk) -> tuple[list[ThreadState], bool]:
         """Stop one py-spy run (if still running) and decode its file. Returns (states, exited_by_itself)."""
+        from collectors.pyspy.yielding import process_cpu_s
+
         exited_itself = chunk.proc.poll() is not None
+        cpu_s = None if exited_itself else process_cpu_s(chunk.proc.pid)
+        wall_s = (time.time_ns() - chunk.ready_unix_ns) / 1e9
         if not exited_itself:
             chunk.proc.send_signal(signal.SIGINT)
         try:
@@ -540,6 +601,7 @@ class PySpyRecorder:
         m = re.search(r"Errors: (\d+)", text)
         if m:
             self.pyspy_errors += int(m.group(1))
+        samples = re.search(r"Samples: (\d+)", text)
         if "process exited" in text or "process ended" in text:
             exited_itself = True
         try:
@@ -551,16 +613,28 @@ class PySpyRecorder:
             states = decode_chrometrace(data, chunk.anchor_unix_ns)
         except msgspec.DecodeError:
             states = []  # py-spy killed mid-write: this chunk is lost, the run goes on
+        threads = len({(s.pid, s.thread_id) for s in states})
+        rate = self.governor.rate_hz
+        self.chunk_stats.append(
+            ChunkStats(rate, wall_s, cpu_s, int(samples.group(1)) if samples else None, threads)
+        )
+        self.governor.after_run(cpu_s, wall_s)
         return states, exited_itself
 
     def _run(self) -> None:
         try:
+            if self.yield_cpu:  # decoding and stitching: never ahead of the job
+                from collectors.pyspy.yielding import lowest_priority
+
+                lowest_priority()
             self._loop()
         except Exception as exc:  # reported by the orchestrator; never an unhandled thread exception
             self.error = exc
         finally:
             self.ended_unix_ns = time.time_ns()
             self.done.set()
+            if self._spawner is not None:
+                self._spawner.shutdown(wait=False)
             if self._tmp is not None:
                 self._tmp.cleanup()
 
@@ -586,6 +660,8 @@ class PySpyRecorder:
                         self.error = exc
             cut_to = nxt.ready_unix_ns if nxt is not None else None
             states, exited_itself = self._finish(cur)
+            if self.keep_pid is not None:
+                states = [s for s in states if self.keep_pid(s.pid)]
             self.chunks += 1
             final = nxt is None
             if final and exited_itself and not process_alive(self.pid):

@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from gpuwatch.errors import AttachError, UsageError
-from gpuwatch.records import Run, Span
+from gpuwatch.records import Span
 
 DEFAULT_RATE_HZ = 100
 DEFAULT_CHUNK_S = 2.0
+WORKER_CHUNK_S = 10.0
+DEFAULT_CPU_BUDGET_PCT = 5.0
+"""py-spy's CPU allowance for the training process, percent of one core (3.9% measured at 100 Hz)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,14 @@ class AttachOptions:
     thread: str | None = None
     """Training thread override: a kernel thread id or a thread name."""
     subprocesses: bool = True
-    """Follow child processes (DataLoader workers)."""
+    """Follow child processes (DataLoader workers), with a second, sparser py-spy."""
+    worker_rate_hz: int | None = None
+    """Samples per second of the workers; None = a tenth of `rate_hz` (at least 5)."""
+    cpu_budget_pct: float = DEFAULT_CPU_BUDGET_PCT
+    """py-spy's CPU allowance, percent of one core (the workers' py-spy gets half of it); a py-spy run over
+    it lowers the rate of the next one. 0 turns the budget off."""
+    yield_cpu: bool = True
+    """Run py-spy and gpuwatch's sampling threads at the lowest CPU priority (SCHED_IDLE, else nice 19)."""
     pyspy: str | None = None
     chunk_s: float = DEFAULT_CHUNK_S
     """Seconds per py-spy run: how far the run directory lags behind the target."""
@@ -226,12 +236,18 @@ def attach(
         pyspy_version,
     )
     from collectors.system.nvml_busy import NvmlBusySampler
-    from gpuwatch import __version__
-    from gpuwatch.store.run_dir import default_host
+    from gpuwatch.store.run_dir import run_for_process
     from gpuwatch.store.segment_writer import SegmentWriter
 
     if not 1 <= opts.rate_hz <= 1000:
         raise UsageError(f"--rate must be between 1 and 1000 samples per second, not {opts.rate_hz}")
+    worker_rate = opts.worker_rate_hz or max(5, opts.rate_hz // 10)
+    if not 1 <= worker_rate <= 1000:
+        raise UsageError(f"--worker-rate must be between 1 and 1000 samples per second, not {worker_rate}")
+    if opts.cpu_budget_pct < 0:
+        raise UsageError(
+            f"--cpu-budget must be 0 (off) or a positive percent of one core, not {opts.cpu_budget_pct}"
+        )
     if opts.duration_s is not None and opts.duration_s <= 0:
         raise UsageError(f"--duration must be positive, not {opts.duration_s}")
     check_target(opts.pid)
@@ -243,16 +259,13 @@ def attach(
     facts = target_facts(opts.pid)
     out_dir = Path(opts.out_dir) if opts.out_dir is not None else default_out_dir(opts.pid)
     anchor = time.time_ns()
-    run = Run(
-        run_id="",
+    run = run_for_process(
+        source="attach",
         rank=facts["rank"],
-        host=default_host(),
         pid=opts.pid,
         command=facts["command"],
         world_size=facts["world_size"],
         started_at_unix_ns=anchor,
-        tool_version=__version__,
-        source="attach",
         meta={
             "attach": {
                 "py_spy": pyspy,
@@ -288,23 +301,43 @@ def attach(
     worker_pids = stacks.workers.pids  # the lambda above reads this name: now the live list
 
     def on_chunk(intervals: list[Any], final: bool) -> None:
+        # `final` is ignored: with two recorders the stacks are closed once both have stopped (below)
         try:
-            stacks.feed(intervals, final)
-            if final:
-                placer.finish()
+            stacks.rate_hz = recorder.governor.rate_hz  # step detection's samples-per-step expectation
+            stacks.feed(intervals, False)
             writer.set_meta(attach={**run.meta["attach"], **stacks.report()})
         except Exception as exc:  # a bug here must not lose the run: note it, keep sampling
             writer.note("attach_error", f"processing samples failed: {type(exc).__name__}: {exc}")
 
+    budget = opts.cpu_budget_pct / 100.0
+    # the training process alone at the full rate; its workers (children) sparsely, by a second py-spy
     recorder = PySpyRecorder(
         pyspy,
         opts.pid,
         rate_hz=opts.rate_hz,
         chunk_s=opts.chunk_s,
-        subprocesses=opts.subprocesses,
+        subprocesses=False,
         on_chunk=on_chunk,
+        yield_cpu=opts.yield_cpu,
+        cpu_budget_cores=budget,
     )
-    samplers = _start_system_samplers(opts, anchor, rank, writer)
+    workers = (
+        PySpyRecorder(
+            pyspy,
+            opts.pid,
+            rate_hz=worker_rate,
+            # py-spy --subprocesses costs ~0.08 CPU-s to start: long runs (the breakdown can lag)
+            chunk_s=max(opts.chunk_s, WORKER_CHUNK_S),
+            subprocesses=True,
+            on_chunk=on_chunk,
+            yield_cpu=opts.yield_cpu,
+            cpu_budget_cores=budget / 2,
+            min_rate_hz=1,
+            keep_pid=lambda p: p != opts.pid,
+        )
+        if opts.subprocesses
+        else None
+    )
     if progress is not None:
         until = f"for {opts.duration_s:g} s" if opts.duration_s else "until Ctrl-C"
         progress(
@@ -312,7 +345,14 @@ def attach(
             f"run directory {out_dir}"
         )
     t0 = time.monotonic()
-    recorder.start()
+    recorder.start()  # from this thread, still at normal priority: py-spy starts with an accurate clock
+    if workers is not None:
+        workers.start()
+    if opts.yield_cpu:  # this thread and what it starts from now on: the /proc and NVML samplers
+        from collectors.pyspy.yielding import lowest_priority
+
+        lowest_priority()
+    samplers = _start_system_samplers(opts, anchor, rank, writer)
     next_progress = t0 + progress_every_s
     try:
         while not recorder.done.is_set() and not stop.is_set():
@@ -324,12 +364,21 @@ def attach(
                 progress(_progress_line(time.monotonic() - t0, stacks))
     finally:
         recorder.stop()
+        if workers is not None:
+            workers.stop()
         for s in samplers:
             s.stop()
         busy_sampler.stop()
+        try:
+            stacks.feed([], True)  # both recorders have stopped: close the stacks once
+        except Exception as exc:
+            writer.note("attach_error", f"processing samples failed: {type(exc).__name__}: {exc}")
         placer.finish()
         target_exited = recorder.target_exited or not process_alive(opts.pid)
         report = _final_report(opts, stacks, recorder, busy_sampler, placer, target_exited)
+        report["sampling"] = sampling_report(recorder, workers, stacks)
+        if workers is not None and workers.error is not None and not target_exited:
+            writer.note("attach_workers_sampler", f"worker sampling stopped: {workers.error}")
         writer.set_meta(attach={**run.meta["attach"], **report})
         _final_notes(writer, report)
         status = "target_exited" if target_exited else "ended"
@@ -377,8 +426,77 @@ def _final_report(
     return report
 
 
+def _recorder_stats(rec: Any) -> dict[str, Any]:
+    stats = rec.chunk_stats
+    wall = sum(s.wall_s for s in stats)
+    rates = [(s.per_thread_hz, s.wall_s) for s in stats if s.per_thread_hz is not None]
+    rated_s = sum(w for _, w in rates)
+    cpu = [s for s in stats if s.cpu_s is not None]
+    cpu_wall = sum(s.wall_s for s in cpu)
+    return {
+        "asked_hz": rec.governor.asked_hz,
+        "last_rate_hz": rec.governor.rate_hz,
+        # time-weighted over py-spy runs
+        "achieved_hz": round(sum(r * w for r, w in rates) / rated_s, 1) if rated_s > 0 else None,
+        "cpu_pct_of_core": round(100.0 * sum(s.cpu_s for s in cpu) / cpu_wall, 2) if cpu_wall > 0 else None,
+        "sampled_s": round(wall, 2),
+        "priority": rec.priority,
+    }
+
+
+def sampling_report(recorder: Any, workers: Any, stacks: Any) -> dict[str, Any]:
+    """What sampling cost and achieved, and the standard error it leaves on each training-thread share.
+
+    Rates are per thread: py-spy's own sample count over the threads it saw and the seconds it sampled.
+    """
+    from collectors.pyspy.yielding import share_uncertainty_pp
+
+    main = _recorder_stats(recorder)
+    rate = main["achieved_hz"] or float(main["last_rate_hz"])
+    runs, window_s = stacks.category_runs()
+    shares = stacks.training_shares_pct()
+    return {
+        "training_process": main,
+        "workers": None if workers is None else _recorder_stats(workers),
+        "share_uncertainty_pp": {
+            cat: round(share_uncertainty_pp(n, 1.0 / rate if rate > 0 else 1.0, window_s), 2)
+            for cat, n in runs.items()
+        },
+        "training_shares_pct": shares,
+    }
+
+
+def _sampling_notes(writer: Any, sampling: dict[str, Any] | None) -> None:
+    if not sampling:
+        return
+    main = sampling["training_process"]
+    achieved = main.get("achieved_hz")
+    cpu = main.get("cpu_pct_of_core")
+    line = (
+        f"sampled the training process at {achieved if achieved is not None else '?'} Hz per thread "
+        f"(asked {main['asked_hz']} Hz, py-spy at {main['priority']}, "
+        f"{'?' if cpu is None else f'{cpu:.1f}'}% of one core)"
+    )
+    w = sampling.get("workers")
+    if w:
+        line += f"; workers at {w['last_rate_hz']} Hz ({'?' if w['cpu_pct_of_core'] is None else w['cpu_pct_of_core']}% of one core)"
+    writer.note("attach_sampling", line)
+    unresolved = [
+        f"{cat} {share:.1f}% +- {sampling['share_uncertainty_pp'].get(cat, 0.0):.1f} pp"
+        for cat, share in sampling["training_shares_pct"].items()
+        if 0 < share < 2 * sampling["share_uncertainty_pp"].get(cat, 0.0)
+    ]
+    if unresolved:
+        writer.note(
+            "attach_unresolved",
+            "shares this sampling rate cannot resolve (less than two standard errors): "
+            + ", ".join(unresolved),
+        )
+
+
 def _final_notes(writer: Any, report: dict[str, Any]) -> None:
     """The attach findings as run notes, so `gpuwatch summary` shows them next to the budget."""
+    _sampling_notes(writer, report.get("sampling"))
     tr = report.get("training_thread")
     if tr:
         writer.note(

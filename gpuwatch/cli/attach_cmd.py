@@ -96,6 +96,29 @@ def add_parser(sub: Any) -> None:
         action="store_false",
         help="do not follow child processes (DataLoader workers)",
     )
+    p.add_argument(
+        "--worker-rate",
+        type=_rate,
+        default=None,
+        metavar="HZ",
+        help="samples per second of the DataLoader workers, by a second py-spy (default: a tenth of --rate, "
+        "at least 5): following child processes is what costs most",
+    )
+    p.add_argument(
+        "--cpu-budget",
+        type=float,
+        default=5.0,
+        metavar="PCT",
+        help="py-spy's CPU allowance in percent of one core (default 5; the workers' py-spy gets half): a "
+        "py-spy run over it lowers the rate of the next one, and the achieved rate is reported; 0 = no budget",
+    )
+    p.add_argument(
+        "--no-yield",
+        dest="yield_cpu",
+        action="store_false",
+        help="sample at normal CPU priority (default: py-spy and gpuwatch's threads run at SCHED_IDLE / nice "
+        "19, so a job that keeps every core busy is not slowed; samples may then be sparser)",
+    )
     p.add_argument("--no-gpu", dest="gpu", action="store_false", help="do not query NVML")
     p.add_argument(
         "--min-step-confidence",
@@ -132,6 +155,9 @@ def run(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         thread=args.thread,
         subprocesses=args.subprocesses,
+        worker_rate_hz=args.worker_rate,
+        cpu_budget_pct=args.cpu_budget,
+        yield_cpu=args.yield_cpu,
         pyspy=args.pyspy,
         chunk_s=args.chunk,
         min_step_confidence=args.min_step_confidence,

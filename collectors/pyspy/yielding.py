@@ -1,0 +1,123 @@
+"""How attach yields the CPU to the job it samples: lowest priority, a CPU budget, the rate it achieved.
+
+Measured on this 2-core machine (`/work/tools`-style probe: a trainer with two DataLoader workers decoding
+JPEGs, py-spy 0.4 at 100 Hz, 8 s, py-spy's own CPU time from wait4):
+- `--subprocesses` is what costs: 17.5% of a core against 3.9% for the training process alone. Each sample
+  of each followed process reads its memory, and the child list is re-scanned. Restarting py-spy every 2 s
+  (chunks) adds about 2 points (its start-up parses the interpreter's symbols again).
+- So attach samples the training process at the full rate and its workers with a second, sparse py-spy
+  (workers only feed the worker breakdown, never the training thread's budget), every py-spy and gpuwatch's
+  own sampling threads at the lowest priority an unprivileged process can take (SCHED_IDLE, else nice 19),
+  and lowers the rate when a py-spy run used more CPU than its budget.
+- py-spy is lowered only once it says it samples: its chrometrace clock starts when the process starts, and
+  its start is the anchor of every timestamp. Started at the lowest priority on a busy host, it began up to
+  30 ms after `Popen` returned and every timestamp was that much early. So a thread of normal priority starts
+  each py-spy and lowers it right after, and all other sampling work runs at the lowest priority.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def lowest_priority() -> str:
+    """Move the calling thread (and what it starts from now on) to the lowest CPU priority allowed without
+    privileges: SCHED_IDLE where the kernel has it, else nice 19. Never raises; returns what was achieved
+    ("SCHED_IDLE", "nice 19", or "unchanged: <why>").
+
+    On Linux both calls act on the calling thread only, so a thread of `gpuwatch top` that runs the capture
+    yields while the dashboard's own thread keeps its priority.
+    """
+    how = "unchanged"
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)  # Linux: the calling thread
+        how = "nice 19"
+    except (OSError, AttributeError) as exc:
+        how = f"unchanged: {exc}"
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+        how = "SCHED_IDLE"
+    except (OSError, AttributeError):
+        pass
+    return how
+
+
+def lower_process(pid: int) -> str:
+    """Move every thread of a running process (one of ours: py-spy) to the lowest priority, as
+    `lowest_priority` does for the caller; threads it starts later inherit it. Never raises."""
+    how = "unchanged"
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError as exc:
+        return f"unchanged: {exc}"
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, 19)
+            how = "nice 19" if how == "unchanged" else how
+        except (OSError, AttributeError):
+            pass
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
+            how = "SCHED_IDLE"
+        except (OSError, AttributeError):
+            pass
+    return how
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (its threads, not its children), or None if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    try:
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+@dataclass(slots=True)
+class RateGovernor:
+    """The sampling rate of the next py-spy run, kept inside a CPU budget.
+
+    After each run: if py-spy used more than `budget_cores` of one core, the rate drops in proportion (down
+    to `min_hz`); while it stays under half the budget the rate climbs back by a quarter (up to the rate
+    asked for). Runs shorter than half a second (start-up dominated) do not move it.
+    """
+
+    asked_hz: int
+    budget_cores: float
+    min_hz: int = 5
+    rate_hz: int = 0
+
+    def __post_init__(self) -> None:
+        self.rate_hz = self.asked_hz
+
+    def after_run(self, cpu_s: float | None, wall_s: float) -> int:
+        """Record one finished py-spy run; returns the rate for the next one."""
+        if cpu_s is None or wall_s < 0.5 or self.budget_cores <= 0:
+            return self.rate_hz
+        used = cpu_s / wall_s
+        if used > self.budget_cores:
+            self.rate_hz = max(self.min_hz, int(self.rate_hz * self.budget_cores / used))
+        elif used < self.budget_cores / 2 and self.rate_hz < self.asked_hz:
+            self.rate_hz = min(self.asked_hz, max(self.rate_hz + 1, int(math.ceil(self.rate_hz * 1.25))))
+        return self.rate_hz
+
+
+def share_uncertainty_pp(runs: int, interval_s: float, window_s: float) -> float:
+    """One standard error (percentage points) of a category's share estimated from periodic samples.
+
+    A category that occupied the thread in `runs` contiguous stretches is misplaced at each stretch's two
+    ends by up to one sampling interval (uniform: variance interval^2/12 per end), so its total is off by
+    interval * sqrt(runs / 6); divided by the window, in percent.
+    """
+    if window_s <= 0 or runs <= 0:
+        return 0.0
+    return 100.0 * interval_s * math.sqrt(runs / 6.0) / window_s
