@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gpuwatch import __version__
 from gpuwatch.errors import RunDirError, RunDirUsageError
 from gpuwatch.records import SCHEMA_VERSION, Run
 
@@ -161,3 +162,33 @@ def run_to_json(run: Run, **extra: Any) -> dict[str, Any]:
 
 def default_host() -> str:
     return socket.gethostname()
+
+
+def run_for_process(
+    *,
+    source: str,
+    rank: int,
+    pid: int,
+    command: str,
+    world_size: int,
+    started_at_unix_ns: int,
+    meta: dict[str, Any],
+    run_id: str = "",
+) -> Run:
+    """The `Run` record of one writing process on this host, stamped with this gpuwatch's version.
+
+    Watch, attach and import all build their writer's `Run` here, so host and version are filled one way.
+    `run_id=""` lets the `SegmentWriter` take the run directory's id (or make one for a new run).
+    """
+    return Run(
+        run_id=run_id,
+        rank=rank,
+        host=default_host(),
+        pid=pid,
+        command=command,
+        world_size=world_size,
+        started_at_unix_ns=started_at_unix_ns,
+        tool_version=__version__,
+        source=source,
+        meta=meta,
+    )
