@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "import": "gpuwatch.cli.import_cmd",
     "summary": "gpuwatch.cli.summary_cmd",
     "attach": "gpuwatch.cli.attach_cmd",
+    "compare": "gpuwatch.cli.compare_cmd",
     "top": "gpuwatch.cli.top_cmd",
 }
 """Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
