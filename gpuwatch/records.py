@@ -47,7 +47,10 @@ HOST_PRIORITY: tuple[Category, ...] = (
 class SpanKind(enum.StrEnum):
     """What produced an interval."""
 
-    CPU_OP = "cpu_op"  # a host operator or annotation (Kineto cpu_op / user_annotation / python)
+    CPU_OP = "cpu_op"  # a host operator (Kineto cpu_op / operator / python)
+    ANNOTATION = "annotation"  # a host range a profiler user named (Kineto user_annotation, record_function)
+    PYTHON_FRAME = "python_frame"  # a Python frame from the profiler's stack tracer (Kineto python_function)
+    GPU_ANNOTATION = "gpu_annotation"  # a user range as the device saw it (Kineto gpu_user_annotation)
     RUNTIME = "runtime"  # a CUDA/HIP runtime call on the host (cudaLaunchKernel, cudaMemcpyAsync, ...)
     KERNEL = "kernel"  # a device compute kernel
     COLLECTIVE = "collective"  # a communication kernel on the device, or a host-side collective call

@@ -99,7 +99,16 @@ _META_ARGS_DECODER = msgspec.json.Decoder(_Args)
 
 # ---- what each Kineto category means ------------------------------------------------------------
 
-_HOST_CATS = {"cpu_op", "operator", "user_annotation", "python_function", "python", "cpu_instant_event"}
+# Host categories keep their Kineto meaning in the span kind: the TensorBoard plugin's Overview (and anyone
+# reading the spans) tells operators from user ranges and from the Python stack tracer's frames.
+_HOST_CATS = {
+    "cpu_op": SpanKind.CPU_OP.value,
+    "operator": SpanKind.CPU_OP.value,
+    "python": SpanKind.CPU_OP.value,
+    "cpu_instant_event": SpanKind.CPU_OP.value,
+    "user_annotation": SpanKind.ANNOTATION.value,
+    "python_function": SpanKind.PYTHON_FRAME.value,
+}
 _RUNTIME_CATS = {
     "cuda_runtime",
     "runtime",
@@ -119,7 +128,6 @@ _DEVICE_CATS = {
 _IGNORED_CATS = {
     "trace",
     "cuda_sync",
-    "gpu_user_annotation",
     "overhead",
     "cuda_profiler_range",
     "ac2g",
@@ -151,6 +159,9 @@ class ImportedTrace:
     skipped: dict[str, int] = field(default_factory=dict)
     """Events not imported, by reason ("unknown cat 'foo'", "unknown phase 'Q'", "no timestamp")."""
     thread_names: dict[int, str] = field(default_factory=dict)
+    event_categories: tuple[str, ...] = ()
+    """The distinct Kineto categories of its complete events, as written (`cuda_runtime`, `Runtime`...): the
+    trace's format generation, which decides how the TensorBoard plugin's Overview read it."""
 
 
 def find_trace_files(paths: list[str]) -> list[Path]:
@@ -369,7 +380,9 @@ def _kind_of_cat(cat: str | None) -> str | None:
     if low in _DEVICE_CATS:
         return _DEVICE_CATS[low] or ""
     if low in _HOST_CATS:
-        return SpanKind.CPU_OP.value
+        return _HOST_CATS[low]
+    if low == "gpu_user_annotation":
+        return SpanKind.GPU_ANNOTATION.value
     if low in _RUNTIME_CATS:
         return SpanKind.RUNTIME.value
     if low in _IGNORED_CATS:
@@ -377,8 +390,10 @@ def _kind_of_cat(cat: str | None) -> str | None:
     return None
 
 
-# Kineto category classes, decided once per distinct category string.
-_C_UNKNOWN, _C_SKIP, _C_HOST, _C_RUNTIME, _C_KERNEL, _C_MEMCPY, _C_MEMSET = -1, 0, 1, 2, 3, 4, 5
+# Kineto category classes, decided once per distinct category string. Order matters: host classes first,
+# then the GPU-side annotation, runtime calls, device work (`>=` comparisons below rely on it).
+_C_UNKNOWN, _C_SKIP, _C_HOST, _C_ANNOTATION, _C_PYFRAME, _C_GPU_ANN = -1, 0, 1, 2, 3, 4
+_C_RUNTIME, _C_KERNEL, _C_MEMCPY, _C_MEMSET = 5, 6, 7, 8
 _KINDS = (
     SpanKind.CPU_OP.value,
     SpanKind.RUNTIME.value,
@@ -387,6 +402,9 @@ _KINDS = (
     SpanKind.MEMCPY.value,
     SpanKind.MEMSET.value,
     SpanKind.STEP.value,
+    SpanKind.ANNOTATION.value,
+    SpanKind.PYTHON_FRAME.value,
+    SpanKind.GPU_ANNOTATION.value,
 )
 _K = {k: i for i, k in enumerate(_KINDS)}
 _get_ts, _get_dur, _get_pid, _get_tid = (attrgetter(f) for f in ("ts", "dur", "pid", "tid"))
@@ -400,6 +418,9 @@ def _class_of_cat(cat: Any) -> int:
         return _C_SKIP
     return {
         SpanKind.CPU_OP.value: _C_HOST,
+        SpanKind.ANNOTATION.value: _C_ANNOTATION,
+        SpanKind.PYTHON_FRAME.value: _C_PYFRAME,
+        SpanKind.GPU_ANNOTATION.value: _C_GPU_ANN,
         SpanKind.RUNTIME.value: _C_RUNTIME,
         "": _C_KERNEL,
         SpanKind.MEMCPY.value: _C_MEMCPY,
@@ -483,6 +504,10 @@ class _Accumulator:
                     if bad.size:
                         col[bad] = [_device_id(getattr(xs[i], field_name)) for i in bad.tolist()]
                 nbytes[at] = _int_list(la_dev, "nbytes")
+        gpu_ann = np.flatnonzero(cls == _C_GPU_ANN)  # a range on a device stream: tid is the stream
+        if gpu_ann.size:
+            stream[gpu_ann] = [_device_id(xs[i].tid) for i in gpu_ann.tolist()]
+            device[gpu_ann] = [_device_id(xs[i].pid) for i in gpu_ann.tolist()]
         # full args only where they carry NCCL metadata: collective kernels, record_param_comms calls
         rpc = self.name_code.get("record_param_comms", -2)
         kernel_kind = np.asarray(self.name_device_kind, dtype=np.int8)[code]
@@ -528,13 +553,18 @@ class _Accumulator:
         n, cls, code = self.n, col["cls"], col["code"]
         # kind: by category, kernels by name (HTA's rule), steps by ProfilerStep#N names
         kind = np.full(n, _K[SpanKind.CPU_OP.value], dtype=np.int8)
+        kind[cls == _C_ANNOTATION] = _K[SpanKind.ANNOTATION.value]
+        kind[cls == _C_PYFRAME] = _K[SpanKind.PYTHON_FRAME.value]
         kind[cls == _C_RUNTIME] = _K[SpanKind.RUNTIME.value]
         is_kernel_cat = cls == _C_KERNEL
         kind[is_kernel_cat] = np.asarray(self.name_device_kind, dtype=np.int8)[code[is_kernel_cat]]
         kind[cls == _C_MEMCPY] = _K[SpanKind.MEMCPY.value]
         kind[cls == _C_MEMSET] = _K[SpanKind.MEMSET.value]
         is_device = cls >= _C_KERNEL
-        step = np.where(is_device, -1, np.asarray(self.name_step, dtype=np.int64)[code])
+        gpu_ann = cls == _C_GPU_ANN
+        kind[gpu_ann] = _K[SpanKind.GPU_ANNOTATION.value]
+        # a ProfilerStep#N range the device saw stays an annotation: the host's marker is the step
+        step = np.where(is_device | gpu_ann, -1, np.asarray(self.name_step, dtype=np.int64)[code])
         kind[step >= 0] = _K[SpanKind.STEP.value]
         kind_arr = np.array(_KINDS, dtype=object)[kind]
         # category: device kinds map directly; host events by the name rules (decided per name)
@@ -543,7 +573,7 @@ class _Accumulator:
         category = host_cat[code]
         for dkind, dcat in DEVICE_KIND_CATEGORY.items():
             category[kind == _K[dkind]] = dcat
-        category[step >= 0] = None
+        category[(step >= 0) | gpu_ann] = None
 
         ts_us, dur_us = col["ts"], col["dur"]
         # Anchor on a whole microsecond so relative times keep their sub-microsecond phase exactly.
@@ -562,7 +592,7 @@ class _Accumulator:
         _collective_metadata(self.args, kind_arr, names, start_ns, nbytes, seq, attrs)
 
         pid = col["pid"]
-        host_pids = pid[~is_device]
+        host_pids = pid[~(is_device | gpu_ann)]
         main_pid = 0
         if host_pids.size:
             uniq, counts = np.unique(host_pids, return_counts=True)
@@ -575,7 +605,7 @@ class _Accumulator:
         cols = SpanColumns(
             rank=np.full(n, rank, dtype=np.int32),
             pid=pid,
-            tid=np.where(is_device, 0, col["tid"]),
+            tid=np.where(is_device | gpu_ann, 0, col["tid"]),
             stream=col["stream"],
             device_index=col["device"].astype(np.int32),
             kind=kind_arr,
@@ -602,6 +632,7 @@ class _Accumulator:
             events_total=self.events_total,
             skipped=dict(self.skipped),
             thread_names=self.thread_names,
+            event_categories=tuple(sorted(str(c) for c in self.cat_class if c is not None)),
         )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from gpuwatch.attribution.budget import RankBudget, compute_rank_budget
 from gpuwatch.attribution.cross_rank import CrossRankResult, analyze_cross_rank
+from gpuwatch.attribution.overview import OverviewBreakdown, legacy_runtime_format, overview_breakdown
 from gpuwatch.attribution.recommendations import Recommendation, recommend
 from gpuwatch.attribution.temporal import TemporalBreakdown, temporal_breakdown
 from gpuwatch.errors import RunDirError
@@ -24,6 +25,8 @@ class RankAnalysis:
     budget: RankBudget
     temporal: TemporalBreakdown | None
     writers: tuple[WriterInfo, ...]
+    overview: OverviewBreakdown | None = None
+    """The removed TensorBoard plugin's Overview step-time breakdown (`overview.py`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +75,16 @@ def analyze_columns(
         budget = compute_rank_budget(rank, cols)
         per_rank[rank] = (cols, budget)
         rank_writers = tuple(w for w in writers if w.run.rank == rank)
+        legacy = legacy_runtime_format(
+            [c for w in rank_writers for c in (w.run.meta or {}).get("event_categories", [])]
+        )
         results.append(
-            RankAnalysis(budget=budget, temporal=temporal_breakdown(cols, budget), writers=rank_writers)
+            RankAnalysis(
+                budget=budget,
+                temporal=temporal_breakdown(cols, budget),
+                writers=rank_writers,
+                overview=overview_breakdown(cols, stretch_steps=legacy),
+            )
         )
     if not results:
         raise RunDirError(f"run {run_dir} has no spans yet (nothing recorded, or the first flush is pending)")

@@ -19,6 +19,8 @@ import numpy as np
 from gpuwatch.attribution.analysis import RunAnalysis
 from gpuwatch.attribution.budget import RankBudget
 from gpuwatch.attribution.cross_rank import RankSyncSplit
+from gpuwatch.attribution.overview import ROLES as OVERVIEW_ROLES
+from gpuwatch.attribution.overview import OverviewBreakdown
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import CATEGORIES
 
@@ -112,6 +114,46 @@ class PerStep:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OverviewPct:
+    """The removed TensorBoard profiler plugin's Overview "Step Time Breakdown": percent of the average step
+    per role (`attribution/overview.py`), summing to 100, and the average step itself."""
+
+    kernel: float
+    memcpy: float
+    memset: float
+    communication: float
+    runtime: float
+    """Runtime calls (cudaLaunchKernel...), counted as the plugin meant even where it read them as nothing."""
+    dataloader: float
+    cpu_exec: float
+    other: float
+    avg_step_us: float
+    """The plugin's average step, microseconds."""
+
+    def items(self) -> Iterator[tuple[str, float]]:
+        """(role, percent) in the plugin's order, `avg_step_us` left out."""
+        for name in OVERVIEW_ROLES:
+            yield name, float(getattr(self, name))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Saving:
+    """What-if: a category of idle time gone, with everything else unchanged. An upper bound: it ignores the
+    critical path (time another activity would fill, a rank that would still wait for another)."""
+
+    category: str
+    rank: int | None
+    """None: every rank of the run (the job); a rank: that rank alone, listed when its share of the
+    category stands out from the job's."""
+    step_time_ms_after: float
+    """Mean step time without the category, milliseconds."""
+    speedup: float
+    """Mean step time now over `step_time_ms_after`."""
+    gpu_hours_saved_per_1000: float
+    """GPU-hours the category costs per 1,000 GPU-hours of the job (all ranks)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RankSummary:
     """One rank's budget and step statistics."""
 
@@ -133,6 +175,8 @@ class RankSummary:
     evidence: tuple[EvidenceItem, ...]
     per_step: PerStep | None = None
     """None for summaries stored before per-step data was kept."""
+    overview_pct: OverviewPct | None = None
+    """None when the rank has no step time to split, or for summaries stored before it was computed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,6 +216,8 @@ class Summary:
     straggler: StragglerSummary | None
     recommendations: tuple[RecommendationItem, ...]
     notes: tuple[str, ...]
+    savings: tuple[Saving, ...] = ()
+    """What-if per idle category, largest first (`savings_of`)."""
 
     def rank(self, rank: int) -> RankSummary:
         """The summary of one rank; KeyError when the run has no such rank."""
@@ -189,6 +235,7 @@ class Summary:
             "straggler": None if self.straggler is None else _straggler_to_json(self.straggler),
             "recommendations": [_plain(r) for r in self.recommendations],
             "notes": list(self.notes),
+            "savings": [_plain(s) for s in self.savings],
         }
 
     @classmethod
@@ -196,10 +243,11 @@ class Summary:
         """Read a `summary --json` document back. Raises RunDirError when it is not one."""
         try:
             s = doc.get("straggler")
+            ranks = tuple(_rank_from_json(r) for r in doc["ranks"])
             return cls(
                 run_id=str(doc["run_id"]),
                 run_dir=str(doc.get("run_dir", "")),
-                ranks=tuple(_rank_from_json(r) for r in doc["ranks"]),
+                ranks=ranks,
                 straggler=None
                 if not s
                 else StragglerSummary(
@@ -214,6 +262,18 @@ class Summary:
                     for r in doc.get("recommendations", [])
                 ),
                 notes=tuple(str(n) for n in doc.get("notes", [])),
+                savings=savings_of(ranks)
+                if "savings" not in doc
+                else tuple(
+                    Saving(
+                        category=str(v["category"]),
+                        rank=None if v.get("rank") is None else int(v["rank"]),
+                        step_time_ms_after=float(v["step_time_ms_after"]),
+                        speedup=float(v["speedup"]),
+                        gpu_hours_saved_per_1000=float(v["gpu_hours_saved_per_1000"]),
+                    )
+                    for v in doc["savings"]
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RunDirError(
@@ -244,7 +304,7 @@ def load_summary(
 def summarize(analysis: RunAnalysis) -> Summary:
     """The typed summary of an analysed run."""
     ranks = tuple(
-        _rank_summary(ra.budget, ra.temporal, analysis.cross.splits.get(ra.budget.rank))
+        _rank_summary(ra.budget, ra.temporal, analysis.cross.splits.get(ra.budget.rank), ra.overview)
         for ra in analysis.ranks
     )
     s = analysis.cross.straggler
@@ -273,10 +333,52 @@ def summarize(analysis: RunAnalysis) -> Summary:
             for r in analysis.recommendations
         ),
         notes=tuple(analysis.notes),
+        savings=savings_of(ranks),
     )
 
 
-def _rank_summary(b: RankBudget, t: Any, split: RankSyncSplit | None) -> RankSummary:
+IDLE_CATEGORIES: tuple[str, ...] = tuple(c for c in CATEGORY_NAMES if c != "compute")
+OUTLIER_PP = 5.0
+"""A rank gets a what-if of its own when its share of a category exceeds the job's by this many points."""
+
+
+def savings_of(ranks: tuple[RankSummary, ...]) -> tuple[Saving, ...]:
+    """What-if for every idle category with time in it: the job's mean step time without it, and the same
+    for a rank whose share of it stands out; largest saving first. Upper bounds (critical path ignored)."""
+    walls = [(r, r.step_time_ms.mean * r.steps) for r in ranks if r.steps and r.step_time_ms.mean > 0]
+    total_wall = sum(w for _, w in walls)
+    total_steps = sum(r.steps for r, _ in walls)
+    if total_wall <= 0:
+        return ()
+    out: list[Saving] = []
+    for c in IDLE_CATEGORIES:
+        total_cat = sum(r.budget_ms_per_step.get(c) * r.steps for r, _ in walls)
+        if total_cat <= 0 or total_cat >= total_wall:
+            continue
+        before, after = total_wall / total_steps, (total_wall - total_cat) / total_steps
+        out.append(_saving(c, None, before, after, 1000.0 * total_cat / total_wall))
+        job_pct = 100.0 * total_cat / total_wall
+        for r, _ in walls if len(walls) > 1 else ():
+            cat_ms, mean = r.budget_ms_per_step.get(c), r.step_time_ms.mean
+            if 100.0 * cat_ms / mean >= job_pct + OUTLIER_PP and cat_ms < mean:
+                out.append(_saving(c, r.rank, mean, mean - cat_ms, 1000.0 * cat_ms * r.steps / total_wall))
+    out.sort(key=lambda s: (-s.gpu_hours_saved_per_1000, s.category, -1 if s.rank is None else s.rank))
+    return tuple(out)
+
+
+def _saving(category: str, rank: int | None, before_ms: float, after_ms: float, saved: float) -> Saving:
+    return Saving(
+        category=category,
+        rank=rank,
+        step_time_ms_after=after_ms,
+        speedup=before_ms / after_ms,
+        gpu_hours_saved_per_1000=saved,
+    )
+
+
+def _rank_summary(
+    b: RankBudget, t: Any, split: RankSyncSplit | None, overview: OverviewBreakdown | None = None
+) -> RankSummary:
     step_ms = b.step_ns / 1e6
     n = int(step_ms.size)
     totals = b.step_category_ns.sum(axis=0)
@@ -326,6 +428,9 @@ def _rank_summary(b: RankBudget, t: Any, split: RankSyncSplit | None) -> RankSum
                 for i, c in enumerate(CATEGORY_NAMES)
             },
         ),
+        overview_pct=None
+        if overview is None
+        else OverviewPct(**overview.pct(), avg_step_us=overview.avg_step_ns / 1e3),
     )
 
 
@@ -359,6 +464,8 @@ def _rank_to_json(r: RankSummary) -> dict[str, Any]:
             "wall_ms": list(r.per_step.wall_ms),
             "category_ms": {c: list(r.per_step.category(c)) for c in CATEGORY_NAMES},
         }
+    if r.overview_pct is not None:
+        doc["overview_pct"] = _plain(r.overview_pct)
     return doc
 
 
@@ -398,6 +505,9 @@ def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
             wall_ms=tuple(float(v) for v in ps["wall_ms"]),
             category_ms={c: tuple(float(v) for v in ps["category_ms"].get(c, ())) for c in CATEGORY_NAMES},
         ),
+        overview_pct=None
+        if not d.get("overview_pct")
+        else OverviewPct(**{f.name: float(d["overview_pct"][f.name]) for f in fields(OverviewPct)}),
     )
 
 

@@ -105,6 +105,9 @@ class RankTrace:
         pid, tid: the training process and thread (ranks may share a pid, e.g. one per container).
         realistic: add the args real traces carry (Input Dims, Call stack, grid, ...) and flow events.
         seq_in_args: write NCCL "Seq" numbers (newer PyTorch) or leave matching to call order.
+        linked_external_ids: give runtime calls and their device work the External id of the innermost
+            operator around the launch, as Kineto does (user annotations lend theirs only in the old format,
+            where they are operators); otherwise every event has an External id of its own.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class RankTrace:
         old_categories: bool = False,
         distributed_info: bool = True,
         step_markers: bool = True,
+        linked_external_ids: bool = False,
     ) -> None:
         self.rank = rank
         self.world_size = world_size
@@ -138,6 +142,7 @@ class RankTrace:
         self.old_categories = old_categories
         self.distributed_info = distributed_info
         self.step_markers = step_markers
+        self.linked_external_ids = linked_external_ids
         self.device_index = rank % 8
         self.compute_stream = 7
         self.comm_stream = 20
@@ -645,8 +650,34 @@ class RankTrace:
         )
         return meta
 
+    def _link_external_ids(self) -> None:
+        """Runtime calls (and the device work of their correlation ids) take the External id of the
+        innermost enclosing operator on their thread."""
+        op_cats = {"Operator"} if self.old_categories else {"cpu_op"}
+        runtime_cat = self._cat("cuda_runtime")
+        ops: dict[Any, list[dict[str, Any]]] = {}
+        for e in self.events:
+            if e.get("ph") == "X" and e["cat"] in op_cats and not e["name"].startswith("ProfilerStep#"):
+                ops.setdefault(e["tid"], []).append(e)
+        by_corr: dict[int, int] = {}
+        for e in self.events:
+            if e.get("ph") != "X" or e["cat"] != runtime_cat:
+                continue
+            lo, hi = e["ts"], e["ts"] + e["dur"]
+            around = [o for o in ops.get(e["tid"], []) if o["ts"] <= lo and hi <= o["ts"] + o["dur"]]
+            if around:
+                inner = max(around, key=lambda o: (o["ts"], -o["dur"]))
+                e["args"]["External id"] = inner["args"]["External id"]
+                by_corr[e["args"]["correlation"]] = inner["args"]["External id"]
+        for e in self.events:
+            corr = e.get("args", {}).get("correlation") if e.get("ph") == "X" else None
+            if corr and e["cat"] != runtime_cat and corr in by_corr:
+                e["args"]["External id"] = by_corr[corr]
+
     def to_json(self) -> dict[str, Any]:
         doc = self.header()
+        if self.linked_external_ids:
+            self._link_external_ids()
         doc["traceEvents"] = self.events + self.metadata_events()
         doc["traceName"] = f"rank{self.rank}.pt.trace.json"
         return doc

@@ -22,6 +22,8 @@ from gpuwatch.errors import UsageError
 HOST_CATS = {"cpu_op", "operator", "user_annotation", "python_function"}
 RUNTIME_CATS = {"cuda_runtime", "runtime", "cuda_driver"}
 DEVICE_CATS = {"kernel", "gpu_memcpy", "gpu_memset", "memcpy", "memset"}
+# user ranges as a device stream saw them: spans on that stream (kind gpu_annotation), not device work
+GPU_ANNOTATION_CATS = {"gpu_user_annotation"}
 
 
 def raw_trace(path: Path) -> dict[str, Any]:
@@ -48,9 +50,13 @@ def test_every_shared_trace_imports_every_span(name: str) -> None:
         imp = import_trace(path)
         cols = imp.spans
         want = Counter(
-            "device" if cat_of(e) in DEVICE_CATS else "runtime" if cat_of(e) in RUNTIME_CATS else "host"
+            "device"
+            if cat_of(e) in DEVICE_CATS | GPU_ANNOTATION_CATS
+            else "runtime"
+            if cat_of(e) in RUNTIME_CATS
+            else "host"
             for e in xs
-            if cat_of(e) in HOST_CATS | RUNTIME_CATS | DEVICE_CATS
+            if cat_of(e) in HOST_CATS | RUNTIME_CATS | DEVICE_CATS | GPU_ANNOTATION_CATS
         )
         got = Counter(
             "device" if s >= 0 else "runtime" if k == "runtime" else "host"
@@ -192,7 +198,7 @@ def test_cpu_gpu_correlation_is_kept(name: str) -> None:
         want_dev = Counter(int(e["args"]["correlation"]) for e in xs if cat_of(e) in DEVICE_CATS)
         want_rt = {int(e["args"]["correlation"]) for e in xs if cat_of(e) in RUNTIME_CATS}
         cols = import_trace(path).spans
-        dev = cols.stream >= 0
+        dev = (cols.stream >= 0) & (cols.kind != "gpu_annotation")
         assert Counter(cols.correlation[dev].tolist()) == want_dev
         linked = np.isin(cols.correlation[dev], np.array(sorted(want_rt)))
         assert linked.mean() == pytest.approx(sum(want_dev[c] for c in want_rt) / sum(want_dev.values()))
