@@ -12,6 +12,7 @@ Kinds:
   real JPEG decode + numpy augmentation on the training thread, an MLP forward/backward/SGD step, and a
   large synchronous `torch.save` every `--ckpt-every` steps. Phases: data, decode, compute, ckpt.
 - `loader0`: `num_workers=0` over a dataset that decodes JPEGs in `__getitem__`; phases data, compute.
+- `saturated`: `--workers` DataLoader workers decoding large JPEGs keep every core busy; phases data, compute.
 - `bench`: a plain CPU training loop (steps of 10-50 ms) writing only step times, for the overhead benchmark.
 - `cuda`: a GPU training loop (device matmuls, a 10 ms host wait, `.item()` each step), for the gpu marker.
 - `exit-after`: a small training loop that exits by itself after `--seconds`.
@@ -217,6 +218,38 @@ def loader0(args: argparse.Namespace) -> None:
         i += 1
 
 
+def saturated(args: argparse.Namespace) -> None:
+    """`--workers` DataLoader workers decoding large JPEGs keep every core busy (the busy host of issue 9);
+    the training thread waits for their batches and runs an MLP step. Phases: data, compute."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    truth = Truth(args.truth)
+    blobs = make_jpegs(8, args.worker_image, seed=1)
+    loader = DataLoader(
+        SlowJpegDataset(blobs, args.read_latency), batch_size=2, num_workers=args.workers, prefetch_factor=2
+    )
+    net = WithLoss(args.width, args.depth)
+    opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
+    x = torch.randn(args.batch, args.width)
+    it = iter(loader)
+    i = 0
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it)
+        t1 = time.perf_counter()
+        loss = net.loss(net.body(x + float(batch.mean())), x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        t2 = time.perf_counter()
+        truth.step(i, [("data", t0, t1), ("compute", t1, t2)])
+        if i == 2:
+            print(os.getpid(), flush=True)
+        i += 1
+
+
 def bench(args: argparse.Namespace) -> None:
     """Steps of ~20 ms of real forward/backward/SGD; one line per step (start, end)."""
     import torch
@@ -287,7 +320,9 @@ def nondumpable(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("kind", choices=["planted", "loader0", "bench", "cuda", "exit-after", "nondumpable"])
+    p.add_argument(
+        "kind", choices=["planted", "loader0", "saturated", "bench", "cuda", "exit-after", "nondumpable"]
+    )
     p.add_argument("--truth", default=os.devnull)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--read-latency", type=float, default=0.12)
@@ -311,6 +346,7 @@ def main() -> None:
     {
         "planted": planted,
         "loader0": loader0,
+        "saturated": saturated,
         "bench": bench,
         "cuda": cuda,
         "exit-after": exit_after,
