@@ -8,10 +8,8 @@ import threading
 import time
 from pathlib import Path
 
-from gpuwatch import __version__
 from gpuwatch.errors import UsageError
-from gpuwatch.records import Run
-from gpuwatch.store.run_dir import RUN_FILE, default_host
+from gpuwatch.store.run_dir import RUN_FILE, run_for_process
 from gpuwatch.store.segment_writer import SegmentWriter
 
 
@@ -34,16 +32,14 @@ def import_to_run(
     writers: list[SegmentWriter] = []
     run_id = ""
     for res in results:
-        run = Run(
+        run = run_for_process(
             run_id=run_id,
+            source="import",
             rank=res.rank,
-            host=default_host(),
             pid=res.pid,
             command=str(res.path),
             world_size=res.world_size,
             started_at_unix_ns=res.anchor_unix_ns,
-            tool_version=__version__,
-            source="import",
             meta={
                 "trace_file": str(res.path),
                 "backend": res.backend,
