@@ -62,8 +62,18 @@ class SpanKind(enum.StrEnum):
     PHASE = "phase"  # a hooked training phase (forward, backward, optimizer, DataLoader wait, checkpoint)
 
 
-DEVICE_KINDS: frozenset[str] = frozenset({SpanKind.KERNEL, SpanKind.MEMCPY, SpanKind.MEMSET})
-"""Span kinds that live on a device stream (a COLLECTIVE with a stream is a device span too)."""
+DEVICE_KIND_CATEGORY: dict[str, str] = {
+    SpanKind.KERNEL.value: Category.COMPUTE.value,
+    SpanKind.COLLECTIVE.value: Category.SYNC.value,
+    SpanKind.MEMCPY.value: Category.MEMCPY.value,
+    SpanKind.MEMSET.value: Category.MEMCPY.value,
+}
+"""What device work of each kind counts as: trace import labels device spans with it, and the budget
+splits a device's busy time by it."""
+
+DEVICE_KINDS: tuple[str, ...] = tuple(DEVICE_KIND_CATEGORY)
+"""Span kinds that run on a device stream: a span of one of them with `stream >= 0` is a device span (a
+COLLECTIVE with stream -1 is the host-side call of a collective)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +173,19 @@ SAMPLE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 """Segment columns of samples, in order, with their SQL types."""
 
+NULLABLE_INT_COLUMNS: tuple[str, ...] = ("step", "bytes", "correlation", "seq")
+"""Integer span columns that may be NULL (None in `Span`)."""
+NULL_INT = -1
+"""What `SpanColumns` holds for NULL in `NULLABLE_INT_COLUMNS` (numpy integer arrays have no NULL); the
+store writes it as NULL and reads NULL back as it."""
+
 
 @dataclass(frozen=True, slots=True)
 class SpanColumns:
     """Many spans held column-wise (numpy arrays of equal length), for bulk producers such as trace import.
 
-    Integer columns use -1 where `Span` would hold None for `step`, `bytes`, `correlation` and `seq`; the
-    store turns them back into NULL. `kind`, `category`, `name` and `attrs` are object arrays of str/None.
+    Integer columns use `NULL_INT` (-1) where `Span` would hold None (`NULLABLE_INT_COLUMNS`); the store
+    turns them back into NULL. `kind`, `category`, `name` and `attrs` are object arrays of str/None.
     """
 
     rank: np.ndarray

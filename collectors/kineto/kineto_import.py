@@ -28,9 +28,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from collectors.kineto.kineto_rules import DEVICE_KIND_CATEGORY, DTYPE_BYTES, device_kind, host_category
+from collectors.kineto.kineto_rules import DTYPE_BYTES, device_kind, host_category
 from gpuwatch.errors import TraceFormatError, UsageError
-from gpuwatch.records import SpanColumns, SpanKind
+from gpuwatch.records import DEVICE_KIND_CATEGORY, SpanColumns, SpanKind
 
 # ---- the typed shape of a trace (only the fields we read) ---------------------------------------
 

@@ -76,13 +76,6 @@ def device_kind(name: str) -> str:
     return SpanKind.KERNEL.value
 
 
-DEVICE_KIND_CATEGORY: dict[str, str] = {
-    SpanKind.KERNEL.value: Category.COMPUTE.value,
-    SpanKind.COLLECTIVE.value: Category.SYNC.value,
-    SpanKind.MEMCPY.value: Category.MEMCPY.value,
-    SpanKind.MEMSET.value: Category.MEMCPY.value,
-}
-
 DTYPE_BYTES: dict[str, int] = {
     "float": 4,
     "float32": 4,

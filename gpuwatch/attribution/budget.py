@@ -20,13 +20,19 @@ from typing import Any
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
-from gpuwatch.records import CATEGORIES, HOST_PRIORITY, Category, SpanColumns, SpanKind
+from gpuwatch.records import (
+    CATEGORIES,
+    DEVICE_KIND_CATEGORY,
+    DEVICE_KINDS,
+    HOST_PRIORITY,
+    Category,
+    SpanColumns,
+    SpanKind,
+)
 
 CAT_INDEX: dict[str, int] = {c.value: i for i, c in enumerate(CATEGORIES)}
-_DEVICE_KINDS = np.array(
-    [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value, SpanKind.MEMCPY.value, SpanKind.MEMSET.value],
-    dtype=object,
-)
+_DEVICE_PRIORITY = (Category.COMPUTE, Category.SYNC, Category.MEMCPY)
+"""Which device work counts where device spans overlap: compute hides communication, which hides copies."""
 _NOT_ACTIVITY = np.array([SpanKind.STEP.value, "gpu_annotation"], dtype=object)
 
 
@@ -130,7 +136,7 @@ class RankBudget:
 
 def pick_training_tid(cols: SpanColumns) -> int:
     """The host thread that runs the training loop: the one with step markers, else the busiest host thread."""
-    host = ~kind_in(cols.kind, _DEVICE_KINDS) | (cols.stream < 0)
+    host = ~kind_in(cols.kind, DEVICE_KINDS) | (cols.stream < 0)
     steps = host & (cols.kind == SpanKind.STEP.value)
     if steps.any():
         tids, counts = np.unique(cols.tid[steps], return_counts=True)
@@ -172,7 +178,7 @@ def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: 
     tid = pick_training_tid(cols)
     step_ids, step_s, step_e, from_markers = _steps(cols, tid)
     kind = cols.kind
-    is_device = kind_in(kind, _DEVICE_KINDS) & (cols.stream >= 0)
+    is_device = kind_in(kind, DEVICE_KINDS) & (cols.stream >= 0)
     mode = "device" if is_device.any() else "host"
 
     host_tids = {tid}
@@ -188,10 +194,10 @@ def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: 
         if mask.any():
             sets.append((CAT_INDEX[category.value], mask))
 
-    if mode == "device":
-        add(Category.COMPUTE, is_device & (kind == SpanKind.KERNEL.value))
-        add(Category.SYNC, is_device & (kind == SpanKind.COLLECTIVE.value))
-        add(Category.MEMCPY, is_device & kind_in(kind, [SpanKind.MEMCPY.value, SpanKind.MEMSET.value]))
+    if mode == "device":  # device spans count as their kind's category (the one import labels them with)
+        for category in _DEVICE_PRIORITY:
+            kinds = [k for k, c in DEVICE_KIND_CATEGORY.items() if c == category.value]
+            add(category, is_device & kind_in(kind, kinds))
     for category in HOST_PRIORITY:
         add(category, on_host & (cat == category.value))
     if mode == "host":

@@ -20,7 +20,7 @@ import numpy as np
 
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, kind_in, launch_ns, name_codes
-from gpuwatch.records import Category, SpanColumns, SpanKind
+from gpuwatch.records import DEVICE_KINDS, Category, SpanColumns
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +41,7 @@ def temporal_breakdown(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdo
 
 def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown | None:
     kinds = cols.kind
-    device = kind_in(
-        kinds,
-        [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value, SpanKind.MEMCPY.value, SpanKind.MEMSET.value],
-    ) & (cols.stream >= 0)
+    device = kind_in(kinds, DEVICE_KINDS) & (cols.stream >= 0)
     idx = np.flatnonzero(device)
     # HTA filters only when the trace has two or more ProfilerStep names, by when the work was launched
     if budget.steps_from_markers and np.unique(budget.step_ids).size > 1:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from gpuwatch.errors import RunDirError
-from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, Run, SpanColumns
+from gpuwatch.records import NULL_INT, NULLABLE_INT_COLUMNS, SAMPLE_COLUMNS, SPAN_COLUMNS, Run, SpanColumns
 from gpuwatch.store.run_dir import WRITER_FILE, Segment, list_segments, list_writer_dirs, read_run_marker
 
 
@@ -123,8 +123,8 @@ class RunReader:
         text = ("name", "kind", "category")
         select = []
         for name, _ in SPAN_COLUMNS:
-            if name in ("step", "bytes", "correlation", "seq"):
-                select.append(f"coalesce({name}, -1) AS {name}")
+            if name in NULLABLE_INT_COLUMNS:
+                select.append(f"coalesce({name}, {NULL_INT}) AS {name}")
             elif name in text and not _exact:
                 select.append(f'hash("{name}") AS "{name}"')
             elif name != "attrs" or (_exact and with_attrs):

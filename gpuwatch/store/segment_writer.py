@@ -18,7 +18,16 @@ from typing import Any
 
 import msgspec
 
-from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, Run, Sample, Span, SpanColumns
+from gpuwatch.records import (
+    NULL_INT,
+    NULLABLE_INT_COLUMNS,
+    SAMPLE_COLUMNS,
+    SPAN_COLUMNS,
+    Run,
+    Sample,
+    Span,
+    SpanColumns,
+)
 from gpuwatch.store.run_dir import (
     WRITER_FILE,
     claim_writer_dir,
@@ -203,7 +212,7 @@ def _sql_str(path: Path) -> str:
 
 
 def _parquet_select(field: str, sql_type: str) -> str:
-    # Bulk columns use -1 for "unknown" in integer columns that are nullable in the data model.
-    if field in ("step", "bytes", "correlation", "seq"):
-        return f'CAST(NULLIF("{field}", -1) AS {sql_type}) AS "{field}"'
+    # Bulk columns hold NULL_INT for "unknown" in integer columns that are nullable in the data model.
+    if field in NULLABLE_INT_COLUMNS:
+        return f'CAST(NULLIF("{field}", {NULL_INT}) AS {sql_type}) AS "{field}"'
     return f'CAST("{field}" AS {sql_type}) AS "{field}"'
