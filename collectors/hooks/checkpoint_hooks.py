@@ -24,7 +24,8 @@ from typing import Any
 from collectors.base import Collector, RecordSink
 from collectors.hooks import hook_context as hc
 from collectors.hooks.hook_context import HookContext, Patcher
-from gpuwatch.records import Category, Span, SpanKind
+from collectors.hooks.hook_region import call_in_region
+from gpuwatch.records import Category, SpanKind
 
 CKPT = Category.CHECKPOINT_IO.value
 PHASE = SpanKind.PHASE.value
@@ -110,13 +111,13 @@ class CheckpointHooks(Collector):
         )
 
 
-def _skip(ctx: HookContext | None, is_load: bool) -> bool:
-    if ctx is None or ctx.flag(_FLAG):
-        return True  # not watching, or inside another checkpoint call (DCP writes with torch.save)
+def _skip(ctx: HookContext, is_load: bool) -> bool:
+    if ctx.flag(_FLAG):
+        return True  # inside another checkpoint call (DCP writes with torch.save)
     if ctx.flag(hc.IN_COLLECTIVE):
         return True  # object collectives pickle tensors through torch.save/torch.load: that is the collective
     # torch.load inside a DataLoader fetch on the training thread is the input pipeline
-    return is_load and ctx.data_depth > 0 and threading.get_ident() == ctx.train_ident
+    return is_load and ctx.flag(hc.IN_DATA_LOADING) and threading.get_ident() == ctx.train_ident
 
 
 def _path_of(args: tuple[Any, ...], kwargs: dict[str, Any], path_arg: int | None, path_kw: str | None) -> Any:
@@ -148,25 +149,15 @@ def _timed(
 ) -> Any:
     def checkpoint_call(*args: Any, **kwargs: Any) -> Any:
         ctx = hc.ACTIVE
-        if _skip(ctx, is_load):
+        if ctx is None or _skip(ctx, is_load):
             return original(*args, **kwargs)
-        assert ctx is not None
-        try:
-            t0 = ctx.begin(label)
-            ctx.set_flag(_FLAG, True)
-        except Exception as exc:
-            ctx.hook_error("checkpoint", exc)
-            return original(*args, **kwargs)
-        try:
-            return original(*args, **kwargs)
-        finally:
-            try:
-                ctx.set_flag(_FLAG, False)
-                path = _path_of(args, kwargs, path_arg, path_kw)
-                attrs = {"path": os.fspath(path)} if isinstance(path, (str, os.PathLike)) else None
-                ctx.end(t0, PHASE, label, CKPT, key=label, bytes=_file_bytes(path), attrs=attrs)
-            except Exception as exc:
-                ctx.hook_error("checkpoint", exc)
+
+        def finish(t0: int, _state: Any, _result: Any) -> None:
+            path = _path_of(args, kwargs, path_arg, path_kw)
+            attrs = {"path": os.fspath(path)} if isinstance(path, (str, os.PathLike)) else None
+            ctx.end(t0, PHASE, label, CKPT, key=label, bytes=_file_bytes(path), attrs=attrs)
+
+        return call_in_region(ctx, label, "checkpoint", original, args, kwargs, finish, flag=_FLAG)
 
     checkpoint_call.__name__ = getattr(original, "__name__", label)
     checkpoint_call.__doc__ = original.__doc__
@@ -179,29 +170,17 @@ def _timed_async_save(original: Any) -> Any:
 
     def async_save(*args: Any, **kwargs: Any) -> Any:
         ctx = hc.ACTIVE
-        if _skip(ctx, False):
+        if ctx is None or _skip(ctx, False):
             return original(*args, **kwargs)
-        assert ctx is not None
-        try:
-            t0 = ctx.begin(label)
-            ctx.set_flag(_FLAG, True)
-        except Exception as exc:
-            ctx.hook_error("checkpoint", exc)
-            return original(*args, **kwargs)
-        result = None
-        try:
-            result = original(*args, **kwargs)
-            return result
-        finally:
-            try:
-                ctx.set_flag(_FLAG, False)
-                path = kwargs.get("checkpoint_id")
-                attrs = {"path": os.fspath(path)} if isinstance(path, (str, os.PathLike)) else {}
-                t1 = ctx.end(t0, PHASE, label, CKPT, key="dcp.async_save", attrs={**attrs, "async": True})
-                if result is not None:
-                    _follow_async_result(ctx, result, t1, attrs)
-            except Exception as exc:
-                ctx.hook_error("checkpoint", exc)
+
+        def finish(t0: int, _state: Any, result: Any) -> None:
+            path = kwargs.get("checkpoint_id")
+            attrs = {"path": os.fspath(path)} if isinstance(path, (str, os.PathLike)) else {}
+            t1 = ctx.end(t0, PHASE, label, CKPT, key="dcp.async_save", attrs={**attrs, "async": True})
+            if result is not None:
+                _follow_async_result(ctx, result, t1, attrs)
+
+        return call_in_region(ctx, label, "checkpoint", original, args, kwargs, finish, flag=_FLAG)
 
     async_save.__doc__ = original.__doc__
     async_save.__wrapped__ = original  # type: ignore[attr-defined]
@@ -232,18 +211,14 @@ def _background_done(ctx: HookContext, t_return: int, attrs: dict[str, Any]) -> 
     try:
         if hc.ACTIVE is not ctx:
             return
-        ctx.emit(
-            Span(
-                rank=ctx.rank,
-                kind=PHASE,
-                name="dcp.async_save (background upload)",
-                start_ns=t_return,
-                end_ns=ctx.now_ns(),
-                category=CKPT,
-                pid=ctx.pid,
-                tid=threading.get_native_id(),  # the uploading thread: off the training thread's budget
-                attrs={**attrs, "background": True},
-            )
+        ctx.emit_span(
+            t_return,
+            ctx.now_ns(),
+            PHASE,
+            "dcp.async_save (background upload)",
+            CKPT,
+            tid=threading.get_native_id(),  # the uploading thread: off the training thread's budget
+            attrs={**attrs, "background": True},
         )
     except Exception as exc:
         ctx.hook_error("checkpoint", exc)
@@ -256,17 +231,10 @@ def _time_result(fut: concurrent.futures.Future[Any], label: str) -> None:
         ctx = hc.ACTIVE
         if ctx is None or fut.done():
             return original(timeout)
-        try:
-            t0 = ctx.begin(label)
-        except Exception as exc:
-            ctx.hook_error("checkpoint", exc)
-            return original(timeout)
-        try:
-            return original(timeout)
-        finally:
-            try:
-                ctx.end(t0, PHASE, label, CKPT, key=label)
-            except Exception as exc:
-                ctx.hook_error("checkpoint", exc)
+
+        def finish(t0: int, _state: Any, _result: Any) -> None:
+            ctx.end(t0, PHASE, label, CKPT, key=label)
+
+        return call_in_region(ctx, label, "checkpoint", original, (timeout,), {}, finish)
 
     fut.result = result  # type: ignore[method-assign]

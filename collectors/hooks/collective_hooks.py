@@ -22,6 +22,7 @@ from typing import Any
 from collectors.base import Collector, RecordSink
 from collectors.hooks import hook_context as hc
 from collectors.hooks.hook_context import HookContext, Patcher
+from collectors.hooks.hook_region import UNHOOKED, call_in_region
 from gpuwatch.records import Category, SpanKind
 
 COLLECTIVES: tuple[str, ...] = (
@@ -122,24 +123,20 @@ class CollectiveHooks(Collector):
                 ctx = hc.current()
                 if ctx is None or ctx.flag(_FLAG):
                     return original(*args, **kwargs)
-                try:
+
+                def before() -> Any:
                     group = spec.arg(args, kwargs, "group")
                     if group is not None and hooks._c10d._rank_not_in_group(group):
-                        return original(*args, **kwargs)
-                    token = hooks.timer.start() if hooks.timer is not None else None
-                    t0 = ctx.begin(label)
-                    ctx.set_flag(_FLAG, True)
-                except Exception as exc:
-                    ctx.hook_error("collective", exc)
-                    return original(*args, **kwargs)
-                try:
-                    return original(*args, **kwargs)
-                finally:
-                    try:
-                        ctx.set_flag(_FLAG, False)
-                        hooks._finish(ctx, spec, label, group, args, kwargs, t0, token)
-                    except Exception as exc:
-                        ctx.hook_error("collective", exc)
+                        return UNHOOKED  # this rank takes no part: nothing to time
+                    return group, hooks.timer.start() if hooks.timer is not None else None
+
+                def finish(t0: int, state: tuple[Any, Any], _result: Any) -> None:
+                    group, token = state
+                    hooks._finish(ctx, spec, label, group, args, kwargs, t0, token)
+
+                return call_in_region(
+                    ctx, label, "collective", original, args, kwargs, finish, flag=_FLAG, before=before
+                )
 
             collective.__name__ = spec.name
             collective.__doc__ = original.__doc__

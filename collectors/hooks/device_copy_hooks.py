@@ -9,10 +9,12 @@ overrules it (memcpy outranks host_overhead, the category of a sampled `.to()` c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from collectors.hooks import hook_context as hc
-from collectors.hooks.hook_context import Patcher
+from collectors.hooks.hook_context import HookContext, Patcher
+from collectors.hooks.hook_region import call_then_emit
 from gpuwatch.records import Category, SpanKind
 
 
@@ -30,9 +32,8 @@ def _wrap_copy(original: Any) -> Any:
         ctx = hc.current()
         if ctx is None:
             return original(self, *args, **kwargs)
-        t0 = ctx.now_ns()
-        out = original(self, *args, **kwargs)
-        try:
+
+        def emit(t0: int, out: Any) -> None:
             if out is not self and out.device.type != self.device.type:
                 src, dst = self.device.type, out.device.type
                 direction = "h2d" if src == "cpu" else ("d2h" if dst == "cpu" else "d2d")
@@ -44,9 +45,8 @@ def _wrap_copy(original: Any) -> Any:
                     bytes=int(self.numel() * self.element_size()),
                     attrs={"direction": direction, "non_blocking": bool(kwargs.get("non_blocking", False))},
                 )
-        except Exception as exc:
-            ctx.hook_error("memcpy", exc)
-        return out
+
+        return call_then_emit(ctx, "memcpy", original, (self, *args), kwargs, emit)
 
     copy.__name__ = method
     copy.__doc__ = original.__doc__
@@ -58,13 +58,9 @@ def _wrap_item(original: Any) -> Any:
         ctx = hc.current()
         if ctx is None or not self.is_cuda:
             return original(self)
-        t0 = ctx.now_ns()
-        out = original(self)
-        try:
-            ctx.emit_since(t0, SpanKind.CPU_OP.value, "Tensor.item (device sync)", Category.SYNC.value)
-        except Exception as exc:
-            ctx.hook_error("item", exc)
-        return out
+        return call_then_emit(
+            ctx, "item", original, (self,), {}, _sync_span(ctx, "Tensor.item (device sync)")
+        )
 
     item.__doc__ = original.__doc__
     return item
@@ -75,13 +71,18 @@ def _wrap_synchronize(original: Any) -> Any:
         ctx = hc.current()
         if ctx is None:
             return original(*args, **kwargs)
-        t0 = ctx.now_ns()
-        out = original(*args, **kwargs)
-        try:
-            ctx.emit_since(t0, SpanKind.CPU_OP.value, "torch.cuda.synchronize", Category.SYNC.value)
-        except Exception as exc:
-            ctx.hook_error("synchronize", exc)
-        return out
+        return call_then_emit(
+            ctx, "synchronize", original, args, kwargs, _sync_span(ctx, "torch.cuda.synchronize")
+        )
 
     synchronize.__doc__ = original.__doc__
     return synchronize
+
+
+def _sync_span(ctx: HookContext, name: str) -> Callable[[int, Any], None]:
+    """Emits the `sync` span of a blocking host-device synchronization that started at `t0`."""
+
+    def emit(t0: int, _out: Any) -> None:
+        ctx.emit_since(t0, SpanKind.CPU_OP.value, name, Category.SYNC.value)
+
+    return emit

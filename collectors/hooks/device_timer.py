@@ -15,7 +15,6 @@ import collections
 from typing import Any
 
 from collectors.hooks.hook_context import HookContext, unwrap
-from gpuwatch.records import Span
 
 MAX_PENDING = 4096
 """Event pairs waiting for the device; beyond this new regions go untimed (counted in a note)."""
@@ -91,19 +90,15 @@ class DeviceTimer:
         start_ns = ref_ns + int(ref.elapsed_time(start) * 1e6)
         end_ns = ref_ns + int(ref.elapsed_time(end) * 1e6)
         self._pool.extend((start, end))
-        self.ctx.emit(
-            Span(
-                rank=self.ctx.rank,
-                kind=kind,
-                name=name,
-                start_ns=start_ns,
-                end_ns=max(end_ns, start_ns),
-                category=category,
-                pid=self.ctx.pid,
-                tid=0,
-                stream=stream_id,
-                device_index=device,
-                step=fields.pop("step", None),
-                **fields,
-            )
+        self.ctx.emit_span(
+            start_ns,
+            max(end_ns, start_ns),
+            kind,
+            name,
+            category,
+            tid=0,
+            stream=stream_id,
+            device_index=device,
+            step=fields.pop("step", None),
+            **fields,
         )

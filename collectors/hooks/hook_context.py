@@ -30,6 +30,8 @@ MAX_PENDING_GAPS = 8192
 """Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
 IN_COLLECTIVE = "in_collective"
 """Per-thread flag: a hooked collective is running (its inner calls belong to it)."""
+IN_DATA_LOADING = "in_data_loading"
+"""Per-thread flag: a DataLoader `__next__` is running (a torch.load in it reads data, not a checkpoint)."""
 
 
 class HookContext:
@@ -55,8 +57,6 @@ class HookContext:
         """True once a process group is initialized (checked at step boundaries)."""
         # training-thread region bookkeeping (only the training thread writes these)
         self.depth = 0
-        self.data_depth = 0
-        """Open DataLoader regions: a torch.load inside one is data, not a checkpoint."""
         self.gap_serial = 0
         self.gap_start_ns = self.now_ns()
         self.gap_key = "start"
@@ -70,6 +70,9 @@ class HookContext:
         self.on_probe_start: Callable[[str], bool] | None = None
         self.on_probe_stop: Callable[[], None] | None = None
         self.probing = False
+        self.on_top_begin: Callable[[str, int], None] | None = None
+        """Called on the training thread as each outermost region opens, with its key and start (ns): how
+        `gpuwatch run` finds steps in a loop that marks none (gpuwatch/capture/auto_steps.py)."""
 
     # ---- clock -----------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -81,12 +84,15 @@ class HookContext:
         """Open a hooked region called `key`; returns its start (ns). Pair with `end`/`abandon`."""
         t = time.perf_counter_ns() + self._offset_ns
         if threading.get_ident() == self.train_ident:
-            if self.depth == 0:
+            top = self.depth == 0
+            if top:
                 if self.probing:
                     self._stop_probe()
                 self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key))
                 self.gap_serial += 1
             self.depth += 1
+            if top and self.on_top_begin is not None:
+                self.on_top_begin(key, t)
         return t
 
     def end(
@@ -124,6 +130,14 @@ class HookContext:
         category: str | None,
         fields: dict[str, Any],
     ) -> None:
+        tid = self.train_tid if on_train else threading.get_native_id()
+        self.emit_span(start_ns, end_ns, kind, name, category, tid=tid, step=self.step, **fields)
+
+    def emit_span(
+        self, start_ns: int, end_ns: int, kind: str, name: str, category: str | None, **fields: Any
+    ) -> None:
+        """Emit a span of this process, its rank and pid filled in here (for every hook alike); `fields`
+        are the other `Span` fields (`tid`, `step`, `stream`, `attrs`...). Times in ns since the anchor."""
         self.sink.emit_span(
             Span(
                 rank=self.rank,
@@ -133,8 +147,6 @@ class HookContext:
                 end_ns=end_ns,
                 category=category,
                 pid=self.pid,
-                tid=self.train_tid if on_train else threading.get_native_id(),
-                step=self.step,
                 **fields,
             )
         )
@@ -159,7 +171,6 @@ class HookContext:
         self.train_ident = threading.get_ident()
         self.train_tid = threading.get_native_id()
         self.depth = 0
-        self.data_depth = 0
         self.closed_gaps.clear()
         self.gap_start_ns = self.now_ns()
 
@@ -177,10 +188,6 @@ class HookContext:
         self.probing = False
         if self.on_probe_stop is not None:
             self.on_probe_stop()
-
-    def emit(self, span: Span) -> None:
-        """Emit a span made elsewhere (device timings, async completions)."""
-        self.sink.emit_span(span)
 
     # ---- per-thread flags (nested collectives, checkpoint internals) ------------------------------
     def flag(self, name: str) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from collectors.base import Collector, RecordSink, run_paced
 from collectors.hooks.hook_context import HookContext
 from collectors.stack_rules import classify_stack
-from gpuwatch.records import Category, Span, SpanKind
+from gpuwatch.records import Category, SpanKind
 
 MIN_GAP_NS = 2_000
 """Gaps shorter than this are not worth a span."""
@@ -301,17 +301,5 @@ class StackSampler(Collector):
         self._pending = still
 
     def _emit(self, start: int, end: int, category: str, label: str, samples: int, *, inferred: bool) -> None:
-        ctx = self.ctx
-        ctx.emit(
-            Span(
-                rank=ctx.rank,
-                kind=STACK_SAMPLE,
-                name=label,
-                start_ns=start,
-                end_ns=end,
-                category=category,
-                pid=ctx.pid,
-                tid=ctx.train_tid,
-                attrs={"inferred": True} if inferred else {"samples": samples},
-            )
-        )
+        attrs = {"inferred": True} if inferred else {"samples": samples}
+        self.ctx.emit_span(start, end, STACK_SAMPLE, label, category, tid=self.ctx.train_tid, attrs=attrs)

@@ -23,16 +23,19 @@ from __future__ import annotations
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from collectors.base import Collector, RecordSink
 from collectors.hooks import hook_context as hc
 from collectors.hooks.device_timer import DeviceTimer
 from collectors.hooks.hook_context import HookContext, Patcher
-from gpuwatch.records import Category, Span, SpanKind
+from collectors.hooks.hook_region import call_in_region, guarded_hook
+from gpuwatch.records import Category, SpanKind
 
 PHASE = SpanKind.PHASE.value
 COMPUTE = Category.COMPUTE.value
+DATA = Category.DATA_LOADING.value
 DISCOVERY_STEPS = frozenset({0, 10, 100, 1000, 10_000, 100_000})
 """Steps during which global module hooks look for new top-level modules (step 0's discovery goes on up
 to step 2 when it found nothing: a first step without a forward)."""
@@ -70,6 +73,12 @@ class TorchHooks(Collector):
         self._started = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        """True between a `start` that found torch imported and `stop`: a watch started before the job
+        imported torch asks this at step boundaries, and starts the hooks once torch is there."""
+        return self._started
+
     def start(self, sink: RecordSink) -> None:
         torch = sys.modules.get("torch")
         if torch is None or self._started:
@@ -142,8 +151,10 @@ class TorchHooks(Collector):
     def _install_dataloader(self, torch: Any) -> None:
         from torch.utils.data import dataloader as dl
 
-        self._patcher.patch(dl._BaseDataLoaderIter, "__next__", _wrap_next)
-        self._patcher.patch(dl.DataLoader, "_get_iterator", _wrap_get_iterator)
+        next_region = _loader_region("DataLoader.__next__", _end_next, flag=hc.IN_DATA_LOADING)
+        iterator_region = _loader_region("DataLoader.__iter__", _end_iterator_start)
+        self._patcher.patch(dl._BaseDataLoaderIter, "__next__", next_region)
+        self._patcher.patch(dl.DataLoader, "_get_iterator", iterator_region)
 
     # ---- forward -----------------------------------------------------------------------------------
     def _start_discovery(self) -> None:
@@ -208,49 +219,29 @@ class TorchHooks(Collector):
         if self.timer is not None:
             self.timer.stop(entry[2], SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
 
-    # The four hooks below check `hc.current()` first (and hand that context on): under torch.compile
-    # tracing it is None, so the traced hook is an immediate return (nothing to break the graph on).
-    def _global_pre(self, module: Any, args: Any) -> None:
-        ctx = hc.current()
-        if ctx is None:
-            return
-        try:
-            if module in self._hooked:
-                return  # its instance hook handles it
-            if not self._fwd_stack and not self.dynamo_mode and threading.get_ident() == ctx.train_ident:
-                self._found.append(module)
-                self._name(module)
-            self._enter(ctx, module)
-        except Exception as exc:
-            ctx.hook_error("forward", exc)
+    # The four hooks below are guarded: they get the context from `hc.current()`, which is None under
+    # torch.compile tracing, so the traced hook is an immediate return (nothing to break the graph on).
+    @guarded_hook("forward")
+    def _global_pre(self, ctx: HookContext, module: Any, args: Any) -> None:
+        if module in self._hooked:
+            return  # its instance hook handles it
+        if not self._fwd_stack and not self.dynamo_mode and threading.get_ident() == ctx.train_ident:
+            self._found.append(module)
+            self._name(module)
+        self._enter(ctx, module)
 
-    def _global_post(self, module: Any, args: Any, output: Any) -> None:
-        ctx = hc.current()
-        if ctx is None:
-            return
-        try:
-            if module not in self._hooked:
-                self._exit(ctx, module)
-        except Exception as exc:
-            ctx.hook_error("forward", exc)
-
-    def _instance_pre(self, module: Any, args: Any) -> None:
-        ctx = hc.current()
-        if ctx is None:
-            return
-        try:
-            self._enter(ctx, module)
-        except Exception as exc:
-            ctx.hook_error("forward", exc)
-
-    def _instance_post(self, module: Any, args: Any, output: Any) -> None:
-        ctx = hc.current()
-        if ctx is None:
-            return
-        try:
+    @guarded_hook("forward")
+    def _global_post(self, ctx: HookContext, module: Any, args: Any, output: Any) -> None:
+        if module not in self._hooked:
             self._exit(ctx, module)
-        except Exception as exc:
-            ctx.hook_error("forward", exc)
+
+    @guarded_hook("forward")
+    def _instance_pre(self, ctx: HookContext, module: Any, args: Any) -> None:
+        self._enter(ctx, module)
+
+    @guarded_hook("forward")
+    def _instance_post(self, ctx: HookContext, module: Any, args: Any, output: Any) -> None:
+        self._exit(ctx, module)
 
     # ---- backward ----------------------------------------------------------------------------------
     def _install_backward(self, torch: Any) -> None:
@@ -267,24 +258,20 @@ class TorchHooks(Collector):
             ctx = hc.current()
             if ctx is None:
                 return original(*args, **kwargs)
-            try:
+
+            def before() -> tuple[Any, Any]:
                 probe = hooks._arm_reducer_probe(args) if ctx.distributed else None
-                token = hooks.timer.start() if hooks.timer is not None else None
-                t0 = ctx.begin("backward")
-            except Exception as exc:
-                ctx.hook_error("backward", exc)
-                return original(*args, **kwargs)
-            try:
-                return original(*args, **kwargs)
-            finally:
-                try:
-                    t1 = ctx.end(t0, PHASE, "backward", COMPUTE, key="backward")
-                    if hooks.timer is not None:
-                        hooks.timer.stop(token, SpanKind.KERNEL.value, "backward", COMPUTE, step=ctx.step)
-                    if probe is not None:
-                        hooks._finish_reducer_probe(ctx, probe, t1)
-                except Exception as exc:
-                    ctx.hook_error("backward", exc)
+                return probe, hooks.timer.start() if hooks.timer is not None else None
+
+            def finish(t0: int, state: tuple[Any, Any], _result: Any) -> None:
+                probe, token = state
+                t1 = ctx.end(t0, PHASE, "backward", COMPUTE, key="backward")
+                if hooks.timer is not None:
+                    hooks.timer.stop(token, SpanKind.KERNEL.value, "backward", COMPUTE, step=ctx.step)
+                if probe is not None:
+                    hooks._finish_reducer_probe(ctx, probe, t1)
+
+            return call_in_region(ctx, "backward", "backward", original, args, kwargs, finish, before=before)
 
         return _engine_run_backward
 
@@ -321,20 +308,16 @@ class TorchHooks(Collector):
             return
         self._reducer_seq += 1
         name = "DDP reducer wait" if self.ddp_seen else "autograd final callbacks (distributed)"
-        ctx.emit(
-            Span(
-                rank=ctx.rank,
-                kind=SpanKind.COLLECTIVE.value,
-                name=name,
-                start_ns=fired[0],
-                end_ns=t_end,
-                category=Category.SYNC.value,
-                pid=ctx.pid,
-                tid=ctx.train_tid,
-                step=ctx.step,
-                seq=self._reducer_seq,
-                attrs={"process_group": "ddp_reducer", "collective": "ddp_reducer_wait"},
-            )
+        ctx.emit_span(
+            fired[0],
+            t_end,
+            SpanKind.COLLECTIVE.value,
+            name,
+            Category.SYNC.value,
+            tid=ctx.train_tid,
+            step=ctx.step,
+            seq=self._reducer_seq,
+            attrs={"process_group": "ddp_reducer", "collective": "ddp_reducer_wait"},
         )
 
     # ---- optimizer -----------------------------------------------------------------------------------
@@ -346,29 +329,22 @@ class TorchHooks(Collector):
             optim_mod.register_optimizer_step_post_hook(self._opt_post),
         ]
 
-    def _opt_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        try:
-            ctx = hc.current()
-            if ctx is None or threading.get_ident() != ctx.train_ident:
-                return None
-            token = self.timer.start() if self.timer is not None else None
-            self._opt_stack.append((optimizer, ctx.begin("optimizer"), token))
-        except Exception as exc:
-            self.ctx.hook_error("optimizer", exc)
-        return None  # a value here would replace the step's arguments
+    @guarded_hook("optimizer")  # returns None: a value would replace the step's arguments
+    def _opt_pre(self, ctx: HookContext, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if threading.get_ident() != ctx.train_ident:
+            return
+        token = self.timer.start() if self.timer is not None else None
+        self._opt_stack.append((optimizer, ctx.begin("optimizer"), token))
 
-    def _opt_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        try:
-            ctx = hc.current()
-            if ctx is None or threading.get_ident() != ctx.train_ident or not self._opt_stack:
-                return
-            opt, t0, token = self._opt_stack.pop()
-            name = f"optimizer {type(opt).__name__}.step"
-            ctx.end(t0, PHASE, name, COMPUTE, key="optimizer")
-            if self.timer is not None:
-                self.timer.stop(token, SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
-        except Exception as exc:
-            self.ctx.hook_error("optimizer", exc)
+    @guarded_hook("optimizer")
+    def _opt_post(self, ctx: HookContext, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if threading.get_ident() != ctx.train_ident or not self._opt_stack:
+            return
+        opt, t0, token = self._opt_stack.pop()
+        name = f"optimizer {type(opt).__name__}.step"
+        ctx.end(t0, PHASE, name, COMPUTE, key="optimizer")
+        if self.timer is not None:
+            self.timer.stop(token, SpanKind.KERNEL.value, name, COMPUTE, step=ctx.step)
 
     # ---- GPU only: copies and host-device syncs -------------------------------------------------------
     def _install_gpu(self, torch: Any) -> None:
@@ -411,65 +387,35 @@ def _loader_attrs(it: Any) -> dict[str, Any]:
     }
 
 
-def _wrap_next(original: Any) -> Any:
-    def __next__(self: Any) -> Any:
-        ctx = hc.current()
-        if ctx is None:
-            return original(self)
-        try:
-            on_train = threading.get_ident() == ctx.train_ident
-            t0 = ctx.begin("DataLoader.__next__")
-            if on_train:
-                ctx.data_depth += 1
-        except Exception as exc:
-            ctx.hook_error("dataloader", exc)
-            return original(self)
-        try:
-            return original(self)
-        finally:
-            try:
-                if on_train:
-                    ctx.data_depth -= 1
-                first = not self.__dict__.get("_gpuwatch_seen", False)
-                if first:
-                    self._gpuwatch_seen = True
-                ctx.end(
-                    t0,
-                    PHASE,
-                    _loader_name(self),
-                    Category.DATA_LOADING.value,
-                    key="DataLoader.__next__",
-                    attrs=_loader_attrs(self) if first else None,
-                )
-            except Exception as exc:
-                ctx.hook_error("dataloader", exc)
+def _loader_region(key: str, end: Callable[[HookContext, int, Any], None], flag: str = "") -> Any:
+    """A `Patcher` factory that times a DataLoader method (`self` only) as the `data_loading` region `key`;
+    `end(ctx, start_ns, self)` closes it with the span."""
 
-    return __next__
+    def wrap(original: Any) -> Any:
+        def method(self: Any) -> Any:
+            ctx = hc.current()
+            if ctx is None:
+                return original(self)
+
+            def finish(t0: int, _state: Any, _result: Any) -> None:
+                end(ctx, t0, self)
+
+            return call_in_region(ctx, key, "dataloader", original, (self,), {}, finish, flag=flag)
+
+        method.__name__ = original.__name__
+        return method
+
+    return wrap
 
 
-def _wrap_get_iterator(original: Any) -> Any:
-    def _get_iterator(self: Any) -> Any:
-        ctx = hc.current()
-        if ctx is None:
-            return original(self)
-        try:
-            t0 = ctx.begin("DataLoader.__iter__")
-        except Exception as exc:
-            ctx.hook_error("dataloader", exc)
-            return original(self)
-        try:
-            return original(self)
-        finally:
-            try:
-                workers = getattr(self, "num_workers", "?")
-                ctx.end(
-                    t0,
-                    PHASE,
-                    f"DataLoader iterator start (num_workers={workers})",
-                    Category.DATA_LOADING.value,
-                    key="DataLoader.__iter__",
-                )
-            except Exception as exc:
-                ctx.hook_error("dataloader", exc)
+def _end_next(ctx: HookContext, t0: int, it: Any) -> None:
+    first = not it.__dict__.get("_gpuwatch_seen", False)
+    if first:
+        it._gpuwatch_seen = True
+    attrs = _loader_attrs(it) if first else None  # the loader's settings, once per iterator
+    ctx.end(t0, PHASE, _loader_name(it), DATA, key="DataLoader.__next__", attrs=attrs)
 
-    return _get_iterator
+
+def _end_iterator_start(ctx: HookContext, t0: int, loader: Any) -> None:
+    name = f"DataLoader iterator start (num_workers={getattr(loader, 'num_workers', '?')})"
+    ctx.end(t0, PHASE, name, DATA, key="DataLoader.__iter__")
