@@ -54,14 +54,16 @@ class Collector(ABC):
 class SamplerThread(Collector):
     """A collector that samples on a daemon thread paced with `time.monotonic` (no drift, never blocks).
 
-    Subclasses implement `sample_once(t_ns)`; an exception there is noted once and sampling goes on.
-    `clock_ns` converts to the writer's timeline (ns since its anchor); the default is `time.time_ns`
-    minus `anchor_unix_ns`.
+    Subclasses implement `sample_once(t_ns)` and emit with `emit_sample`; an exception there is noted once
+    and sampling goes on. `clock_ns` converts to the writer's timeline (ns since its anchor); the default
+    is `time.time_ns` minus `anchor_unix_ns`.
     """
 
-    def __init__(self, interval_s: float, anchor_unix_ns: int) -> None:
+    def __init__(self, interval_s: float, anchor_unix_ns: int, rank: int = 0) -> None:
         self.interval_s = interval_s
         self.anchor_unix_ns = anchor_unix_ns
+        self.rank = rank
+        """Written into every `Sample.rank` this sampler emits."""
         self.sink: RecordSink | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -98,6 +100,31 @@ class SamplerThread(Collector):
             return
         self._noted.add(key)
         self.sink.note(key, message, **fields)
+
+    def emit_sample(
+        self, metric: str, t_ns: int, value: float | None, *, device_index: int = -1, pid: int = 0
+    ) -> None:
+        """Emit one `Sample` of this sampler's rank into the sink (nothing before `start`).
+
+        Args:
+            metric: the metric name, its unit in the name (`gpu_util_pct`, `rss_bytes`).
+            t_ns: ns on the writer's timeline.
+            value: any number, stored as float; None = not available (SQL NULL, never 0).
+            device_index: the device it is about, -1 for host metrics.
+            pid: the process (or thread) it is about, 0 for device-wide metrics.
+        """
+        if self.sink is None:
+            return
+        self.sink.emit_sample(
+            Sample(
+                rank=self.rank,
+                metric=metric,
+                t_ns=t_ns,
+                value=None if value is None else float(value),
+                device_index=device_index,
+                pid=pid,
+            )
+        )
 
     @abstractmethod
     def sample_once(self, t_ns: int) -> None:

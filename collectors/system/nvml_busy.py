@@ -137,9 +137,8 @@ class NvmlBusySampler(SamplerThread):
         rank: int = 0,
         nvml: Any = None,
     ) -> None:
-        super().__init__(interval_s, anchor_unix_ns)
+        super().__init__(interval_s, anchor_unix_ns, rank)
         self.pids = pids
-        self.rank = rank
         self._nvml = nvml
         self.available = False
         self._handles: list[Any] = []

@@ -49,7 +49,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from collectors.base import SamplerThread
-from gpuwatch.records import Sample
 
 PidSource = Callable[[], Iterable[int]] | Iterable[int] | None
 """Which processes count as ours: a callable asked each tick, a fixed collection, or None (this process
@@ -85,9 +84,8 @@ class NvmlSampler(SamplerThread):
         devices: Sequence[int] | None = None,
         pcie: bool = True,
     ) -> None:
-        super().__init__(interval_s, anchor_unix_ns)
+        super().__init__(interval_s, anchor_unix_ns, rank)
         self.pids = pids
-        self.rank = rank
         self.devices = None if devices is None else tuple(devices)
         self.pcie = pcie
         self._state = "new"  # -> "ready" (NVML initialised, handles known) or "unavailable" (noted, idle)
@@ -250,18 +248,7 @@ class NvmlSampler(SamplerThread):
             return None
 
     def _emit(self, metric: str, t_ns: int, device: int, value: float | None, pid: int = 0) -> None:
-        if self.sink is None:
-            return
-        self.sink.emit_sample(
-            Sample(
-                rank=self.rank,
-                metric=metric,
-                t_ns=t_ns,
-                value=None if value is None else float(value),
-                device_index=device,
-                pid=pid,
-            )
-        )
+        self.emit_sample(metric, t_ns, value, device_index=device, pid=pid)
 
 
 def _shutdown() -> None:

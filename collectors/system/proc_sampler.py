@@ -44,7 +44,6 @@ import time
 from dataclasses import dataclass
 
 from collectors.base import SamplerThread
-from gpuwatch.records import Sample
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 """Clock ticks per second: the unit of the CPU times in /proc/PID/stat."""
@@ -183,9 +182,8 @@ class ProcSampler(SamplerThread):
         threads: bool = True,
         children: bool = True,
     ) -> None:
-        super().__init__(interval_s, anchor_unix_ns)
+        super().__init__(interval_s, anchor_unix_ns, rank)
         self.pid = os.getpid() if pid is None else pid
-        self.rank = rank
         self.threads = threads
         self.children = children
         self._alive = True
@@ -305,17 +303,8 @@ class ProcSampler(SamplerThread):
         self._stop.set()  # nothing more to sample: let the thread end (stop() stays safe to call)
 
     def _emit(self, metric: str, t_ns: int, value: float | None, *, pid: int | None = None) -> None:
-        if self.sink is None:
-            return
-        self.sink.emit_sample(
-            Sample(
-                rank=self.rank,
-                metric=metric,
-                t_ns=t_ns,
-                value=None if value is None else float(value),
-                pid=self.pid if pid is None else pid,
-            )
-        )
+        """A host metric of the target (or of the thread or descendant `pid`)."""
+        self.emit_sample(metric, t_ns, value, pid=self.pid if pid is None else pid)
 
 
 def _pct(ticks: int, dt_s: float) -> float | None:
