@@ -10,18 +10,20 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Category", "Watcher", "__version__", "span", "watch"]
+__all__ = ["Category", "WatchConfig", "Watcher", "__version__", "span", "watch"]
 
 _LAZY = {
     "Category": ("gpuwatch.records", "Category"),
     "watch": ("gpuwatch.capture.watch", "watch"),
     "Watcher": ("gpuwatch.capture.watch", "Watcher"),
+    "WatchConfig": ("gpuwatch.capture.watch_config", "WatchConfig"),
     "span": ("gpuwatch.capture.span", "span"),
 }
 
 if TYPE_CHECKING:
     from gpuwatch.capture.span import span
     from gpuwatch.capture.watch import Watcher, watch
+    from gpuwatch.capture.watch_config import WatchConfig
     from gpuwatch.records import Category
 
 

@@ -22,6 +22,7 @@ everything (the previous SIGTERM handler still runs), SIGKILL loses at most the 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import sys
@@ -29,50 +30,52 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpuwatch import __version__
-from gpuwatch.records import Span, SpanKind
+from gpuwatch.capture.watch_config import WatchConfig
+from gpuwatch.records import SpanKind
+
+if TYPE_CHECKING:  # the collectors load when a watch starts: `import gpuwatch` stays light
+    from collectors.base import Collector
+    from collectors.hooks.checkpoint_hooks import CheckpointHooks
+    from collectors.hooks.collective_hooks import CollectiveHooks
+    from collectors.hooks.hook_context import HookContext
+    from collectors.hooks.profiler_window import ProfilerWindow
+    from collectors.hooks.stack_sampler import StackSampler
+    from collectors.hooks.torch_hooks import TorchHooks
 
 _ACTIVE: Watcher | None = None
 _LOCK = threading.Lock()
+_DEFAULTS = WatchConfig()
 
 
 def watch(
     run_dir: str | os.PathLike[str] | None = None,
     *,
-    profile_steps: int | tuple[int, int] | range | None = None,
-    sample_hz: float = 50.0,
-    system_interval_s: float = 1.0,
-    hooks: bool = True,
-    stack_sampler: bool = True,
-    system_samplers: bool = True,
-    flush_interval_s: float = 1.0,
-    max_queue: int = 200_000,
-    rank: int | None = None,
-    world_size: int | None = None,
+    profile_steps: int | tuple[int, int] | range | None = _DEFAULTS.profile_steps,
+    sample_hz: float = _DEFAULTS.sample_hz,
+    system_interval_s: float = _DEFAULTS.system_interval_s,
+    hooks: bool = _DEFAULTS.hooks,
+    stack_sampler: bool = _DEFAULTS.stack_sampler,
+    system_samplers: bool = _DEFAULTS.system_samplers,
+    flush_interval_s: float = _DEFAULTS.flush_interval_s,
+    max_queue: int = _DEFAULTS.max_queue,
+    rank: int | None = _DEFAULTS.rank,
+    world_size: int | None = _DEFAULTS.world_size,
 ) -> Watcher:
     """Watch the training loop of this process; use as `with gpuwatch.watch(run_dir) as gw:`.
 
     Args:
         run_dir: run directory (created or joined). Default: `$GPUWATCH_RUN_DIR`, else
             `gpuwatch-runs/<torchrun run id or start time>`.
-        profile_steps: also record torch.profiler over some steps: an int n (steps 1..n), a (first, stop)
-            pair or a range. Off by default.
-        sample_hz: stack sampler ticks per second (0 turns it off).
-        system_interval_s: period of the NVML and /proc samplers, in seconds.
-        hooks: install the torch / collective / checkpoint hooks.
-        stack_sampler: sample the training thread's stack where no hook covers it.
-        system_samplers: start the NVML and /proc samplers when available.
-        flush_interval_s: how often records are written (what a SIGKILL can lose).
-        max_queue: records held before new ones are dropped and counted.
-        rank, world_size: override what torch.distributed or RANK/WORLD_SIZE say.
+        profile_steps, sample_hz, system_interval_s, hooks, stack_sampler, system_samplers,
+        flush_interval_s, max_queue, rank, world_size: the fields of `WatchConfig` (each says its unit
+            and what its default means).
 
     Returns:
         A `Watcher`; it starts on `__enter__` (or `.start()`).
     """
-    return Watcher(
-        run_dir,
+    config = WatchConfig(
         profile_steps=profile_steps,
         sample_hz=sample_hz,
         system_interval_s=system_interval_s,
@@ -84,28 +87,40 @@ def watch(
         rank=rank,
         world_size=world_size,
     )
+    return Watcher(run_dir, config)
 
 
 class Watcher:
-    """One process's collection into a run directory. Create it with `gpuwatch.watch(...)`."""
+    """One process's collection into a run directory. Create it with `gpuwatch.watch(...)`, or directly.
 
-    def __init__(self, run_dir: str | os.PathLike[str] | None, **options: Any) -> None:
+    Args:
+        run_dir: run directory (created or joined); None: as `gpuwatch.watch` picks it.
+        config: what to collect; None: `WatchConfig()`'s defaults.
+        **options: `WatchConfig` fields that override `config` (`Watcher(dir, sample_hz=0)`); an unknown
+            name raises TypeError.
+    """
+
+    def __init__(
+        self, run_dir: str | os.PathLike[str] | None, config: WatchConfig | None = None, **options: Any
+    ) -> None:
         from collectors.hooks.profiler_window import parse_profile_steps
 
-        self.options = options
-        self.profile_window = parse_profile_steps(options.get("profile_steps"))
+        config = config if config is not None else _DEFAULTS
+        self.config = dataclasses.replace(config, **options) if options else config
+        self.profile_window = parse_profile_steps(self.config.profile_steps)
         self.run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
         self.rank = 0
         self.world_size = 1
         self.enabled = False
         """True while collecting; False before start, after close, or when the watch could not start."""
         self.writer: Any = None
-        self.ctx: Any = None
-        self._collectors: list[Any] = []
-        self._torch_hooks: Any = None
-        self._collectives: Any = None
-        self._checkpoints: Any = None
-        self._profiler: Any = None
+        self.ctx: HookContext | None = None
+        self._collectors: list[Collector] = []
+        self._torch_hooks: TorchHooks | None = None
+        self._collectives: CollectiveHooks | None = None
+        self._checkpoints: CheckpointHooks | None = None
+        self._stack_sampler: StackSampler | None = None
+        self._profiler: ProfilerWindow | None = None
         self._step_index = 0
         self._step_start_ns = 0
         self._pid = os.getpid()
@@ -171,17 +186,9 @@ class Watcher:
             return
         try:
             index = self._step_index
-            self.writer.emit_span(
-                Span(
-                    rank=self.rank,
-                    kind=SpanKind.STEP.value,
-                    name=f"step {index}",
-                    start_ns=self._step_start_ns,
-                    end_ns=t,
-                    pid=self._pid,
-                    tid=ctx.train_tid,
-                    step=index,
-                )
+            name = f"step {index}"
+            ctx.emit_span(
+                self._step_start_ns, t, SpanKind.STEP.value, name, None, tid=ctx.train_tid, step=index
             )
             self._step_start_ns = t
             self._step_index = index + 1
@@ -207,7 +214,7 @@ class Watcher:
                     collector.stop()
                 except Exception as exc:
                     if self.ctx is not None:
-                        self.ctx.hook_error(f"stop:{getattr(collector, 'name', collector)}", exc)
+                        self.ctx.hook_error(f"stop:{collector.name}", exc)
             from collectors.hooks.hook_context import ACTIVE, activate
 
             if ACTIVE is self.ctx:
@@ -226,74 +233,70 @@ class Watcher:
     # ---- internals ---------------------------------------------------------------------------------------
     def _open(self) -> None:
         from collectors.hooks.hook_context import HookContext, activate
-        from gpuwatch.records import Run
-        from gpuwatch.store.run_dir import default_host
+        from gpuwatch.store.run_dir import run_for_process
         from gpuwatch.store.segment_writer import SegmentWriter
 
-        opts = self.options
-        self.rank, self.world_size = _rank_and_world(opts.get("rank"), opts.get("world_size"))
-        anchor = time.time_ns()
-        run = Run(
-            run_id="",
+        config = self.config
+        self.rank, self.world_size = _rank_and_world(config.rank, config.world_size)
+        run = run_for_process(
+            source="watch",
             rank=self.rank,
-            host=default_host(),
             pid=self._pid,
             command=" ".join([sys.executable, *sys.argv]),
             world_size=self.world_size,
-            started_at_unix_ns=anchor,
-            tool_version=__version__,
-            source="watch",
-            meta=_start_meta(opts),
+            started_at_unix_ns=time.time_ns(),
+            meta=_start_meta(config),
         )
         self.writer = SegmentWriter(
-            self.run_dir, run, flush_interval_s=opts["flush_interval_s"], max_queue=opts["max_queue"]
+            self.run_dir, run, flush_interval_s=config.flush_interval_s, max_queue=config.max_queue
         )
         self.ctx = ctx = HookContext(self.writer, self.rank, self.writer.run.started_at_unix_ns)
         activate(ctx)
         self.enabled = True
         self._start_collectors(ctx)
-        self._install_signals()
+        self._install_signals(ctx)
         # the first step starts when the job gets control back, not while gpuwatch was starting up
         self._step_start_ns = ctx.restart_gap("start")
 
-    def _start_collectors(self, ctx: Any) -> None:
-        opts = self.options
-        if opts["hooks"]:
+    def _start_collectors(self, ctx: HookContext) -> None:
+        config = self.config
+        if config.hooks:
             from collectors.hooks.checkpoint_hooks import CheckpointHooks
             from collectors.hooks.collective_hooks import CollectiveHooks
             from collectors.hooks.torch_hooks import TorchHooks
 
             self._torch_hooks = TorchHooks(ctx)
-            self._start(self._torch_hooks)
+            self._start(ctx, self._torch_hooks)
             self._collectives = CollectiveHooks(ctx, timer=self._torch_hooks.timer)
-            self._start(self._collectives)
+            self._start(ctx, self._collectives)
             self._checkpoints = CheckpointHooks(ctx)
-            self._start(self._checkpoints)
-        if opts["stack_sampler"] and opts["sample_hz"] > 0:
+            self._start(ctx, self._checkpoints)
+        if config.stack_sampler and config.sample_hz > 0:
             from collectors.hooks.stack_sampler import StackSampler
 
-            self._start(StackSampler(ctx, hz=opts["sample_hz"]))
-        if opts["system_samplers"]:
-            for sampler in _system_samplers(opts["system_interval_s"], ctx, self.rank):
-                self._start(sampler)
+            self._stack_sampler = StackSampler(ctx, hz=config.sample_hz)
+            self._start(ctx, self._stack_sampler)
+        if config.system_samplers:
+            for sampler in _system_samplers(config.system_interval_s, ctx, self.rank):
+                self._start(ctx, sampler)
         if self.profile_window is not None:
             from collectors.hooks.profiler_window import ProfilerWindow
 
             self._profiler = ProfilerWindow(
                 ctx, self.profile_window, self.run_dir / "profiles", self.writer.write_span_columns
             )
-            self._start(self._profiler)
+            self._start(ctx, self._profiler)
 
-    def _start(self, collector: Any) -> None:
+    def _start(self, ctx: HookContext, collector: Collector) -> None:
         try:
             collector.start(self.writer)
             self._collectors.append(collector)
         except Exception as exc:
-            self.ctx.hook_error(f"start:{getattr(collector, 'name', collector)}", exc)
+            ctx.hook_error(f"start:{collector.name}", exc)
 
     def _on_boundary(self, finished: int) -> None:
         if self._torch_hooks is not None:
-            if not self._torch_hooks._started:  # torch imported after the watch started
+            if not self._torch_hooks.started:  # torch imported after the watch started
                 self._torch_hooks.start(self.writer)
                 if self._collectives is not None:
                     self._collectives.start(self.writer)
@@ -311,11 +314,11 @@ class Watcher:
         if torch_hooks is not None:
             meta["ddp_seen"] = torch_hooks.ddp_seen
             meta["device_timing"] = torch_hooks.timer is not None
-        for collector in self._collectors:
-            if getattr(collector, "name", "") == "stack_sampler":
-                meta["stack_samples"] = collector.samples
-                meta["stack_probes"] = collector.probes
-                meta["stack_probe_samples"] = collector.probe_samples
+        sampler = self._stack_sampler
+        if sampler is not None and sampler in self._collectors:  # it started
+            meta["stack_samples"] = sampler.samples
+            meta["stack_probes"] = sampler.probes
+            meta["stack_probe_samples"] = sampler.probe_samples
         return meta
 
     def _teardown_quietly(self) -> None:
@@ -336,19 +339,19 @@ class Watcher:
         self.enabled = False
 
     # ---- signals and exit --------------------------------------------------------------------------------
-    def _install_signals(self) -> None:
+    def _install_signals(self, ctx: HookContext) -> None:
         atexit.register(self._atexit)
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
         try:
             self._prev_sigterm = signal.getsignal(signal.SIGTERM)
             if self._prev_sigterm is None:  # a handler installed from C: we could not chain to it
-                self.ctx.note_once("sigterm", "SIGTERM has a non-Python handler: not flushing on SIGTERM")
+                ctx.note_once("sigterm", "SIGTERM has a non-Python handler: not flushing on SIGTERM")
                 return
             signal.signal(signal.SIGTERM, self._on_sigterm)
             self._sigterm_installed = True
         except (ValueError, OSError) as exc:
-            self.ctx.hook_error("sigterm_handler", exc)
+            ctx.hook_error("sigterm_handler", exc)
 
     def _restore_signals(self) -> None:
         try:
@@ -409,11 +412,11 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return r, max(w, r + 1)
 
 
-def _start_meta(opts: dict[str, Any]) -> dict[str, Any]:
+def _start_meta(config: WatchConfig) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     meta: dict[str, Any] = {
         "python": sys.version.split()[0],
-        "sample_hz": opts["sample_hz"],
+        "sample_hz": config.sample_hz,
         "launcher": "torchrun" if os.environ.get("TORCHELASTIC_RUN_ID") else None,
     }
     if torch is not None:
@@ -427,9 +430,9 @@ def _start_meta(opts: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def _system_samplers(interval_s: float, ctx: Any, rank: int) -> list[Any]:
+def _system_samplers(interval_s: float, ctx: HookContext, rank: int) -> list[Collector]:
     """The /proc sampler of this process and its children, and the NVML sampler of the same processes."""
-    found: list[Any] = []
+    found: list[Collector] = []
     proc = None
     try:
         from collectors.system.proc_sampler import ProcSampler

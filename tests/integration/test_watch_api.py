@@ -3,6 +3,7 @@ fatal to the job; spans, discovery of top-level modules, profiler windows, dropp
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import warnings
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import span_rows
+from conftest import run_cli, span_rows
 from torch.utils.data import DataLoader, TensorDataset
 
 import gpuwatch
@@ -254,6 +255,40 @@ def test_rank_from_environment_and_steps_on_another_thread(
         assert set(np.unique(steps.tid[steps.kind == "step"]).tolist()) == set(tids)
     finally:
         reader.close()
+
+
+def test_a_watcher_made_directly_collects_with_the_default_config(tmp_path: Path) -> None:
+    """`gpuwatch.Watcher(dir).start()` (an exported name) runs with `WatchConfig`'s defaults, as `watch()`
+    does, and its run's summary has the steps; keywords override a config, and a misspelt one is refused."""
+    model = Inner()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gw = gpuwatch.Watcher(tmp_path / "run").start()
+    assert not [w for w in caught if "gpuwatch" in str(w.message)]
+    assert gw.enabled and gw.config == gpuwatch.WatchConfig()
+    for x, y in loader(n=32):
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+        gw.step()
+    gw.close()
+    assert not gw.enabled
+    done = run_cli("summary", tmp_path / "run", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["ranks"][0]["steps"] == 4
+    assert summary["ranks"][0]["budget_pct"]["compute"] > 0
+
+    config = gpuwatch.WatchConfig(sample_hz=0)
+    assert gpuwatch.Watcher(tmp_path / "x", config, max_queue=10).config == gpuwatch.WatchConfig(
+        sample_hz=0, max_queue=10
+    )
+    with pytest.raises(TypeError):
+        gpuwatch.Watcher(tmp_path / "x", sample_rate_hz=10)
+    with pytest.raises(TypeError):
+        gpuwatch.WatchConfig(None, 10.0)  # type: ignore[misc]  # keyword-only
+    assert not (tmp_path / "x").exists()  # a watcher writes nothing before it starts
 
 
 def test_a_watch_that_cannot_start_warns_and_the_loop_runs(tmp_path: Path) -> None:
