@@ -10,17 +10,8 @@ from typing import Any
 
 import pytest
 from conftest import SHARED_TRACES, TRACES, run_cli, shared_trace_path
+from synthetic_kineto import CATEGORIES  # the eight budget categories as the tests know them, not gpuwatch
 
-CATEGORIES = [
-    "compute",
-    "data_loading",
-    "cpu_preprocessing",
-    "sync",
-    "checkpoint_io",
-    "memcpy",
-    "host_overhead",
-    "unattributed",
-]
 TEMPORAL = ["idle", "compute", "non_compute"]
 
 
