@@ -51,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the generated JPEG data is kept (default ~/.cache/gpuwatch-reference-trainer)",
     )
-    p.add_argument("--no-watch", action="store_true", help="train without gpuwatch (for comparisons)")
+    p.add_argument(
+        "--no-watch",
+        "--no-gpuwatch",
+        dest="no_watch",
+        action="store_true",
+        help="no gpuwatch calls in the trainer (for comparisons, or to run it under `gpuwatch run`)",
+    )
     g = p.add_argument_group("settings (default: the preset's)")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -126,7 +126,8 @@ class MetricsLogger:
         }
         self._window.append(rec)
         self._all.append(rec)
-        self._write({"event": "step", "rank": self.rank, "loss": loss, **rec})
+        # the wall-clock end of the step (where gw.step() marks it): lines the records up with a run's spans
+        self._write({"event": "step", "rank": self.rank, "loss": loss, **rec, "end_unix_ns": time.time_ns()})
         if (step + 1) % self.log_every == 0:
             self.flush_window(step, loss)
 

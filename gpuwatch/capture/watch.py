@@ -46,6 +46,9 @@ if TYPE_CHECKING:  # the collectors load when a watch starts: `import gpuwatch` 
 
 _ACTIVE: Watcher | None = None
 _LOCK = threading.Lock()
+_RUN_HOOK: Any = None
+"""Set in the processes `gpuwatch run` starts (capture/run_child.py): `_RUN_HOOK(watcher)` returns True when
+the script's own watch joined the process's run watch instead of starting a second one."""
 _DEFAULTS = WatchConfig()
 
 
@@ -149,6 +152,8 @@ class Watcher:
         """Begin collecting (idempotent). Never raises: a watch that cannot start warns and stays off."""
         global _ACTIVE
         if self.enabled or self._closing:
+            return self
+        if _RUN_HOOK is not None and _RUN_HOOK(self):
             return self
         with _LOCK:
             if _ACTIVE is not None and _ACTIVE is not self:

@@ -1,0 +1,256 @@
+"""Inside every Python process `gpuwatch run` starts: find the ones that train, and watch each from its first
+training call.
+
+The launcher (`capture/launcher.py`) puts `capture/bootstrap/` first on PYTHONPATH and the run's settings in
+the environment; the `sitecustomize.py` there calls `install()` as the interpreter starts. Which processes
+are watched:
+
+- not a launcher: `torchrun`, `python -m torch.distributed.run` / `.launch` (the elastic agent) get nothing;
+- not a descendant of a watched process: a watched process puts its pid in `GPUWATCH_RUN_WATCHED_PID`, so
+  its DataLoader workers (forked or spawned) and any helper it starts stay unwatched;
+- a process that makes a *training call*: its first DataLoader iteration, its first backward pass, or the
+  script's own `gpuwatch.watch()`, outside a DataLoader worker (`torch.utils.data.get_worker_info()`).
+  A process that never makes one (an `mp.spawn` parent waiting for its ranks, a helper that only imports
+  torch) is never watched and writes nothing.
+
+Cheap until then: `install()` adds one import hook that waits for `torch`; when torch has loaded, two
+trip-wires (class attributes replaced by a wrapper) wait for the first training call. The first to fire
+removes both, starts the watch (`auto_steps.RunWatcher`, which also finds the steps), and the call goes on
+through the watch's own hooks, so it is timed too.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import json
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ENV_OPTIONS = "GPUWATCH_RUN_OPTIONS"
+"""JSON: {"run_dir": ..., "watch": {gpuwatch.watch keyword arguments}}; set by the launcher."""
+ENV_RUN_DIR = "GPUWATCH_RUN_DIR"
+"""The run directory (also the default of a script's own `gpuwatch.watch()`)."""
+ENV_WATCHED = "GPUWATCH_RUN_WATCHED_PID"
+"""Set by a watched process for its descendants: they are not watched."""
+LAUNCHER_MODULES = frozenset({"torch.distributed.run", "torch.distributed.launch"})
+LAUNCHER_SCRIPTS = frozenset({"torchrun"})
+PRELOAD = (
+    "gpuwatch.capture.auto_steps",
+    "gpuwatch.store.segment_writer",
+    "collectors.hooks.torch_hooks",
+    "collectors.hooks.collective_hooks",
+    "collectors.hooks.checkpoint_hooks",
+    "collectors.hooks.stack_sampler",
+    "collectors.hooks.profiler_window",
+    "collectors.system.proc_sampler",
+    "collectors.system.nvml_sampler",
+    "collectors.pyspy.step_detect",
+)
+"""What a watch imports as it starts, imported once torch has loaded: the first training call then costs the
+watch's start (~15 ms), not ~100 ms of imports inside the script's first timed iteration."""
+
+
+def program_of(argv: Sequence[str]) -> tuple[str, str]:
+    """What a Python command line runs: ("module", name), ("script", path), ("code", "") or ("stdin", "").
+
+    `argv` is the whole command, interpreter first (`sys.orig_argv`).
+    """
+    i = 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--" or not arg.startswith("-") or arg == "-":
+            break
+        if arg.startswith("--"):
+            i += 2 if arg == "--check-hash-based-pycs" else 1
+            continue
+        for j, flag in enumerate(arg[1:], start=2):
+            if flag in "cm":
+                value = arg[j:] or (argv[i + 1] if i + 1 < len(argv) else "")
+                return ("module", value) if flag == "m" else ("code", "")
+            if flag in "WX":
+                i += 0 if arg[j:] else 1  # the value is the rest of this argument, or the next one
+                break
+        i += 1
+    if i < len(argv) and argv[i] == "--":
+        i += 1
+    if i < len(argv) and argv[i] != "-":
+        return "script", argv[i]
+    return "stdin", ""
+
+
+def is_launcher(argv: Sequence[str]) -> bool:
+    """Is this Python command torch's launcher (it starts the ranks and trains nothing itself)?"""
+    kind, name = program_of(argv)
+    if kind == "module":
+        return name in LAUNCHER_MODULES
+    return kind == "script" and os.path.basename(name) in LAUNCHER_SCRIPTS
+
+
+class _State:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.decided = False
+        self.pid = os.getpid()
+        self.watcher: Any = None
+        self.run_dir = ""
+        self.options: dict[str, Any] = {}
+        self.restore: list[Callable[[], None]] = []
+
+
+_STATE = _State()
+
+
+def install() -> None:
+    """Called by the bootstrap `sitecustomize` in every Python process of the job; never raises."""
+    try:
+        if os.environ.get(ENV_WATCHED) or is_launcher(getattr(sys, "orig_argv", sys.argv)):
+            return
+        config = json.loads(os.environ[ENV_OPTIONS])
+        _STATE.run_dir = str(config["run_dir"])
+        _STATE.options = dict(config.get("watch") or {})
+        hooks = {"torch": _arm_tripwires, "gpuwatch.capture.watch": _set_watch_hook}
+        for name, callback in list(hooks.items()):
+            if name in sys.modules:
+                callback(sys.modules[name])
+                del hooks[name]
+        if hooks:
+            sys.meta_path.insert(0, _AfterImport(hooks))
+    except Exception as exc:
+        _say(f"not watching this process ({type(exc).__name__}: {exc})")
+
+
+def _say(message: str) -> None:
+    try:
+        print(f"gpuwatch run: {message}", file=sys.stderr, flush=True)
+    except Exception:
+        pass
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Runs a callback once a named module has finished loading (then forgets the name)."""
+
+    def __init__(self, callbacks: dict[str, Callable[[Any], None]]) -> None:
+        self.callbacks = callbacks
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        callback = self.callbacks.get(fullname)
+        if callback is None:
+            return None
+        for finder in sys.meta_path:  # the spec the import would have found without us
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader: Any = spec.loader
+        exec_module = getattr(loader, "exec_module", None)
+        if exec_module is None:
+            return spec
+
+        # wrap this spec's own loader instance: `importlib.util.find_spec` (no import) leaves no trace
+        def exec_then_call(module: Any) -> None:
+            exec_module(module)
+            try:
+                del loader.exec_module
+            except AttributeError:
+                pass
+            if self.callbacks.pop(fullname, None) is not None:
+                if not self.callbacks and self in sys.meta_path:
+                    sys.meta_path.remove(self)
+                try:
+                    callback(module)
+                except Exception as exc:
+                    _say(f"not watching this process ({type(exc).__name__}: {exc})")
+
+        loader.exec_module = exec_then_call
+        return spec
+
+
+# ---- the trip-wires -----------------------------------------------------------------------------------
+def _arm_tripwires(torch: Any) -> None:
+    """torch has loaded: wait for this process's first DataLoader iteration or backward pass."""
+    import importlib
+
+    from torch.utils.data import dataloader
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional collector that cannot load here: the watch notes it when it starts
+            pass
+
+    _tripwire(dataloader.DataLoader, "_get_iterator", "DataLoader iteration")
+    autograd = torch.autograd
+    if "_engine_run_backward" in vars(autograd):
+        _tripwire(autograd, "_engine_run_backward", "backward pass")
+    else:  # older torch
+        _tripwire(autograd, "backward", "backward pass")
+
+
+def _tripwire(owner: Any, attr: str, trigger: str) -> None:
+    original = vars(owner)[attr]
+
+    def tripwire(*args: Any, **kwargs: Any) -> Any:
+        start_watch(trigger)
+        return getattr(owner, attr)(*args, **kwargs)  # now the watch's hook (or the original again)
+
+    def restore() -> None:
+        if vars(owner).get(attr) is tripwire:
+            setattr(owner, attr, original)
+
+    setattr(owner, attr, tripwire)
+    _STATE.restore.append(restore)
+
+
+def start_watch(trigger: str) -> Any:
+    """Decide, once, whether this process is watched, and start its watch; returns it (or None)."""
+    state = _STATE
+    with state.lock:
+        if state.decided:
+            return state.watcher if state.pid == os.getpid() else None
+        state.decided = True
+        for restore in state.restore:
+            restore()
+        state.restore.clear()
+        if state.pid != os.getpid() or _in_dataloader_worker():
+            return None
+        os.environ[ENV_WATCHED] = str(os.getpid())  # inherited by workers and helpers: they stay unwatched
+        try:
+            from gpuwatch.capture.auto_steps import RunWatcher
+
+            watcher = RunWatcher(state.run_dir, trigger=trigger, **state.options)
+            watcher.start()
+        except Exception as exc:
+            _say(f"not watching this process ({type(exc).__name__}: {exc})")
+            return None
+        state.watcher = watcher if watcher.enabled else None
+        return state.watcher
+
+
+def _in_dataloader_worker() -> bool:
+    data = sys.modules.get("torch.utils.data")
+    try:
+        return data is not None and data.get_worker_info() is not None
+    except Exception:
+        return False
+
+
+# ---- the script's own gpuwatch.watch() ----------------------------------------------------------------
+def _set_watch_hook(watch_module: Any) -> None:
+    watch_module._RUN_HOOK = _join_user_watch
+
+
+def _join_user_watch(user: Any) -> bool:
+    """`Watcher.start` asks this first: the script's own watch joins this process's run watch (True)."""
+    if getattr(user, "is_run_watch", False):
+        return False
+    host = start_watch("gpuwatch.watch()")
+    if host is None:
+        return False
+    host.adopt(user)
+    return True
