@@ -14,10 +14,12 @@ from gpuwatch.errors import UsageError
 
 EPILOG = """\
 limits (a change fails only when it is past its limit across its whole 95% interval, so step-to-step
-noise never fails a build on its own):
+noise never fails a build on its own; on CPU-only runs, whose math speeds up and slows down with whatever
+else the machine runs, step time and compute share are shown but gated only when a limit is given):
   --max-step-time-increase PCT   median step time, percent of the base   (default 10 on device runs;
                                  CPU-only runs: shown, gated only when given)
-  --max-compute-drop PP          compute share of step time, points     (default 5)
+  --max-compute-drop PP          compute share of step time, points     (default 5 on device runs;
+                                 CPU-only runs: shown, gated only when given)
   --max-increase CATEGORY=PP     an idle category's time per step, percent of the base step time
                                  (default 5 for each of data_loading, cpu_preprocessing, sync,
                                  checkpoint_io, memcpy, host_overhead, unattributed)
@@ -107,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _thresholds(args: argparse.Namespace, thresholds_cls: Any) -> Any:
-    from reports.compare.model import DEFAULT_COMPUTE_DROP_PP, IDLE_CATEGORIES
+    from reports.compare.model import IDLE_CATEGORIES
 
     limits: dict[str, float] = {}
     for item in args.max_increase:
@@ -133,7 +135,7 @@ def _thresholds(args: argparse.Namespace, thresholds_cls: Any) -> Any:
     defaults = thresholds_cls()
     return thresholds_cls(
         step_time_increase_pct=args.max_step_time_increase,
-        compute_drop_pp=DEFAULT_COMPUTE_DROP_PP if args.max_compute_drop is None else args.max_compute_drop,
+        compute_drop_pp=args.max_compute_drop,
         category_increase_pp={**defaults.category_increase_pp, **limits},
         min_steps=args.min_steps,
         warmup_steps=args.warmup_steps,

@@ -16,6 +16,8 @@ import numpy as np
 from gpuwatch.attribution.summary import CATEGORY_NAMES, RankSummary, Summary
 from reports.compare.model import (
     COMPUTE_SHARE,
+    DEFAULT_COMPUTE_DROP_PP,
+    DEFAULT_STEP_TIME_INCREASE_PCT,
     IDLE_CATEGORIES,
     STEP_TIME,
     Check,
@@ -189,6 +191,7 @@ def _unit_checks(rank: int | None, est: UnitEstimates, th: Thresholds, *, device
             est.cand_step_median_ms,
             est.step_time_pct,
             th.step_time_limit(device),
+            reference=DEFAULT_STEP_TIME_INCREASE_PCT,
         ),
         _check(
             COMPUTE_SHARE,
@@ -196,10 +199,13 @@ def _unit_checks(rank: int | None, est: UnitEstimates, th: Thresholds, *, device
             est.base_compute_share_pct,
             est.cand_compute_share_pct,
             est.compute_share_pp,
-            -th.compute_drop_pp,
+            th.compute_drop_limit(device),
+            reference=DEFAULT_COMPUTE_DROP_PP,
+            lower_is_worse=True,
         ),
     ]
     for c in IDLE_CATEGORIES:
+        limit = th.category_limit(c)
         checks.append(
             _check(
                 c,
@@ -207,24 +213,35 @@ def _unit_checks(rank: int | None, est: UnitEstimates, th: Thresholds, *, device
                 est.base_category_ms[c],
                 est.cand_category_ms[c],
                 est.category_pct[c],
-                th.category_limit(c),
+                limit,
+                reference=limit,
             )
         )
     return checks
 
 
 def _check(
-    metric: str, rank: int | None, base: float, cand: float, change: Estimate, limit: float | None
+    metric: str,
+    rank: int | None,
+    base: float,
+    cand: float,
+    change: Estimate,
+    limit: float | None,
+    *,
+    reference: float,
+    lower_is_worse: bool = False,
 ) -> Check:
-    sign = 1.0 if limit is None or limit >= 0 else -1.0  # +1: higher is worse; -1: lower is worse (compute)
+    """Judge one change. `limit` None: not gated; the outcome is then judged against `reference` (the
+    device default) and a would-be regression is reported as NOT_GATED, improvements as IMPROVED."""
+    sign = -1.0 if lower_is_worse else 1.0
     worse, low, high = sign * change.value, sign * change.low, sign * change.high
-    bound = abs(limit) if limit is not None else 0.0
-    if limit is None:
-        outcome = Outcome.NOT_GATED
-    elif worse > bound:
+    bound = limit if limit is not None else reference
+    if worse > bound:
         # past the limit at the near end of the interval too, not only on average: one slow step (a
         # first checkpoint, a scheduler hiccup) moves a mean past a limit, but not its whole interval
         outcome = Outcome.REGRESSED if min(low, high) > bound else Outcome.NOISE
+        if limit is None and outcome is Outcome.REGRESSED:
+            outcome = Outcome.NOT_GATED
     elif worse < -bound and max(low, high) < -bound:
         outcome = Outcome.IMPROVED
     else:
@@ -237,7 +254,7 @@ def _check(
         change=change.value,
         change_low=change.low,
         change_high=change.high,
-        limit=limit,
+        limit=None if limit is None else sign * limit,
         outcome=outcome,
     )
 

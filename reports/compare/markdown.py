@@ -28,7 +28,7 @@ RESULT = {
     Outcome.NOISE: "within noise",
     Outcome.OK: "ok",
     Outcome.IMPROVED: "improved",
-    Outcome.NOT_GATED: "not gated",
+    Outcome.NOT_GATED: "worse, not gated",
 }
 MODE = {"device": "device", "host": "CPU-only"}
 

@@ -23,5 +23,5 @@ def format_change(c: Check, v: float) -> str:
 
 def format_limit(c: Check) -> str:
     if c.limit is None:
-        return "not gated (CPU-only)"
+        return "not gated (CPU-only run)"
     return format_change(c, c.limit)

@@ -1,0 +1,190 @@
+"""How often does `gpuwatch compare` cry wolf, and how often does it catch a real regression?
+
+Repeated runs of one configuration are compared with each other at the default limits (false alarms), and
+runs with a planted regression of 10% of the step time in one category against the baseline runs
+(detection: the verdict is a regression AND it names the planted category). Three sources:
+
+- synthetic: Kineto traces with planted stalls and planted noise (tests/support/compare_support.py),
+  imported through the real importer: fast, so many runs;
+- planted: the real CPU training program tests/support/compare_planted.py as separate processes
+  (regressions: `--slow-input-ms`, `--sync-checkpoint-ms` of 10% of the baseline's mean step time);
+- reference: `python -m reference_trainer --preset fixed --nproc 2 --steps 10 --checkpoint-every 2`
+  (detection: the same with `--preset naive`, which must be caught naming all four of its causes).
+
+Peer, measured on the same runs: a plain summary-diff gate, what one writes with `gpuwatch summary --json`
+and a few lines of jq: each category's share of step time (budget_pct, averaged over ranks) compared with
+the same limits, no noise model.
+
+    python benchmarks/compare_noise.py                                  # all three, default sizes
+    python benchmarks/compare_noise.py --only synthetic --runs 30
+    python benchmarks/compare_noise.py --only planted --runs 12 --regressed 8
+
+Run it alone on the machine: the planted and reference sources are real processes sharing its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]
+
+from gpuwatch.attribution.summary import Summary, load_summary  # noqa: E402
+from reports.compare import Outcome, Thresholds, Verdict, compare  # noqa: E402
+
+NAIVE_CAUSES = {"data_loading", "cpu_preprocessing", "sync", "checkpoint_io"}
+
+
+def peer_alarms(base: Summary, cand: Summary, th: Thresholds) -> set[str]:
+    """The summary-diff gate: budget_pct averaged over ranks, same limits, no noise model."""
+
+    def share(s: Summary, c: str) -> float:
+        return sum(r.budget_pct.get(c) for r in s.ranks) / len(s.ranks)
+
+    out = set()
+    if share(base, "compute") - share(cand, "compute") > th.compute_drop_pp:
+        out.add("compute_share")
+    for c in th.category_increase_pp:
+        if share(cand, c) - share(base, c) > th.category_limit(c):
+            out.add(c)
+    return out
+
+
+def ours(base: Summary, cand: Summary) -> set[str]:
+    cmp = compare(base, cand)
+    if cmp.verdict is Verdict.PASS:
+        return set()
+    return {c.metric for c in cmp.job_checks() if c.outcome is Outcome.REGRESSED} or {cmp.verdict.value}
+
+
+def rates(base: list[Summary], regressed: dict[str, list[Summary]], need: Callable[[str], set[str]]) -> dict:
+    th = Thresholds()
+    out: dict = {}
+    for name, gate in (("gpuwatch compare", ours), ("summary-diff gate", lambda b, c: peer_alarms(b, c, th))):
+        adjacent = [bool(gate(base[i], base[i + 1])) for i in range(len(base) - 1)]
+        ordered = [bool(gate(base[a], base[b])) for a, b in itertools.permutations(range(len(base)), 2)]
+        caught = {
+            cat: [need(cat) <= gate(base[i % len(base)], cand) for i, cand in enumerate(cands)]
+            for cat, cands in regressed.items()
+        }
+        out[name] = {"adjacent": adjacent, "ordered": ordered, "caught": caught}
+    return out
+
+
+def report(source: str, base: list[Summary], result: dict, seconds: float) -> None:
+    print(f"\n== {source}: {len(base)} repeated runs ({seconds:.0f} s)")
+    for name, r in result.items():
+        fa_adj, fa_all = sum(r["adjacent"]), sum(r["ordered"])
+        line = (
+            f"  {name:18s} false alarms {fa_adj}/{len(r['adjacent'])} consecutive pairs, "
+            f"{fa_all}/{len(r['ordered'])} ordered pairs ({100 * fa_all / max(len(r['ordered']), 1):.1f}%)"
+        )
+        for cat, hits in r["caught"].items():
+            line += f"; {cat} caught {sum(hits)}/{len(hits)} ({100 * sum(hits) / max(len(hits), 1):.0f}%)"
+        print(line)
+
+
+def synthetic(runs: int, regressed: int) -> None:
+    from compare_support import import_run, noisy_trace
+
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = [import_run(noisy_trace(s), root / f"b{s}") for s in range(runs)]
+        regs = {
+            cat: [
+                import_run(noisy_trace(1000 + s, regress=cat), root / f"{cat}{s}") for s in range(regressed)
+            ]
+            for cat in ("data_loading", "checkpoint_io")
+        }
+    report("synthetic traces", base, rates(base, regs, lambda c: {c}), time.perf_counter() - t0)
+
+
+def _planted(out: Path, *args: str) -> Summary:
+    out.mkdir(parents=True)
+    cmd = [
+        sys.executable,
+        str(ROOT / "tests" / "support" / "compare_planted.py"),
+        "--run-dir",
+        str(out / "run"),
+    ]
+    subprocess.run([*cmd, *args], cwd=out, check=True, capture_output=True, timeout=600)
+    return load_summary(out / "run")
+
+
+def planted(runs: int, regressed: int) -> None:
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = [_planted(root / f"b{i}") for i in range(runs)]
+        step_ms = sum(sum(s.ranks[0].per_step.wall_ms[1:]) / (s.ranks[0].steps - 1) for s in base) / len(base)
+        plant = f"{0.10 * step_ms:.2f}"
+        regs = {
+            "data_loading": [_planted(root / f"d{i}", "--slow-input-ms", plant) for i in range(regressed)],
+            "checkpoint_io": [
+                _planted(root / f"c{i}", "--sync-checkpoint-ms", plant, "--checkpoint-every", "1")
+                for i in range(regressed)
+            ],
+        }
+    print(f"\n(planted program: mean step {step_ms:.1f} ms, plant {plant} ms per step)")
+    report("planted CPU program", base, rates(base, regs, lambda c: {c}), time.perf_counter() - t0)
+
+
+def _reference(out: Path, preset: str, data: Path) -> Summary:
+    args = ["--preset", preset, "--nproc", "2", "--steps", "10", "--checkpoint-every", "2"]
+    subprocess.run(
+        [sys.executable, "-m", "reference_trainer", *args, "--run-dir", str(out), "--data-dir", str(data)],
+        cwd=ROOT, check=True, capture_output=True, timeout=900,
+    )  # fmt: skip
+    return load_summary(out)
+
+
+def reference(runs: int, regressed: int) -> None:
+    from reference_trainer_support import shared_data_root
+
+    t0 = time.perf_counter()
+    data = shared_data_root()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base = [_reference(root / f"f{i}", "fixed", data) for i in range(runs)]
+        regs = {"naive": [_reference(root / f"n{i}", "naive", data) for i in range(regressed)]}
+    result = rates(base, regs, lambda _: NAIVE_CAUSES)
+    report(
+        "reference trainer --preset fixed (naive: all four causes named)",
+        base,
+        result,
+        time.perf_counter() - t0,
+    )
+    back = [ours(regs["naive"][0], b) for b in base]
+    print(f"  naive -> fixed passes {sum(not x for x in back)}/{len(back)}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=["synthetic", "planted", "reference"], action="append")
+    p.add_argument("--runs", type=int, default=None, help="repeated runs per source (default 30/10/9)")
+    p.add_argument("--regressed", type=int, default=None, help="regressed runs per plant (default 20/8/2)")
+    args = p.parse_args()
+    only = args.only or ["synthetic", "planted", "reference"]
+    print(
+        f"gpuwatch compare at its default limits ({json.dumps(Thresholds().to_json()['category_increase_pp'])})"
+    )
+    if "synthetic" in only:
+        synthetic(args.runs or 30, args.regressed or 20)
+    if "planted" in only:
+        planted(args.runs or 10, args.regressed or 8)
+    if "reference" in only:
+        reference(args.runs or 9, args.regressed or 2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
