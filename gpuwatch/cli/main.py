@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "attach": "gpuwatch.cli.attach_cmd",
     "compare": "gpuwatch.cli.compare_cmd",
     "top": "gpuwatch.cli.top_cmd",
+    "report": "gpuwatch.cli.report_cmd",
     "run": "gpuwatch.cli.run_cmd",
 }
 """Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
