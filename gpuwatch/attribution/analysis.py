@@ -10,13 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gpuwatch.attribution.budget import RankBudget, compute_rank_budget
 from gpuwatch.attribution.cross_rank import CrossRankResult, analyze_cross_rank
 from gpuwatch.attribution.overview import OverviewBreakdown, legacy_runtime_format, overview_breakdown
 from gpuwatch.attribution.recommendations import Recommendation, recommend
 from gpuwatch.attribution.temporal import TemporalBreakdown, temporal_breakdown
 from gpuwatch.errors import RunDirError
-from gpuwatch.records import SpanColumns
+from gpuwatch.records import CATEGORIES, SpanColumns
 from gpuwatch.store.run_reader import RunReader, WriterInfo
 
 
@@ -40,26 +42,36 @@ class RunAnalysis:
     """Things the user should know about the data (hook errors, dropped records, a writer still running)."""
 
 
-def analyze_run(run_dir: str | Path, *, ranks: list[int] | None = None) -> RunAnalysis:
-    """Read every segment of a run and analyse it. Raises RunDirError when there is nothing to analyse."""
+def analyze_run(
+    run_dir: str | Path, *, ranks: list[int] | None = None, include_warmup: bool = False
+) -> RunAnalysis:
+    """Read every segment of a run and analyse it. Raises RunDirError when there is nothing to analyse.
+    `include_warmup` keeps warm-up steps in the budget (`attribution/warmup.py`; reported either way)."""
     reader = RunReader(run_dir)
     try:
-        return _analyze(reader, ranks)
+        return _analyze(reader, ranks, include_warmup)
     finally:
         reader.close()
 
 
-def _analyze(reader: RunReader, only: list[int] | None) -> RunAnalysis:
+def _analyze(reader: RunReader, only: list[int] | None, include_warmup: bool) -> RunAnalysis:
     rank_cols = {
         rank: reader.span_columns(rank, with_attrs=True)
         for rank in reader.ranks
         if only is None or rank in only
     }
-    return analyze_columns(reader.run_dir, reader.run_id, reader.writers, rank_cols)
+    return analyze_columns(
+        reader.run_dir, reader.run_id, reader.writers, rank_cols, include_warmup=include_warmup
+    )
 
 
 def analyze_columns(
-    run_dir: str | Path, run_id: str, writers: list[WriterInfo], rank_cols: dict[int, SpanColumns]
+    run_dir: str | Path,
+    run_id: str,
+    writers: list[WriterInfo],
+    rank_cols: dict[int, SpanColumns],
+    *,
+    include_warmup: bool = False,
 ) -> RunAnalysis:
     """Analyse spans already in memory (each rank's columns on the run's common timeline).
 
@@ -72,7 +84,7 @@ def analyze_columns(
         cols = rank_cols[rank]
         if len(cols) == 0:
             continue
-        budget = compute_rank_budget(rank, cols)
+        budget = compute_rank_budget(rank, cols, include_warmup=include_warmup)
         per_rank[rank] = (cols, budget)
         rank_writers = tuple(w for w in writers if w.run.rank == rank)
         legacy = legacy_runtime_format(
@@ -96,8 +108,39 @@ def analyze_columns(
         ranks=tuple(results),
         cross=cross,
         recommendations=recs,
-        notes=tuple(_notes(writers)),
+        notes=tuple(_notes(writers)) + tuple(_warmup_notes([r.budget for r in results])),
     )
+
+
+def _warmup_notes(budgets: list[RankBudget]) -> list[str]:
+    """One line per rank with warm-up steps: how many, how long, what they did, and whether they count."""
+    out = []
+    for b in budgets:
+        w = b.warmup
+        if w is None:
+            continue
+        ids = ", ".join(str(int(s)) for s in w.step_ids)
+        total_ms = float(w.step_ns.sum()) / 1e6
+        ratio = float(w.step_ns.max()) / max(w.reference_step_ns, 1)
+        sums = w.step_category_ns.sum(axis=0)
+        doing = ", ".join(
+            f"{CATEGORIES[i].value} {100 * sums[i] / max(int(sums.sum()), 1):.0f}%"
+            for i in np.argsort(-sums)[:3]
+            if sums[i] > 0
+        )
+        biggest = max(w.evidence, key=lambda e: e.total_ns, default=None)
+        top = f" (top: {biggest.name[:60]})" if biggest is not None else ""
+        steps = "step" if w.step_ids.size == 1 else "steps"
+        fate = (
+            "kept in the budget (--include-warmup)"
+            if w.included
+            else "left out of the budget (gpuwatch summary --include-warmup keeps them)"
+        )
+        out.append(
+            f"rank {b.rank}: warm-up {steps} {ids}: {total_ms:.1f} ms, up to {ratio:.1f}x the median step "
+            f"of {w.reference_step_ns / 1e6:.1f} ms; {doing or 'nothing recorded'}{top}; {fate}"
+        )
+    return out
 
 
 def _notes(writers: list[WriterInfo]) -> list[str]:

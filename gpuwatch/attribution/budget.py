@@ -8,6 +8,15 @@ DESIGN.md "The time budget" is the specification. In short:
 3. On a rank with no device events, compute is the training thread's math; everything else as above, so a
    collective or a DataLoader wait nested inside a forward region still counts as what it is.
 
+Refinements (README.md, "The time budget"):
+- Preprocessing inside a DataLoader wait (a loader without workers runs the Dataset on the training thread):
+  a cpu_preprocessing span nested in a data_loading span of the same thread is cpu_preprocessing.
+- Communication on other threads: time the rules leave unattributed (the training thread has nothing of its
+  own) while a collective of the same process runs on another of its threads is sync. The HTA-compatible
+  view (temporal.py) does not count it, as HTA does not.
+- Warm-up: leading steps much slower than the rest (`warmup.py`) are left out of the budget and reported on
+  their own (`RankBudget.warmup`), unless `include_warmup`.
+
 The whole rank is cut once into elementary segments at every interval boundary; each segment gets one
 category by those rules, and segments are summed per step. Everything is numpy: no per-event Python loop.
 """
@@ -20,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
+from gpuwatch.attribution.warmup import warmup_steps
 from gpuwatch.records import (
     CATEGORIES,
     DEVICE_KIND_CATEGORY,
@@ -106,6 +116,29 @@ class Timeline:
 
 
 @dataclass(frozen=True, slots=True)
+class Warmup:
+    """The leading steps of a rank that warm-up left out of its budget: how many, how long, what they did."""
+
+    step_ids: np.ndarray
+    step_start_ns: np.ndarray
+    step_end_ns: np.ndarray
+    step_category_ns: np.ndarray
+    """Shape (warm-up steps, 8), columns in CATEGORIES order, as the budget would have counted them."""
+    other_thread_sync_ns: np.ndarray
+    """Of their sync, ns per step explained only by collectives on other threads."""
+    evidence: tuple[Evidence, ...]
+    """What explains their time, by category (top names per category)."""
+    reference_step_ns: int
+    """The median step they were compared with (`warmup.warmup_steps`)."""
+    included: bool
+    """True when the budget kept them (`include_warmup`): then they are also the budget's first steps."""
+
+    @property
+    def step_ns(self) -> np.ndarray:
+        return self.step_end_ns - self.step_start_ns
+
+
+@dataclass(frozen=True, slots=True)
 class RankBudget:
     """The budget of one rank: per-step nanoseconds in each category, and what explains them."""
 
@@ -122,10 +155,30 @@ class RankBudget:
     timeline: Timeline
     steps_from_markers: bool
     """False when the trace had no step markers and the whole rank is one step."""
+    other_thread_sync_ns: np.ndarray | None = None
+    """Per step, the ns of `sync` explained only by collectives on other threads of the process (None: 0)."""
+    warmup: Warmup | None = None
+    """Leading warm-up steps (None: the run has none); left out of the arrays above unless `included`."""
 
     @property
     def step_ns(self) -> np.ndarray:
         return self.step_end_ns - self.step_start_ns
+
+    def all_steps(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`(step_ids, step_start_ns, step_category_ns, other_thread_sync_ns)` of every step, warm-up
+        included: what the HTA-compatible view reads (HTA knows nothing of warm-up)."""
+        other = self.other_thread_sync_ns
+        if other is None:
+            other = np.zeros(self.step_ids.size, dtype=np.int64)
+        w = self.warmup
+        if w is None or w.included:
+            return self.step_ids, self.step_start_ns, self.step_category_ns, other
+        return (
+            np.concatenate([w.step_ids, self.step_ids]),
+            np.concatenate([w.step_start_ns, self.step_start_ns]),
+            np.concatenate([w.step_category_ns, self.step_category_ns]),
+            np.concatenate([w.other_thread_sync_ns, other]),
+        )
 
     def total_pct(self) -> dict[Category, float]:
         """Share of all steps' wall time per category, 0-100."""
@@ -167,13 +220,16 @@ def _steps(cols: SpanColumns, tid: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return np.array([0]), cols.start_ns.min(keepdims=True), cols.end_ns.max(keepdims=True), False
 
 
-def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: int = 3) -> RankBudget:
+def compute_rank_budget(
+    rank: int, cols: SpanColumns, *, evidence_per_category: int = 3, include_warmup: bool = False
+) -> RankBudget:
     """The time budget of one rank from all its spans (any order).
 
     Args:
         rank: the rank the spans belong to.
         cols: every span of that rank (host and device), times in ns on one timeline.
         evidence_per_category: how many top contributing span names to keep per category.
+        include_warmup: keep the warm-up steps in the budget (they are reported either way).
     """
     tid = pick_training_tid(cols)
     step_ids, step_s, step_e, from_markers = _steps(cols, tid)
@@ -199,11 +255,23 @@ def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: 
             kinds = [k for k, c in DEVICE_KIND_CATEGORY.items() if c == category.value]
             add(category, is_device & kind_in(kind, kinds))
     for category in HOST_PRIORITY:
+        if category == Category.DATA_LOADING:
+            add(
+                Category.CPU_PREPROCESSING,
+                _nested(
+                    cols,
+                    on_host & (cat == Category.CPU_PREPROCESSING.value),
+                    on_host & (cat == category.value),
+                ),
+            )
         add(category, on_host & (cat == category.value))
     if mode == "host":
         add(Category.COMPUTE, on_host & (cat == Category.COMPUTE.value))
     # any other host activity on those threads is overhead (on GPU ranks, host-side math is launch overhead)
     add(Category.HOST_OVERHEAD, on_host)
+    # last: the training thread has nothing of its own, a collective of the process runs on another thread
+    other_set = len(sets)
+    add(Category.SYNC, _other_thread_collectives(cols, tid, host_tids, is_device))
 
     masks_union = [iv.union(start[m], end[m]) for _, m in sets]
     bounds = [step_s, step_e] + [a for u in masks_union for a in u]
@@ -211,10 +279,13 @@ def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: 
     seg_cat = np.full(max(points.size - 1, 0), CAT_INDEX[Category.UNATTRIBUTED.value], dtype=np.int64)
     left = points[:-1]
     decided = np.zeros(left.size, dtype=bool)
-    for (cat_idx, _), u in zip(sets, masks_union, strict=True):
+    by_other = np.zeros(left.size, dtype=bool)
+    for k, ((cat_idx, _), u) in enumerate(zip(sets, masks_union, strict=True)):
         hit = ~decided & iv.covered(u, left)
         seg_cat[hit] = cat_idx
         decided |= hit
+        if k == other_set:
+            by_other = hit
     # which step each segment belongs to (steps are disjoint and sorted)
     seg_step = np.searchsorted(step_s, left, side="right") - 1
     in_step = (seg_step >= 0) & (left < step_e[np.maximum(seg_step, 0)])
@@ -222,10 +293,35 @@ def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: 
     lengths = np.diff(points)
     n_steps = step_s.size
     step_cat = np.zeros((n_steps, len(CATEGORIES)), dtype=np.int64)
+    other_ns = np.zeros(n_steps, dtype=np.int64)
     if n_steps and left.size:
         flat = seg_step[in_step] * len(CATEGORIES) + seg_cat[in_step]
         step_cat = np.bincount(flat, weights=lengths[in_step], minlength=n_steps * len(CATEGORIES))
         step_cat = np.rint(step_cat).astype(np.int64).reshape(n_steps, len(CATEGORIES))
+        other = in_step & by_other
+        other_ns = np.rint(np.bincount(seg_step[other], weights=lengths[other], minlength=n_steps)).astype(
+            np.int64
+        )
+
+    n_warm, reference = warmup_steps(step_e - step_s, from_markers=from_markers)
+    warmup = None
+    if n_warm:
+        in_warm = in_step & (seg_step < n_warm)
+        warm_timeline = Timeline(points=points, category=np.where(in_warm, seg_cat, -1))
+        warmup = Warmup(
+            step_ids=step_ids[:n_warm],
+            step_start_ns=step_s[:n_warm],
+            step_end_ns=step_e[:n_warm],
+            step_category_ns=step_cat[:n_warm],
+            other_thread_sync_ns=other_ns[:n_warm],
+            evidence=_evidence(cols, sets, warm_timeline, evidence_per_category),
+            reference_step_ns=reference,
+            included=include_warmup,
+        )
+        if not include_warmup:
+            seg_cat = np.where(in_warm, -1, seg_cat)
+            step_ids, step_s, step_e = step_ids[n_warm:], step_s[n_warm:], step_e[n_warm:]
+            step_cat, other_ns = step_cat[n_warm:], other_ns[n_warm:]
     timeline = Timeline(points=points, category=seg_cat)
     evidence = _evidence(cols, sets, timeline, evidence_per_category)
     return RankBudget(
@@ -239,7 +335,39 @@ def compute_rank_budget(rank: int, cols: SpanColumns, *, evidence_per_category: 
         evidence=evidence,
         timeline=timeline,
         steps_from_markers=from_markers,
+        other_thread_sync_ns=other_ns,
+        warmup=warmup,
     )
+
+
+def _nested(cols: SpanColumns, inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """The spans of `inner` that lie wholly inside the union of the spans of `outer` (nested in them)."""
+    if not inner.any() or not outer.any():
+        return np.zeros(inner.shape, dtype=bool)
+    region = iv.union(cols.start_ns[outer], cols.end_ns[outer])
+    idx = np.flatnonzero(inner)
+    s, e = cols.start_ns[idx], cols.end_ns[idx]
+    out = np.zeros(inner.shape, dtype=bool)
+    out[idx] = iv.overlap(region, s, e) >= e - s
+    return out
+
+
+def _other_thread_collectives(
+    cols: SpanColumns, tid: int, host_tids: set[int], is_device: np.ndarray
+) -> np.ndarray:
+    """Host spans of collectives (sync, not a runtime call) on threads of the training thread's process
+    other than the threads the budget reads: gloo's communication threads, a job's helper threads."""
+    own = cols.tid == tid
+    pids = np.unique(cols.pid[own & ~is_device]) if own.any() else np.zeros(0, dtype=np.int64)
+    mask = (
+        ~is_device
+        & (cols.category == Category.SYNC.value)
+        & (cols.kind != SpanKind.RUNTIME.value)
+        & ~np.isin(cols.tid, list(host_tids))
+    )
+    if pids.size:
+        mask &= np.isin(cols.pid, pids)
+    return mask
 
 
 def _evidence(
@@ -275,6 +403,10 @@ def _evidence(
         counts = np.bincount(inverse)
         # largest first; equal times by name, so the evidence does not depend on row order
         names = [str(cols.name[hit_idx[k]]) for k in first.tolist()]
-        for j in sorted(range(len(uniq)), key=lambda j: (-sums[j], names[j]))[:top]:
+        ranked = sorted(range(len(uniq)), key=lambda j: (-sums[j], names[j]))[: 3 * top]
+        for j in ranked:  # spans of one name running at once (on several threads) explain their time once
+            own = hit_idx[inverse == j]
+            sums[j] = iv.total(iv.intersect(region, iv.union(cols.start_ns[own], cols.end_ns[own])))
+        for j in sorted(ranked, key=lambda j: (-sums[j], names[j]))[:top]:
             out.append(Evidence(CATEGORIES[cat_idx].value, names[j], int(sums[j]), int(counts[j])))
     return tuple(out)

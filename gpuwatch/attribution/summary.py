@@ -154,6 +154,25 @@ class Saving:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WarmupSummary:
+    """A rank's warm-up steps (`attribution/warmup.py`): leading steps much slower than the rest, left out
+    of the budget unless `included`. Milliseconds."""
+
+    steps: int
+    """How many (0: none found)."""
+    step_ids: tuple[int, ...]
+    step_ms: tuple[float, ...]
+    """Wall time of each."""
+    reference_step_ms: float
+    """The median step they were compared with (0.0 when there was none)."""
+    category_ms: CategoryValues
+    """What they did: their time in each budget category, summed over the warm-up steps."""
+    evidence: tuple[EvidenceItem, ...]
+    included: bool
+    """True when the budget kept them (`gpuwatch summary --include-warmup`)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RankSummary:
     """One rank's budget and step statistics."""
 
@@ -177,6 +196,8 @@ class RankSummary:
     """None for summaries stored before per-step data was kept."""
     overview_pct: OverviewPct | None = None
     """None when the rank has no step time to split, or for summaries stored before it was computed."""
+    warmup: WarmupSummary | None = None
+    """None for summaries stored before warm-up was detected."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,20 +304,26 @@ class Summary:
 
 
 def load_summary(
-    run_dir: str | os.PathLike[str], *, ranks: list[int] | None = None, use_cache: bool = True
+    run_dir: str | os.PathLike[str],
+    *,
+    ranks: list[int] | None = None,
+    use_cache: bool = True,
+    include_warmup: bool = False,
 ) -> Summary:
     """The Summary of a run directory: the stored one of a finished run, else a fresh analysis (then
     stored, once every writer has ended and all ranks were asked for). Raises RunDirError / RunDirUsageError
-    for a directory that is not a readable run."""
+    for a directory that is not a readable run. `include_warmup` keeps warm-up steps in the budget (never
+    cached: the stored summary is the default one)."""
     from gpuwatch.attribution.analysis import analyze_run
     from gpuwatch.store import summary_cache
 
     path = Path(run_dir)
-    doc = summary_cache.load(path) if use_cache and not ranks else None
+    default = not ranks and not include_warmup
+    doc = summary_cache.load(path) if use_cache and default else None
     if doc is not None:
         return Summary.from_json(doc)
-    summary = summarize(analyze_run(path, ranks=ranks))
-    if not ranks:
+    summary = summarize(analyze_run(path, ranks=ranks, include_warmup=include_warmup))
+    if default:
         summary_cache.store(path, summary.to_json())
     return summary
 
@@ -431,6 +458,34 @@ def _rank_summary(
         overview_pct=None
         if overview is None
         else OverviewPct(**overview.pct(), avg_step_us=overview.avg_step_ns / 1e3),
+        warmup=_warmup_summary(b),
+    )
+
+
+def _warmup_summary(b: RankBudget) -> WarmupSummary:
+    w = b.warmup
+    if w is None:
+        return WarmupSummary(
+            steps=0,
+            step_ids=(),
+            step_ms=(),
+            reference_step_ms=0.0,
+            category_ms=CategoryValues(),
+            evidence=(),
+            included=False,
+        )
+    sums = w.step_category_ns.sum(axis=0) / 1e6
+    return WarmupSummary(
+        steps=int(w.step_ids.size),
+        step_ids=tuple(int(s) for s in w.step_ids),
+        step_ms=tuple(_round_ms(v) for v in w.step_ns / 1e6),
+        reference_step_ms=_round_ms(w.reference_step_ns / 1e6),
+        category_ms=CategoryValues(**{c: _round_ms(sums[i]) for i, c in enumerate(CATEGORY_NAMES)}),
+        evidence=tuple(
+            EvidenceItem(category=e.category, name=e.name, total_ms=e.total_ns / 1e6, count=e.count)
+            for e in w.evidence
+        ),
+        included=w.included,
     )
 
 
@@ -466,7 +521,37 @@ def _rank_to_json(r: RankSummary) -> dict[str, Any]:
         }
     if r.overview_pct is not None:
         doc["overview_pct"] = _plain(r.overview_pct)
+    if r.warmup is not None:
+        doc["warmup"] = {
+            **_plain(r.warmup),
+            "step_ids": list(r.warmup.step_ids),
+            "step_ms": list(r.warmup.step_ms),
+            "category_ms": r.warmup.category_ms.to_json(),
+            "evidence": [_plain(e) for e in r.warmup.evidence],
+        }
     return doc
+
+
+def _warmup_from_json(w: Mapping[str, Any] | None) -> WarmupSummary | None:
+    if not w:
+        return None
+    return WarmupSummary(
+        steps=int(w["steps"]),
+        step_ids=tuple(int(s) for s in w.get("step_ids", ())),
+        step_ms=tuple(float(v) for v in w.get("step_ms", ())),
+        reference_step_ms=float(w.get("reference_step_ms", 0.0)),
+        category_ms=CategoryValues.from_json(w.get("category_ms", {})),
+        evidence=tuple(
+            EvidenceItem(
+                category=str(e["category"]),
+                name=str(e["name"]),
+                total_ms=float(e["total_ms"]),
+                count=int(e["count"]),
+            )
+            for e in w.get("evidence", [])
+        ),
+        included=bool(w.get("included", False)),
+    )
 
 
 def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
@@ -508,6 +593,7 @@ def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
         overview_pct=None
         if not d.get("overview_pct")
         else OverviewPct(**{f.name: float(d["overview_pct"][f.name]) for f in fields(OverviewPct)}),
+        warmup=_warmup_from_json(d.get("warmup")),
     )
 
 

@@ -43,10 +43,11 @@ def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown
     kinds = cols.kind
     device = kind_in(kinds, DEVICE_KINDS) & (cols.stream >= 0)
     idx = np.flatnonzero(device)
+    step_ids, step_start_ns, _, _ = budget.all_steps()  # warm-up included: HTA knows none
     # HTA filters only when the trace has two or more ProfilerStep names, by when the work was launched
-    if budget.steps_from_markers and np.unique(budget.step_ids).size > 1:
+    if budget.steps_from_markers and np.unique(step_ids).size > 1:
         launch, found = launch_ns(cols, idx)
-        keep = launch < budget.step_start_ns.max()
+        keep = launch < step_start_ns.max()
         if found is not None:
             # HTA joins device work to its launches by correlation: work whose correlation id names no
             # launch in the trace (launched before the profiler started) is dropped; work without a
@@ -99,17 +100,19 @@ def _hta_compute(cols: SpanColumns, idx: np.ndarray) -> np.ndarray:
 
 
 def _host_temporal(budget: RankBudget) -> TemporalBreakdown | None:
-    rows = budget.step_category_ns
+    _, _, rows, other_thread = budget.all_steps()  # warm-up included: HTA knows none
     if rows.shape[0] == 0:
         return None
     if budget.steps_from_markers and rows.shape[0] > 1:
-        rows = rows[:-1]  # HTA's window: all steps but the last
+        rows, other_thread = rows[:-1], other_thread[:-1]  # HTA's window: all steps but the last
     sums = rows.sum(axis=0)
     window = int(sums.sum())
     if window <= 0:
         return None
     compute = int(sums[CAT_INDEX[Category.COMPUTE.value]])
-    non_compute = int(sums[CAT_INDEX[Category.SYNC.value]] + sums[CAT_INDEX[Category.MEMCPY.value]])
+    # the training thread's own exposed communication: collectives on other threads leave it idle, as in HTA
+    sync = int(sums[CAT_INDEX[Category.SYNC.value]]) - int(other_thread.sum())
+    non_compute = sync + int(sums[CAT_INDEX[Category.MEMCPY.value]])
     return TemporalBreakdown(
         idle_pct=100.0 * (window - compute - non_compute) / window,
         compute_pct=100.0 * compute / window,

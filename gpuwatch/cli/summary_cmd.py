@@ -22,6 +22,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
     p.add_argument("--rank", type=int, action="append", metavar="N", help="only these ranks (repeatable)")
     p.add_argument(
+        "--include-warmup",
+        action="store_true",
+        help="keep warm-up steps in the budget (by default leading steps more than twice as long as the "
+        "median step, at most 3 and at most a quarter of the rest, are reported apart and left out)",
+    )
+    p.add_argument(
         "--no-cache",
         action="store_true",
         help="recompute even if the run has ended and its summary is stored next to it (summary-cache.json)",
@@ -38,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     use_cache = not args.rank and not args.no_cache
     from gpuwatch.attribution.summary import load_summary
 
-    summary = load_summary(run_dir, ranks=args.rank, use_cache=use_cache)
+    summary = load_summary(run_dir, ranks=args.rank, use_cache=use_cache, include_warmup=args.include_warmup)
     if args.json:
         json.dump(summary.to_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")

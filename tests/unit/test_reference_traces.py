@@ -113,3 +113,23 @@ def test_trace_filter_names_who_waits_on_whom(cli_runs: dict[str, dict[str, Any]
         split = r["sync_split_pct"]
         assert split["wait"] + split["transfer"] == pytest.approx(r["budget_pct"]["sync"], abs=1e-6)
         assert split["wait"] >= 0 and split["transfer"] >= 0
+
+
+def test_cpu_only_rank_waits_on_collectives_of_its_communication_threads(tmp_path: Path) -> None:
+    """The CPU-only gloo rank: inside its step the training thread does nothing while `gloo:all_reduce` runs
+    on two communication threads. The removed TensorBoard plugin's Overview puts 85.09% of the step in
+    Communication (../shared/traces/README.md); the budget calls that time sync. HTA's view is the
+    training thread's own (idle 100%), unchanged."""
+    run = tmp_path / "run"
+    proc = run_cli("import", shared_trace_path("cpu_only"), "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    (rank,) = summary_json(run)["ranks"]
+    budget = rank["budget_pct"]
+    assert budget["sync"] >= 80.0 and budget["unattributed"] < 15.0, budget
+    assert budget["sync"] == pytest.approx(rank["overview_pct"]["communication"], abs=0.01)
+    assert rank["temporal_pct"] == {"idle": 100.0, "compute": 0.0, "non_compute": 0.0}
+    (ev,) = [e for e in rank["evidence"] if e["category"] == "sync"]
+    # two threads run it at once: its time counts once, within the 210 ms step
+    assert ev["name"] == "gloo:all_reduce" and ev["total_ms"] == pytest.approx(
+        budget["sync"] * 2.10109, rel=1e-3
+    )
