@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -145,11 +145,12 @@ class TopApp(App[None]):
         self._render_all()
         self.follow()
 
-    def on_resize(self) -> None:
-        self._check_size()
+    def on_resize(self, event: events.Resize) -> None:
+        self._check_size(event.size.width, event.size.height)
 
-    def _check_size(self) -> None:
-        w, h = self.size
+    def _check_size(self, w: int | None = None, h: int | None = None) -> None:
+        if w is None or h is None:
+            w, h = self.size
         small = w < MIN_WIDTH or h < MIN_HEIGHT
         self.screen.set_class(small, "-too-small")
         if small:
@@ -215,7 +216,8 @@ class TopApp(App[None]):
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:
         self.query_one(EventLog).add(message.events)
-        self.query_one("#events-box", VerticalScroll).scroll_end(animate=False)
+        box = self.query_one("#events-box", VerticalScroll)
+        self.call_after_refresh(box.scroll_end, animate=False)  # once the new lines are laid out
         self.events_shown += len(message.events)
 
     @on(WaitReported)

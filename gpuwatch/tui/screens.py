@@ -34,7 +34,7 @@ class HelpScreen(ModalScreen[None]):
     ]
     DEFAULT_CSS = """
     HelpScreen { align: center middle; }
-    HelpScreen > Vertical { width: auto; max-width: 100; height: auto; border: round $accent;
+    HelpScreen > Vertical { width: 100; max-width: 95%; height: auto; border: round $accent;
                             background: $surface; padding: 0 1; }
     """
 
