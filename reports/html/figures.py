@@ -371,9 +371,9 @@ def timeline_figure(tl: Timeline) -> Figure:
                 "hovertext": hover,
                 "hoverinfo": "text",
                 "width": 0.8,
+                "legendrank": 1000 + CATEGORY_NAMES.index(c),  # legend in category order
             }
         )
-    data.reverse()  # legend in category order
     shapes, annotations = [], []
     for rank, step, start, _end in tl.step_bounds_ms:
         rows = [i for i, lane in enumerate(tl.lanes) if lane.rank == rank]

@@ -330,7 +330,7 @@ def budget_table(s: Summary) -> str:
 def straggler_text(s: Summary) -> str:
     st = s.straggler
     if st is None:
-        return '<p class="note">No cross-rank waiting was matched (one rank, or collectives without sequence numbers).</p>'
+        return '<p class="note">No rank made the others wait: no cross-rank waiting was found (or the run has one rank, or its collectives carry no sequence numbers to match them by).</p>'
     doing = ", ".join(f"{esc(F.CATEGORY_LABELS.get(k, k))} {v:,.0f} ms" for k, v in st.doing_ms[:4])
     return (
         f'<p class="note warn"><b>The other ranks wait for rank {st.rank}</b>: {st.caused_wait_ms:,.0f} ms of '
@@ -418,16 +418,20 @@ def timeline_note(report: RunReport) -> str:
         "each instant; the rows below are the raw spans of each thread and device stream, coloured by the "
         "category they stand for."
     ]
-    warn = tl.merged or tl.bars_shown < tl.spans_in_window or tl.ranks_total > len(tl.ranks)
-    if tl.merged or tl.bars_shown < tl.spans_in_window:
-        bits.append(
-            f"<b>Downsampled:</b> {tl.spans_in_window:,} spans in these steps are drawn as {tl.bars_shown:,} bars"
-            + (
-                ": spans of one category closer than a pixel are merged (hover shows how many)"
-                if tl.merged
-                else ""
+    warn = tl.merged or tl.bars_dropped > 0 or tl.ranks_total > len(tl.ranks)
+    if tl.merged or tl.bars_dropped:
+        how = []
+        if tl.merged:
+            how.append(
+                "spans of one category closer than a pixel are merged into one bar (hover says how many), and "
+                "the budget row shows what each pixel-wide slice of time mostly was"
             )
-            + ", and bars thinner than a pixel are left out."
+        if tl.bars_dropped:
+            how.append(f"the {tl.bars_dropped:,} shortest bars are left out")
+        bits.append(
+            f"<b>Downsampled:</b> {tl.spans_in_window:,} spans in these steps are drawn as {tl.bars_shown:,} bars: "
+            + "; ".join(how)
+            + "."
         )
     return f'<p class="note{" warn" if warn else ""}">{" ".join(bits)}</p>'
 

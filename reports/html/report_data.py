@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import compute_rank_budget
 from gpuwatch.attribution.summary import CATEGORY_NAMES, Summary, load_summary
 from gpuwatch.records import SPAN_COLUMNS, Category, SpanColumns, SpanKind
@@ -100,6 +101,8 @@ class Timeline:
     lanes: tuple[TimelineLane, ...]
     spans_in_window: int
     bars_shown: int
+    bars_dropped: int
+    """Bars left out (the shortest) to keep the figure drawable."""
     merged: bool
     """True when spans closer than a pixel were merged into one bar (the run is large)."""
 
@@ -272,7 +275,9 @@ def load_timeline(reader: RunReader, summary: Summary) -> Timeline | None:
     lanes: list[TimelineLane] = []
     for rank in shown_ranks:
         lanes.extend(_rank_lanes(rank, per_rank[rank], summary, lo, merge_gap_ns))
+    before = sum(int(lane.start_ms.size) for lane in lanes)
     lanes = _cap_bars(lanes, TIMELINE_MAX_BARS)
+    shown = sum(int(lane.start_ms.size) for lane in lanes)
     return Timeline(
         steps=tuple(sorted({b[1] for b in bounds})),
         ranks=tuple(shown_ranks),
@@ -281,7 +286,8 @@ def load_timeline(reader: RunReader, summary: Summary) -> Timeline | None:
         step_bounds_ms=tuple((r, s, (a - lo) / 1e6, (b - lo) / 1e6) for r, s, a, b in bounds),
         lanes=tuple(lanes),
         spans_in_window=in_window,
-        bars_shown=sum(int(lane.start_ms.size) for lane in lanes),
+        bars_shown=shown,
+        bars_dropped=before - shown,
         merged=merge_gap_ns > 0,
     )
 
@@ -345,6 +351,8 @@ def _rank_lanes(rank: int, cols: SpanColumns, summary: Summary, lo: int, gap_ns:
         pts, seg = budget.timeline.points, budget.timeline.category
         keep = seg >= 0
         s, e, c = pts[:-1][keep], pts[1:][keep], seg[keep]
+        if gap_ns > 0:  # a large window: what each pixel-wide slice of time mostly was
+            s, e, c = _bin_categories(s, e, c, gap_ns)
         # consecutive segments of one category are one bar
         new = np.ones(c.size, dtype=bool)
         new[1:] = (c[1:] != c[:-1]) | (s[1:] != e[:-1])
@@ -356,7 +364,9 @@ def _rank_lanes(rank: int, cols: SpanColumns, summary: Summary, lo: int, gap_ns:
                 rank, f"rank {rank} · budget", s[first], e[last], cats, cats.copy(), lo, gap_ns, merge=False
             )
         )
-    drawn = ~np.isin(cols.kind, [SpanKind.STEP.value, SpanKind.PYTHON_FRAME.value])
+    drawn = ~np.isin(
+        cols.kind, [SpanKind.STEP.value, SpanKind.PYTHON_FRAME.value, SpanKind.GPU_ANNOTATION.value]
+    )
     cat = _display_category(cols, rs.mode == "device")
     host = drawn & (cols.stream < 0)
     device = drawn & (cols.stream >= 0)
@@ -429,16 +439,40 @@ def _merge_close(
     return tuple(np.concatenate(parts) for parts in zip(*out))  # type: ignore[return-value]
 
 
+def _bin_categories(
+    s: np.ndarray, e: np.ndarray, c: np.ndarray, width_ns: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A budget timeline (disjoint segments, category index each) resampled to slices of `width_ns`: each
+    slice is the category that covers most of it (slices nothing covers are left out)."""
+    edges = np.arange(int(s.min()), int(e.max()) + width_ns, width_ns, dtype=np.int64)
+    b_s, b_e = edges[:-1], edges[1:]
+    cover = np.zeros((len(CATEGORY_NAMES), b_s.size), dtype=np.int64)
+    for k in np.unique(c).tolist():
+        m = c == k
+        cover[k] = iv.overlap((s[m], e[m]), b_s, b_e)
+    covered = cover.sum(axis=0) > 0
+    return b_s[covered], np.minimum(b_e[covered], int(e.max())), np.argmax(cover, axis=0)[covered]
+
+
 def _cap_bars(lanes: list[TimelineLane], limit: int) -> list[TimelineLane]:
-    """Keep the `limit` longest bars over all lanes (the rest are thinner than a pixel)."""
+    """Keep the `limit` longest bars (budget rows always whole), the rest of the raw spans dropped."""
+    is_budget = [lane.label.endswith("· budget") for lane in lanes]
     total = sum(int(lane.start_ms.size) for lane in lanes)
     if total <= limit:
         return lanes
-    lengths = np.concatenate([lane.end_ms - lane.start_ms for lane in lanes])
-    cut = np.sort(lengths)[::-1][limit - 1]
+    raw_limit = max(limit - sum(int(lane.start_ms.size) for lane, b in zip(lanes, is_budget) if b), 0)
+    lengths = np.concatenate(
+        [lane.end_ms - lane.start_ms for lane, b in zip(lanes, is_budget) if not b] or [[]]
+    )
+    if lengths.size <= raw_limit:
+        return lanes
+    cut = np.sort(lengths)[::-1][raw_limit - 1] if raw_limit else np.inf
     out = []
-    budget = limit
-    for lane in lanes:
+    budget = raw_limit
+    for lane, whole in zip(lanes, is_budget):
+        if whole:
+            out.append(lane)
+            continue
         keep = np.flatnonzero((lane.end_ms - lane.start_ms) >= cut)[:budget]
         budget -= keep.size
         out.append(

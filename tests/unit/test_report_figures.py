@@ -210,6 +210,17 @@ def test_large_windows_are_merged_and_capped(tmp_path: Path) -> None:
     assert tl.spans_in_window > TIMELINE_MAX_BARS and tl.merged and tl.bars_shown <= TIMELINE_MAX_BARS
     names = [n for lane in tl.lanes for n in lane.name.tolist()]
     assert any(n.startswith(tuple(f"{k} spans" for k in range(2, 10_000))) for n in names)
+    # the budget row, binned to pixels, still says what the steps mostly were
+    ps = load_summary(tmp_path / "run").ranks[0].per_step
+    assert ps is not None
+    lane = next(lane for lane in tl.lanes if lane.label.endswith("budget"))
+    widths = lane.end_ms - lane.start_ms
+    for c in ("compute", "data_loading"):
+        drawn = float(widths[lane.category == c].sum() / widths.sum())
+        want = sum(v for st, v in zip(ps.step, ps.category(c)) if st in tl.steps) / sum(
+            w for st, w in zip(ps.step, ps.wall_ms) if st in tl.steps
+        )
+        assert drawn == pytest.approx(want, abs=0.02), c
 
 
 def test_names_are_escaped_in_figure_json(tmp_path: Path) -> None:
