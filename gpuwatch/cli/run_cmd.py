@@ -66,6 +66,7 @@ def parse_steps(text: str) -> list[int]:
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "run",
+        usage="%(prog)s [OPTIONS] -- COMMAND [ARGS...]",
         help="run a Python training job with the in-process watch in every rank, no code change",
         description="Start a Python training command (python train.py, python -m pkg, torchrun ..., a "
         "script that spawns its own ranks) with gpuwatch's in-process collectors in every process that "
@@ -147,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
         watch=watch_options(args),
     )
     result = launch(opts, say=say)
-    how = f"killed by {result.signal_name}" if result.signal_name else f"exited with code {result.returncode}"
+    how = (
+        f"was killed by {result.signal_name}"
+        if result.signal_name
+        else f"exited with code {result.returncode}"
+    )
     if result.writers:
         say(
             f"the command {how}; {len(result.writers)} process(es) watched -> gpuwatch summary {result.run_dir}"

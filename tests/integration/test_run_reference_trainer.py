@@ -1,0 +1,52 @@
+"""The reference trainer with its own gpuwatch calls off (`--no-gpuwatch`) under `gpuwatch run`: every budget
+category within 2 pp of what its built-in watch gives, naive and fixed, 2 ranks.
+
+Both budgets come from one execution, so the machine's run-to-run noise (several pp between two runs of one
+configuration on these shared cores) stays out of it: the budget of the steps `gpuwatch run` found (optimizer
+steps; on the manager-node rank that never steps an optimizer, the loop's structure) against the same spans
+cut where the built-in watch's `gw.step()` cuts them (the trainer logs each step's wall-clock end,
+`end_unix_ns`, right before its `gw.step()`). Everything else the built-in watch records is the same
+collectors. `benchmarks/run_vs_watch.py` compares separate runs, built-in watch against `gpuwatch run`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from reference_trainer_support import shared_data_root
+from run_support import budget_at, gpuwatch_run, summary_json
+
+pytestmark = pytest.mark.slow
+
+STEPS = 16
+
+
+def trainer_bounds(trainer_dir: Path, rank: int) -> list[int]:
+    """Where the built-in watch's steps start and end: the loop's start, then each step's end (unix ns)."""
+    path = trainer_dir / "trainer" / f"metrics-rank{rank}.jsonl"
+    recs = [d for d in map(json.loads, path.read_text().splitlines()) if d.get("event") == "step"]
+    return [recs[0]["end_unix_ns"] - int(recs[0]["step_s"] * 1e9)] + [r["end_unix_ns"] for r in recs]
+
+
+@pytest.mark.parametrize("preset", ["naive", "fixed"])
+def test_run_gives_the_budget_of_the_built_in_watch(tmp_path: Path, preset: str) -> None:
+    out, trainer_dir = tmp_path / "run", tmp_path / "trainer-out"
+    proc = gpuwatch_run(
+        out, sys.executable, "-m", "reference_trainer", "--preset", preset, "--nproc", "2",
+        "--steps", str(STEPS), "--batch-size", "8", "--no-gpuwatch", "--run-dir", trainer_dir,
+        "--data-dir", shared_data_root(), timeout_s=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = summary_json(out)
+    assert [r["rank"] for r in doc["ranks"]] == [0, 1]
+    notes = " | ".join(doc["notes"])
+    assert "rank 0" in notes and "optimizer steps (AdamW.step()" in notes
+    if preset == "naive":  # the manager node: only rank 0 has an optimizer
+        assert "rank 1 (pid" in notes and "training loop's structure" in notes
+    for r in doc["ranks"]:
+        built_in = budget_at(out, r["rank"], trainer_bounds(trainer_dir, r["rank"]))
+        diffs = {c: round(r["budget_pct"][c] - built_in[c], 2) for c in built_in}
+        assert max(abs(d) for d in diffs.values()) <= 2.0, (r["rank"], diffs, r["budget_pct"])
