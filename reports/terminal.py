@@ -79,6 +79,10 @@ def render_summary(summary: Summary, console: Any = None) -> None:
             f"({st.share_pct:.0f}% of all), over {st.matched_collectives} matched collectives; "
             f"meanwhile it was doing: {doing}"
         )
+        if st.tag_cause is not None:
+            console.print(Padding(Text(st.tag_cause.text), (0, 0, 0, 2)))
+    if summary.stages:
+        console.print(_stage_table(summary))
 
     recs = summary.recommendations
     if recs:
@@ -92,6 +96,23 @@ def render_summary(summary: Summary, console: Any = None) -> None:
         console.print("No category above its threshold: nothing to change.")
     for note in summary.notes:
         console.print(Text(f"note: {note}", style="yellow"))
+
+
+def _stage_table(summary: Summary) -> Any:
+    """Per stage and rank: steps, median step time and the budget (% of the stage's step wall time)."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title="Time budget per stage (% of the stage's step wall time)", box=box.SIMPLE_HEAD)
+    for name in ("stage", "rank", "steps", "step ms"):
+        table.add_column(name, justify="left" if name == "stage" else "right")
+    for c in CATEGORIES:
+        table.add_column(SHORT[c.value], justify="right")
+    for stage in summary.stages:
+        for r in stage.ranks:
+            cells = [_pct_cell(r.budget_pct.get(c.value), c.value) for c in CATEGORIES]
+            table.add_row(stage.stage, str(r.rank), str(r.steps), f"{r.step_time_ms.median:.1f}", *cells)
+    return table
 
 
 def _pct_cell(value: float, category: str) -> Any:

@@ -6,7 +6,7 @@ the engine modules directly. `summary.summarize` turns the result into the typed
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from gpuwatch.attribution.budget import RankBudget, compute_rank_budget
 from gpuwatch.attribution.cross_rank import CrossRankResult, analyze_cross_rank
 from gpuwatch.attribution.overview import OverviewBreakdown, legacy_runtime_format, overview_breakdown
 from gpuwatch.attribution.recommendations import Recommendation, recommend
+from gpuwatch.attribution.step_labels import StepLabels, step_labels
 from gpuwatch.attribution.temporal import TemporalBreakdown, temporal_breakdown
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import CATEGORIES, SpanColumns
@@ -40,6 +41,8 @@ class RunAnalysis:
     recommendations: tuple[Recommendation, ...]
     notes: tuple[str, ...]
     """Things the user should know about the data (hook errors, dropped records, a writer still running)."""
+    labels: dict[int, StepLabels] = field(default_factory=dict)
+    """Each rank's step stages and tags (`gw.step(stage=..., tags=...)`), aligned with its budget rows."""
 
 
 def analyze_run(
@@ -100,7 +103,8 @@ def analyze_columns(
         )
     if not results:
         raise RunDirError(f"run {run_dir} has no spans yet (nothing recorded, or the first flush is pending)")
-    cross = analyze_cross_rank(per_rank)
+    labels = {rank: step_labels(cols, budget) for rank, (cols, budget) in per_rank.items()}
+    cross = analyze_cross_rank(per_rank, labels)
     recs = tuple(recommend([r.budget for r in results], cross))
     return RunAnalysis(
         run_dir=Path(run_dir),
@@ -108,6 +112,7 @@ def analyze_columns(
         ranks=tuple(results),
         cross=cross,
         recommendations=recs,
+        labels=labels,
         notes=tuple(_notes(writers)) + tuple(_warmup_notes([r.budget for r in results])),
     )
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, launch_ns
+from gpuwatch.attribution.step_labels import StepLabels, TagCause, tag_cause
 from gpuwatch.records import CATEGORIES, Category, SpanColumns, SpanKind
 
 
@@ -44,6 +46,8 @@ class Straggler:
     doing_ns: tuple[tuple[str, int], ...]
     """What it was doing while others waited: (category, ns on its own timeline), largest first."""
     matched_collectives: int
+    tag_cause: TagCause | None = None
+    """The tag value (`gw.step(tags=...)`) in whose steps it is waited for most, when tags say it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +55,10 @@ class CrossRankResult:
     splits: dict[int, RankSyncSplit]
     straggler: Straggler | None
     matched_collectives: int
+    step_wait_ns: dict[int, np.ndarray] = field(default_factory=dict)
+    """Per rank, per budget row (step), the ns of its `sync` spent waiting for a later rank."""
+    step_caused_ns: dict[int, np.ndarray] = field(default_factory=dict)
+    """Per rank, per budget row, the ns other ranks waited for it at collectives it issued in that step."""
 
 
 CollectiveKey = tuple[Any, ...]
@@ -116,25 +124,32 @@ def _step_index(cols: SpanColumns, budget: RankBudget, idx: np.ndarray) -> np.nd
     return np.where(inside, row, -1)
 
 
-def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> CrossRankResult:
-    """Split sync into wait/transfer on every rank and name the rank the others wait for."""
-    arrivals: dict[CollectiveKey, dict[int, tuple[int, int]]] = defaultdict(dict)
+def analyze_cross_rank(
+    ranks: dict[int, tuple[SpanColumns, RankBudget]], labels: dict[int, StepLabels] | None = None
+) -> CrossRankResult:
+    """Split sync into wait/transfer on every rank and name the rank the others wait for.
+
+    `labels` (each rank's stages and tags, `step_labels.step_labels`) let the straggler say which tag value
+    makes it slow (`Straggler.tag_cause`)."""
+    arrivals: dict[CollectiveKey, dict[int, tuple[int, int, int]]] = defaultdict(dict)
     for rank, (cols, budget) in ranks.items():
         idx, keys = _collective_keys(cols, budget)
-        for i, key in zip(idx.tolist(), keys, strict=True):
+        rows = _step_index(cols, budget, idx)
+        for i, key, row in zip(idx.tolist(), keys, rows.tolist(), strict=True):
             if key is not None:
-                arrivals[key].setdefault(rank, (int(cols.start_ns[i]), int(cols.end_ns[i])))
+                arrivals[key].setdefault(rank, (int(cols.start_ns[i]), int(cols.end_ns[i]), int(row)))
 
     wait_iv: dict[int, tuple[list[int], list[int]]] = {r: ([], []) for r in ranks}
     caused: dict[int, int] = defaultdict(int)
     caused_iv: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    step_caused = {r: np.zeros(b.step_ids.size, dtype=np.int64) for r, (_, b) in ranks.items()}
     matched = 0
     for per_rank in arrivals.values():
         if len(per_rank) < 2:
             continue
         matched += 1
-        last_rank, (t_last, _) = max(per_rank.items(), key=lambda kv: kv[1][0])
-        for r, (s, e) in per_rank.items():
+        last_rank, (t_last, _, last_row) = max(per_rank.items(), key=lambda kv: kv[1][0])
+        for r, (s, e, _) in per_rank.items():
             w_end = min(t_last, e)
             if r == last_rank or w_end <= s:
                 continue
@@ -143,9 +158,12 @@ def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> Cros
             caused[last_rank] += w_end - s
             caused_iv[last_rank][0].append(s)
             caused_iv[last_rank][1].append(w_end)
+            if last_row >= 0:
+                step_caused[last_rank][last_row] += w_end - s
 
     sync_idx = CAT_INDEX[Category.SYNC.value]
     splits: dict[int, RankSyncSplit] = {}
+    step_wait: dict[int, np.ndarray] = {}
     for rank, (_, budget) in ranks.items():
         sync_ns = int(budget.step_category_ns[:, sync_idx].sum()) if budget.step_category_ns.size else 0
         starts, ends = (np.array(x, dtype=np.int64) for x in wait_iv[rank])
@@ -153,6 +171,7 @@ def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> Cros
         if starts.size and sync_ns:
             wait_ns = int(budget.timeline.category_ns_within(starts, ends)[sync_idx])
         splits[rank] = RankSyncSplit(rank, sync_ns, wait_ns, sync_ns - wait_ns)
+        step_wait[rank] = _sync_ns_per_step(budget, starts, ends)
 
     straggler = None
     total_wait = sum(caused.values())
@@ -171,5 +190,35 @@ def analyze_cross_rank(ranks: dict[int, tuple[SpanColumns, RankBudget]]) -> Cros
                 )
             ),
             matched_collectives=matched,
+            tag_cause=tag_cause(worst, labels, step_caused, step_wait) if labels else None,
         )
-    return CrossRankResult(splits=splits, straggler=straggler, matched_collectives=matched)
+    return CrossRankResult(
+        splits=splits,
+        straggler=straggler,
+        matched_collectives=matched,
+        step_wait_ns=step_wait,
+        step_caused_ns=step_caused,
+    )
+
+
+def _sync_ns_per_step(budget: RankBudget, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Per budget row, the `sync` ns of the rank's timeline inside the union of the intervals, each piece
+    of the union counted in the step it starts in."""
+    out = np.zeros(budget.step_ids.size, dtype=np.int64)
+    points = budget.timeline.points
+    if starts.size == 0 or points.size < 2 or out.size == 0:
+        return out
+    u_s, u_e = iv.union(starts, ends)
+    is_sync = budget.timeline.category == CAT_INDEX[Category.SYNC.value]
+    cum = np.concatenate([[0], np.cumsum(np.diff(points) * is_sync)])
+
+    def sync_before(t: np.ndarray) -> np.ndarray:  # sync ns on the timeline before each instant
+        t = np.clip(t, points[0], points[-1])
+        j = np.clip(np.searchsorted(points, t, side="right") - 1, 0, is_sync.size - 1)
+        return cum[j] + (t - points[j]) * is_sync[j]
+
+    inside = sync_before(u_e) - sync_before(u_s)
+    row = np.searchsorted(budget.step_start_ns, u_s, side="right") - 1
+    ok = (row >= 0) & (u_s < budget.step_end_ns[np.maximum(row, 0)])
+    np.add.at(out, row[ok], inside[ok])
+    return out

@@ -8,6 +8,7 @@ back, so a stored summary or a CI baseline file is as good as a run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
@@ -21,6 +22,7 @@ from gpuwatch.attribution.budget import RankBudget
 from gpuwatch.attribution.cross_rank import RankSyncSplit
 from gpuwatch.attribution.overview import ROLES as OVERVIEW_ROLES
 from gpuwatch.attribution.overview import OverviewBreakdown
+from gpuwatch.attribution.step_labels import groups as label_groups
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import CATEGORIES
 
@@ -211,6 +213,63 @@ class StragglerSummary:
     doing_ms: tuple[tuple[str, float], ...]
     """(category, milliseconds) of what it did while others waited, largest first."""
     matched_collectives: int
+    tag_cause: TagCauseSummary | None = None
+    """The tag value in whose steps it is waited for most (`gw.step(tags=...)`); None without tags."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagCauseSummary:
+    """Which tag value makes the slowest rank slow (`attribution/step_labels.py`, `TagCause`)."""
+
+    rank: int
+    key: str
+    value: str
+    steps_with: int
+    steps_without: int
+    caused_ms_with: float
+    """Mean ms per step the others waited for the rank in steps where it drew `key=value`."""
+    caused_ms_without: float
+    waited_ms_with: float
+    """Mean ms per step the rank itself waited, in those steps."""
+    waited_ms_without: float
+    share_pct: float
+    """Percent of the waiting the rank caused that falls in steps where it drew the value."""
+    job_share_pct: float
+    """Percent of all waiting caused by any rank in a step where it drew the value."""
+    text: str
+    """The sentence the straggler line and the recommendation's evidence say."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupRankSummary:
+    """One rank's budget over the steps of one stage or one tag value, shaped like `RankSummary`'s own."""
+
+    rank: int
+    steps: int
+    step_time_ms: StepTimeMs
+    budget_pct: CategoryValues
+    """Share of these steps' wall time, percent; sums to 100."""
+    budget_ms_per_step: CategoryValues
+    """Mean milliseconds per step (over these steps); times `steps`, summed over the groups of a rank,
+    gives the whole-run figure."""
+    sync_split_pct: SyncSplitPct
+    """Sync moving data and waiting for a later rank, percent of these steps' wall time."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StageSummary:
+    """A training stage (`gw.step(stage=...)`): each rank's budget over its steps."""
+
+    stage: str
+    ranks: tuple[GroupRankSummary, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagValueSummary:
+    """One value of a step tag (`gw.step(tags={key: value})`): each rank's budget over the steps with it."""
+
+    value: str
+    ranks: tuple[GroupRankSummary, ...]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -239,6 +298,10 @@ class Summary:
     notes: tuple[str, ...]
     savings: tuple[Saving, ...] = ()
     """What-if per idle category, largest first (`savings_of`)."""
+    stages: tuple[StageSummary, ...] = ()
+    """Per training stage, in order of first appearance (empty when no step named a stage)."""
+    tags: Mapping[str, tuple[TagValueSummary, ...]] = dataclasses.field(default_factory=dict)
+    """Per tag key, per value (sorted), each rank's budget over the steps with that value."""
 
     def rank(self, rank: int) -> RankSummary:
         """The summary of one rank; KeyError when the run has no such rank."""
@@ -257,6 +320,13 @@ class Summary:
             "recommendations": [_plain(r) for r in self.recommendations],
             "notes": list(self.notes),
             "savings": [_plain(s) for s in self.savings],
+            "stages": [
+                {"stage": g.stage, "ranks": [_group_to_json(r) for r in g.ranks]} for g in self.stages
+            ],
+            "tags": {
+                key: [{"value": g.value, "ranks": [_group_to_json(r) for r in g.ranks]} for g in values]
+                for key, values in self.tags.items()
+            },
         }
 
     @classmethod
@@ -277,6 +347,11 @@ class Summary:
                     share_pct=float(s["share_pct"]),
                     doing_ms=tuple((str(k), float(v)) for k, v in s["doing_ms"].items()),
                     matched_collectives=int(s["matched_collectives"]),
+                    tag_cause=None
+                    if not s.get("tag_cause")
+                    else TagCauseSummary(
+                        **{f.name: type_of(f.type)(s["tag_cause"][f.name]) for f in fields(TagCauseSummary)}
+                    ),
                 ),
                 recommendations=tuple(
                     RecommendationItem(**{f.name: r.get(f.name) for f in fields(RecommendationItem)})
@@ -295,6 +370,19 @@ class Summary:
                     )
                     for v in doc["savings"]
                 ),
+                stages=tuple(
+                    StageSummary(stage=str(g["stage"]), ranks=tuple(_group_from_json(r) for r in g["ranks"]))
+                    for g in doc.get("stages", [])
+                ),
+                tags={
+                    str(key): tuple(
+                        TagValueSummary(
+                            value=str(g["value"]), ranks=tuple(_group_from_json(r) for r in g["ranks"])
+                        )
+                        for g in values
+                    )
+                    for key, values in doc.get("tags", {}).items()
+                },
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RunDirError(
@@ -335,6 +423,7 @@ def summarize(analysis: RunAnalysis) -> Summary:
         for ra in analysis.ranks
     )
     s = analysis.cross.straggler
+    stages, tags = _groups_of(analysis)
     return Summary(
         run_id=analysis.run_id,
         run_dir=str(analysis.run_dir),
@@ -347,6 +436,12 @@ def summarize(analysis: RunAnalysis) -> Summary:
             share_pct=s.share_pct,
             doing_ms=tuple((c, ns / 1e6) for c, ns in s.doing_ns),
             matched_collectives=s.matched_collectives,
+            tag_cause=None
+            if s.tag_cause is None
+            else TagCauseSummary(
+                **{f.name: getattr(s.tag_cause, f.name) for f in fields(TagCauseSummary) if f.name != "text"},
+                text=s.tag_cause.text(),
+            ),
         ),
         recommendations=tuple(
             RecommendationItem(
@@ -361,6 +456,70 @@ def summarize(analysis: RunAnalysis) -> Summary:
         ),
         notes=tuple(analysis.notes),
         savings=savings_of(ranks),
+        stages=stages,
+        tags=tags,
+    )
+
+
+def _groups_of(
+    analysis: RunAnalysis,
+) -> tuple[tuple[StageSummary, ...], dict[str, tuple[TagValueSummary, ...]]]:
+    """The budget of every rank split by stage and by each tag's values (`step_labels.groups`)."""
+    stage_rows: dict[str, list[GroupRankSummary]] = {}
+    tag_rows: dict[str, dict[str, list[GroupRankSummary]]] = {}
+    for ra in analysis.ranks:
+        b = ra.budget
+        labels = analysis.labels.get(b.rank)
+        if labels is None:
+            continue
+        wait = analysis.cross.step_wait_ns.get(b.rank)
+        split = analysis.cross.splits.get(b.rank)
+        stage_masks, tag_masks = label_groups(labels)
+        for stage, mask in stage_masks:
+            stage_rows.setdefault(stage, []).append(_group_rank(b, mask, wait, split))
+        for key, values in tag_masks.items():
+            for value, mask in values:
+                tag_rows.setdefault(key, {}).setdefault(value, []).append(_group_rank(b, mask, wait, split))
+    stages = tuple(StageSummary(stage=k, ranks=tuple(v)) for k, v in stage_rows.items())
+    tags = {
+        key: tuple(TagValueSummary(value=v, ranks=tuple(rows)) for v, rows in sorted(values.items()))
+        for key, values in sorted(tag_rows.items())
+    }
+    return stages, tags
+
+
+def _group_rank(
+    b: RankBudget, mask: np.ndarray, wait: np.ndarray | None, split: RankSyncSplit | None
+) -> GroupRankSummary:
+    """One rank's figures over the budget rows in `mask`, computed as `_rank_summary` does for all rows."""
+    cat_ns = b.step_category_ns[mask]
+    step_ms = b.step_ns[mask] / 1e6
+    n = int(step_ms.size)
+    totals = cat_ns.sum(axis=0)
+    total = float(totals.sum())
+    wall = total or 1.0
+    sync = float(totals[CATEGORY_NAMES.index("sync")])
+    wait_ns = float(wait[mask].sum()) if wait is not None and wait.size == mask.size else 0.0
+    return GroupRankSummary(
+        rank=b.rank,
+        steps=n,
+        step_time_ms=StepTimeMs(
+            median=float(np.median(step_ms)) if n else 0.0,
+            mean=float(step_ms.mean()) if n else 0.0,
+            p90=float(np.percentile(step_ms, 90)) if n else 0.0,
+            min=float(step_ms.min()) if n else 0.0,
+            max=float(step_ms.max()) if n else 0.0,
+        ),
+        budget_pct=CategoryValues(
+            **{c: (100.0 * float(totals[i]) / total if total else 0.0) for i, c in enumerate(CATEGORY_NAMES)}
+        ),
+        budget_ms_per_step=CategoryValues(
+            **{c: float(cat_ns[:, i].mean() / 1e6) if n else 0.0 for i, c in enumerate(CATEGORY_NAMES)}
+        ),
+        sync_split_pct=SyncSplitPct(
+            transfer=100.0 * (sync - wait_ns) / wall if split else 0.0,
+            wait=100.0 * wait_ns / wall if split else 0.0,
+        ),
     )
 
 
@@ -598,10 +757,44 @@ def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
 
 
 def _straggler_to_json(s: StragglerSummary) -> dict[str, Any]:
-    return {
+    doc: dict[str, Any] = {
         "rank": s.rank,
         "caused_wait_ms": s.caused_wait_ms,
         "share_pct": s.share_pct,
         "doing_ms": dict(s.doing_ms),
         "matched_collectives": s.matched_collectives,
     }
+    if s.tag_cause is not None:
+        doc["tag_cause"] = _plain(s.tag_cause)
+    return doc
+
+
+def _group_to_json(r: GroupRankSummary) -> dict[str, Any]:
+    return {
+        "rank": r.rank,
+        "steps": r.steps,
+        "step_time_ms": _plain(r.step_time_ms),
+        "budget_pct": r.budget_pct.to_json(),
+        "budget_ms_per_step": r.budget_ms_per_step.to_json(),
+        "sync_split_pct": _plain(r.sync_split_pct),
+    }
+
+
+def _group_from_json(d: Mapping[str, Any]) -> GroupRankSummary:
+    return GroupRankSummary(
+        rank=int(d["rank"]),
+        steps=int(d["steps"]),
+        step_time_ms=StepTimeMs(
+            **{f.name: float(d["step_time_ms"].get(f.name, 0.0)) for f in fields(StepTimeMs)}
+        ),
+        budget_pct=CategoryValues.from_json(d["budget_pct"]),
+        budget_ms_per_step=CategoryValues.from_json(d.get("budget_ms_per_step", {})),
+        sync_split_pct=SyncSplitPct(
+            **{f.name: float(d.get("sync_split_pct", {}).get(f.name, 0.0)) for f in fields(SyncSplitPct)}
+        ),
+    )
+
+
+def type_of(annotation: Any) -> Any:
+    """The constructor of a field annotated "int", "float" or "str" (annotations are strings here)."""
+    return {"int": int, "float": float, "str": str}[str(annotation)]

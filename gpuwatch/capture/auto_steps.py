@@ -149,9 +149,9 @@ class RunWatcher(Watcher):
             "steps; its run directory and options are not used)",
         )
 
-    def _user_step(self) -> None:
+    def _user_step(self, stage: str | None = None, tags: Any = None) -> None:
         if not self._user_closed:
-            Watcher.step(self)
+            Watcher.step(self, stage, tags)
 
     def _user_close(self, status: str = "ended") -> None:
         self._user_closed = True  # no more steps; the spans go on until the process exits

@@ -7,6 +7,10 @@ with gpuwatch.watch("runs/exp1") as gw:
         gw.step()          # marks the end of a training step
 ```
 
+`gw.step(stage="video_256", tags={"source": "video_hr"})` also labels the step it closes: the stage persists
+until a later step names another, the tags describe this step alone; `gpuwatch summary` splits the budget by
+stage and by tag value, and names the tag value that makes the slowest rank slow.
+
 Starting a watch opens this process's writer in the run directory (one folder per rank; under torchrun or
 an initialized process group every rank joins the same run), publishes a `HookContext` that the hooks in
 `collectors/` read, and starts: torch phase hooks (DataLoader, forward, backward, optimizer, copies),
@@ -29,6 +33,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +131,7 @@ class Watcher:
         self._profiler: ProfilerWindow | None = None
         self._step_index = 0
         self._step_start_ns = 0
+        self._stage: str | None = None
         self._pid = os.getpid()
         self._closing = False
         self._prev_sigterm: Any = None
@@ -177,8 +183,16 @@ class Watcher:
             _ACTIVE = self
         return self
 
-    def step(self) -> None:
-        """Mark the end of one training step (call once per step, on the training thread)."""
+    def step(self, stage: str | None = None, tags: Mapping[str, Any] | None = None) -> None:
+        """Mark the end of one training step (call once per step, on the training thread).
+
+        Args:
+            stage: the training stage this step belongs to ("images", "video_256"); it persists until a
+                later call names another, so say it once per stage (None: the stage so far, if any).
+            tags: facts about this step alone, each value turned into text (`{"source": "video_hr"}`: what
+                this rank drew); `gpuwatch summary` splits the budget by stage and by each tag's values,
+                and names the tag value that makes the slowest rank slow.
+        """
         ctx = self.ctx
         if not self.enabled or ctx is None:
             return
@@ -192,8 +206,17 @@ class Watcher:
         try:
             index = self._step_index
             name = f"step {index}"
+            if stage is not None:
+                self._stage = str(stage)
             ctx.emit_span(
-                self._step_start_ns, t, SpanKind.STEP.value, name, None, tid=ctx.train_tid, step=index
+                self._step_start_ns,
+                t,
+                SpanKind.STEP.value,
+                name,
+                None,
+                tid=ctx.train_tid,
+                step=index,
+                attrs=_step_attrs(self._stage, tags),
             )
             self._step_start_ns = t
             self._step_index = index + 1
@@ -388,6 +411,16 @@ class Watcher:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+def _step_attrs(stage: str | None, tags: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The step span's attrs: `{"stage": str, "tags": {key: str}}`, each part only when given."""
+    attrs: dict[str, Any] = {}
+    if stage is not None:
+        attrs["stage"] = stage
+    if tags:
+        attrs["tags"] = {str(k): str(v) for k, v in tags.items()}
+    return attrs or None
+
+
 def _default_run_dir() -> Path:
     env = os.environ.get("GPUWATCH_RUN_DIR")
     if env:
