@@ -112,9 +112,8 @@ class RunWatcher(Watcher):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5.0)
         try:
-            with self._lock:
-                if self.steps_source in (None, LOOP):
-                    self._emit_loop_steps(final=True)
+            if self.steps_source in (None, LOOP):
+                self._emit_loop_steps(final=True)
             self._note_steps()
         except Exception as exc:
             if ctx is not None:
@@ -225,22 +224,28 @@ class RunWatcher(Watcher):
 
     def _detect_loop(self) -> None:
         while not self._stop.wait(LOOP_DETECT_EVERY_S):
+            if self.steps_source not in (None, LOOP):
+                return
             try:
-                with self._lock:
-                    if self.steps_source not in (None, LOOP):
-                        return
-                    self._emit_loop_steps(final=False)
+                self._emit_loop_steps(final=False)
             except Exception as exc:
                 if self.ctx is not None:
                     self.ctx.hook_error("run_steps", exc)
                 return
 
     def _emit_loop_steps(self, final: bool) -> None:
-        """Emit the steps found since the last emitted boundary (holding `_lock`)."""
+        """Emit the steps found since the last emitted boundary (the detector thread, then `close` after it).
+
+        Detection runs without `_lock`, so an optimizer step or a joining watch never waits for it."""
         ctx = self.ctx
         if ctx is None:
             return
-        boundaries = self._loop.boundaries(ctx.now_ns(), self._loop_start_ns, final)
+        found = self._loop.boundaries(ctx.now_ns(), self._loop_start_ns, final)
+        with self._lock:
+            if self.steps_source in (None, LOOP):
+                self._emit_steps_at(ctx, found)
+
+    def _emit_steps_at(self, ctx: Any, boundaries: list[int]) -> None:
         if self._last_boundary_ns is not None:
             boundaries = [self._last_boundary_ns] + [b for b in boundaries if b > self._last_boundary_ns]
         for start, end in zip(boundaries[:-1], boundaries[1:]):
