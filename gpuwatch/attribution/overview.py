@@ -34,11 +34,12 @@ by budget category (data_loading -> DataLoader, collectives -> Communication, th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
-from gpuwatch.attribution.budget import kind_in, name_codes
+from gpuwatch.attribution.budget import name_codes
 from gpuwatch.records import Category, SpanColumns, SpanKind
 
 ROLES: tuple[str, ...] = (
@@ -94,53 +95,41 @@ def overview_breakdown(cols: SpanColumns, *, stretch_steps: bool = False) -> Ove
     if len(cols) == 0:
         return None
     names = _NameFacts(cols)
-    kind = cols.kind
+    kind = _KindCodes(cols.kind)
     host = cols.stream < 0
-    work = kind_in(kind, _DEVICE_WORK) & ~host
+    work = kind.isin(_DEVICE_WORK) & ~host
     rpc = names.rpc
-    host_op = (kind == SpanKind.CPU_OP.value) | ((kind == SpanKind.COLLECTIVE.value) & host & rpc)
-    annotation = kind == SpanKind.ANNOTATION.value
-    gpu_ann = kind == SpanKind.GPU_ANNOTATION.value
-    native = kind_in(kind, _NATIVE_KINDS) & host
-    hook_coll = (kind == SpanKind.COLLECTIVE.value) & host & ~rpc
-    cat = cols.category
+    is_coll = kind.isin([SpanKind.COLLECTIVE.value])
+    host_op = kind.isin([SpanKind.CPU_OP.value]) | (is_coll & host & rpc)
+    annotation = kind.isin([SpanKind.ANNOTATION.value])
+    gpu_ann = kind.isin([SpanKind.GPU_ANNOTATION.value])
+    native = kind.isin(_NATIVE_KINDS) & host
+    hook_coll = is_coll & host & ~rpc
+    native_cat = _native_categories(cols.category, native)
 
-    kernel_like = work & kind_in(kind, [SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value])
-    comm_kernel = kernel_like & _launched_by_comm_op(cols, host_op, names.comm)
-    comm = (
-        comm_kernel
-        | ((host_op | annotation | gpu_ann) & names.comm)
-        | hook_coll
-        | (native & (cat == Category.SYNC.value))
+    kernel_like = work & kind.isin([SpanKind.KERNEL.value, SpanKind.COLLECTIVE.value])
+    comm_kernel = kernel_like & _launched_by_comm_op(
+        cols, host_op, names.comm, kind.isin([SpanKind.RUNTIME.value])
     )
-    dataloader = (host_op & names.dataloader & ~names.comm) | (native & (cat == Category.DATA_LOADING.value))
-    cpu_exec = (host_op & ~names.comm & ~names.dataloader) | (
-        native & (cat != Category.SYNC.value) & (cat != Category.DATA_LOADING.value)
-    )
+    comm = comm_kernel | ((host_op | annotation | gpu_ann) & names.comm) | hook_coll | (native_cat == 1)
+    dataloader = (host_op & names.dataloader & ~names.comm) | (native_cat == 2)
+    cpu_exec = (host_op & ~names.comm & ~names.dataloader) | (native_cat == 3)
     role_masks = (
         kernel_like & ~comm_kernel,
-        work & (kind == SpanKind.MEMCPY.value),
-        work & (kind == SpanKind.MEMSET.value),
+        work & kind.isin([SpanKind.MEMCPY.value]),
+        work & kind.isin([SpanKind.MEMSET.value]),
         comm,
-        kind == SpanKind.RUNTIME.value,
+        kind.isin([SpanKind.RUNTIME.value]),
         dataloader,
         cpu_exec,
     )
-    start, end = cols.start_ns, cols.end_ns
-    steps = _steps(cols, host_op | native, gpu_ann & names.step)
+    steps = _steps(cols, kind, host_op | native, gpu_ann & names.step)
     if steps is None:
         return None
-    step_s, step_e = _stretch_to_device(cols, steps, work) if stretch_steps else steps
+    step_s, step_e = _stretch_to_device(cols, kind, steps, work) if stretch_steps else steps
     if step_s.size == 0:
         return None
-    # each role keeps what no earlier role took, inside the union of the steps; the rest is Other
-    free = iv.union(step_s, step_e)
-    per_role = []
-    for mask in role_masks:
-        taken = iv.intersect(iv.union(start[mask], end[mask]), free)
-        per_role.append(iv.overlap(taken, step_s, step_e).astype(np.float64))
-        free = iv.subtract(free, taken)
-    per_role.append(iv.overlap(free, step_s, step_e).astype(np.float64))
+    per_role = _role_time_per_step(cols, role_masks, step_s, step_e)
     n = step_s.size
     avg = float((step_e - step_s).sum()) / n
     if avg <= 0:
@@ -148,12 +137,71 @@ def overview_breakdown(cols: SpanColumns, *, stretch_steps: bool = False) -> Ove
     return OverviewBreakdown(avg_step_ns=avg, role_ns=tuple(float(r.sum()) / n for r in per_role), steps=n)
 
 
+def _role_time_per_step(
+    cols: SpanColumns, role_masks: tuple[np.ndarray, ...], step_s: np.ndarray, step_e: np.ndarray
+) -> list[np.ndarray]:
+    """Nanoseconds of each role (and Other) in each step: the steps' union is cut once at every boundary,
+    each piece goes to the first role covering it (priority order), the rest is Other."""
+    unions = [iv.union(cols.start_ns[m], cols.end_ns[m]) for m in role_masks]
+    steps = iv.union(step_s, step_e)
+    # sort and drop repeats: numpy 2's hash-based np.unique is 10x slower on a million int64 boundaries
+    points = np.sort(np.concatenate([steps[0], steps[1]] + [a for u in unions for a in u]))
+    points = points[np.concatenate(([True], points[1:] != points[:-1]))] if points.size else points
+    left, right = points[:-1], points[1:]
+    inside = iv.covered(steps, left)
+    winner = np.full(left.size, len(ROLES) - 1, dtype=np.int64)  # Other unless a role covers it
+    decided = ~inside
+    for k, u in enumerate(unions):
+        hit = ~decided & iv.covered(u, left)
+        winner[hit] = k
+        decided |= hit
+    out = []
+    for k in range(len(ROLES)):
+        m = inside & (winner == k)
+        out.append(iv.overlap((left[m], right[m]), step_s, step_e).astype(np.float64))
+    return out
+
+
+class _KindCodes:
+    """Span kinds as small integers, so each kind test is an integer lookup, not a million string compares.
+    The reader hands out one shared string object per distinct kind: group by identity, name by value."""
+
+    def __init__(self, kind: np.ndarray) -> None:
+        ids = np.fromiter(map(id, kind.tolist()), np.int64, kind.size)
+        _, first, self.codes = np.unique(ids, return_index=True, return_inverse=True)
+        self.values = [kind[i] for i in first.tolist()]
+
+    def isin(self, wanted: Any) -> np.ndarray:
+        table = np.array([v in wanted for v in self.values] + [False], dtype=bool)
+        return table[self.codes] if self.codes.size else np.zeros(0, dtype=bool)
+
+
+def _native_categories(category: np.ndarray, native: np.ndarray) -> np.ndarray:
+    """For gpuwatch's own host regions (watch, attach): 1 sync, 2 data_loading, 3 anything else; 0 others."""
+    out = np.zeros(category.size, dtype=np.int8)
+    idx = np.flatnonzero(native)
+    if idx.size:
+        cat = category[idx]
+        out[idx] = np.where(
+            cat == Category.SYNC.value, 1, np.where(cat == Category.DATA_LOADING.value, 2, 3)
+        ).astype(np.int8)
+    return out
+
+
 class _NameFacts:
     """What the plugin reads from a span's name, decided once per distinct name."""
 
     def __init__(self, cols: SpanColumns) -> None:
         codes = name_codes(cols)
-        _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+        n = codes.size
+        if n and codes.min() >= 0 and codes.max() < 4 * n:  # dense codes (the reader's, the importer's)
+            first_at = np.full(int(codes.max()) + 1, -1, dtype=np.int64)
+            first_at[codes[::-1]] = np.arange(n - 1, -1, -1)  # the last write wins: each code's first span
+            present = np.flatnonzero(first_at >= 0)
+            first = first_at[present]
+            inverse = np.searchsorted(present, codes)
+        else:
+            _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
         texts = [str(n) for n in cols.name[first].tolist()]
         self.comm = np.array([t in COMM_OP_NAMES for t in texts], dtype=bool)[inverse]
         self.dataloader = np.array(
@@ -175,11 +223,11 @@ def legacy_runtime_format(kineto_categories: list[str] | tuple[str, ...]) -> boo
 
 
 def _steps(
-    cols: SpanColumns, operators: np.ndarray, gpu_steps: np.ndarray
+    cols: SpanColumns, kind: _KindCodes, operators: np.ndarray, gpu_steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The plugin's steps: host ProfilerStep ranges (by start), then the GPU-side ones (it lists them in
     trace order, and Kineto writes host events first); without any, the operators' extent."""
-    host = np.flatnonzero(cols.kind == SpanKind.STEP.value)
+    host = np.flatnonzero(kind.isin([SpanKind.STEP.value]))
     host = host[np.argsort(cols.start_ns[host], kind="stable")]
     dev = np.flatnonzero(gpu_steps)
     dev = dev[np.argsort(cols.start_ns[dev], kind="stable")]
@@ -193,7 +241,9 @@ def _steps(
     return None
 
 
-def _launched_by_comm_op(cols: SpanColumns, ops: np.ndarray, comm_name: np.ndarray) -> np.ndarray:
+def _launched_by_comm_op(
+    cols: SpanColumns, ops: np.ndarray, comm_name: np.ndarray, is_runtime: np.ndarray
+) -> np.ndarray:
     """Device spans whose runtime launch sits directly under a named collective operator (no other operator
     nested between them): the kernels the plugin links to that operator by External id. Kineto gives a
     runtime call the External id of the innermost operator around it; user annotations (record_function
@@ -202,7 +252,7 @@ def _launched_by_comm_op(cols: SpanColumns, ops: np.ndarray, comm_name: np.ndarr
     comm_ops = np.flatnonzero(ops & comm_name)
     if comm_ops.size == 0:
         return np.zeros(len(cols), dtype=bool)
-    runtime = _by_thread(cols, (cols.kind == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    runtime = _by_thread(cols, is_runtime & (cols.correlation >= 0))
     ranges = _by_thread(cols, ops)
     launched: list[np.ndarray] = []
     for c in comm_ops.tolist():
@@ -240,12 +290,12 @@ def _starting_within(cols: SpanColumns, idx: np.ndarray | None, lo: int, hi: int
 
 
 def _stretch_to_device(
-    cols: SpanColumns, steps: tuple[np.ndarray, np.ndarray], work: np.ndarray
+    cols: SpanColumns, kind: _KindCodes, steps: tuple[np.ndarray, np.ndarray], work: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The plugin's `update_device_steps`: steps stretched over the device work their runtime calls
     launched, and trailing steps with too little device work dropped. Unchanged when nothing links."""
     step_s, step_e = steps[0].copy(), steps[1].copy()
-    rt = np.flatnonzero(cols.kind == SpanKind.RUNTIME.value)
+    rt = np.flatnonzero(kind.isin([SpanKind.RUNTIME.value]))
     rt = rt[np.argsort(cols.start_ns[rt], kind="stable")]
     dev = np.flatnonzero(work & (cols.correlation >= 0))
     if rt.size == 0 or dev.size == 0:

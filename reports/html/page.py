@@ -398,7 +398,7 @@ def temporal_table(s: Summary) -> str:
 def overview_table(s: Summary) -> str:
     ranks = [r for r in s.ranks if r.overview_pct is not None]
     if not ranks:
-        return '<p class="note">Not in this summary (it was stored by an older gpuwatch: rerun with --no-cache).</p>'
+        return '<p class="note">Not in this summary: it was stored by an older gpuwatch (<code>gpuwatch summary RUN --no-cache</code> refreshes it).</p>'
     head = ["rank", "avg step"] + [swatch(F.ROLE_COLORS[k]) + F.ROLE_LABELS[k] for k in ROLES]
     rows = [
         [str(r.rank), ms(r.overview_pct.avg_step_us / 1e3)]  # type: ignore[union-attr]
