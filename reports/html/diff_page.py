@@ -33,12 +33,13 @@ from reports.html.page import (
 from reports.html.report_data import RunReport
 
 
-def delta(value: float, unit: str, *, lower_is_better: bool = True, digits: int = 1) -> str:
+def delta(value: float, unit: str, *, lower_is_better: bool = True, digits: int = 1, prefix: str = "") -> str:
     """A signed difference, coloured by whether it is an improvement."""
     if abs(value) < 0.5 * 10**-digits:
-        return f"<span>±0{unit}</span>"
+        return f"<span>±{prefix}0{unit}</span>"
     better = (value < 0) == lower_is_better
-    return f'<span class="{"neg" if better else "pos"}">{value:+,.{digits}f}{unit}</span>'
+    sign = "+" if value > 0 else "−"
+    return f'<span class="{"neg" if better else "pos"}">{sign}{prefix}{abs(value):,.{digits}f}{unit}</span>'
 
 
 def pair(left: str, right: str) -> str:
@@ -85,7 +86,7 @@ def headline_delta_table(hb: F.Headline, hc: F.Headline) -> str:
             f"cost per 1,000 GPU-hours at ${hb.gpu_hour_price_usd:.2f}",
             usd(hb.usd_lost_per_1000),
             usd(hc.usd_lost_per_1000),
-            delta(hc.usd_lost_per_1000 - hb.usd_lost_per_1000, " $", digits=0),
+            delta(hc.usd_lost_per_1000 - hb.usd_lost_per_1000, "", digits=0, prefix="$"),
         ],
     ]
     return table(["", "base", "candidate", "candidate − base"], rows)

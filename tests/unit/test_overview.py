@@ -192,3 +192,21 @@ def test_summary_json_carries_overview_through_import(tmp_path: Path) -> None:
         assert list(ov) == [*ROLES, "avg_step_us"]
         got = {role: ov[role] for role in ROLES}
         assert_matches_plugin(got, ov["avg_step_us"], SYNTHETIC["old_gpu_bound"][2], reads_runtime=True)
+
+
+def test_runs_gpuwatch_recorded_itself_count_by_budget_category(tmp_path: Path) -> None:
+    """watch/attach runs carry no Kineto categories: their regions count by category (data loading ->
+    DataLoader, collectives -> Communication, the rest -> CPU Exec), over the same steps."""
+    from synthetic_run import write_synthetic_run
+
+    from gpuwatch.attribution.summary import load_summary
+
+    run = write_synthetic_run(tmp_path / "run", steps=20, ranks=2)
+    for r in load_summary(run).ranks:
+        ov = r.overview_pct
+        assert ov is not None
+        assert ov.avg_step_us == pytest.approx(1000 * r.step_time_ms.mean)
+        assert ov.dataloader == pytest.approx(r.budget_pct.data_loading, abs=0.01)
+        assert ov.communication == pytest.approx(r.budget_pct.sync, abs=0.01)
+        assert ov.cpu_exec == pytest.approx(100 - r.budget_pct.data_loading - r.budget_pct.sync, abs=0.01)
+        assert ov.kernel == ov.runtime == ov.other == 0.0
