@@ -12,10 +12,12 @@
    attach uses on py-spy stacks (`collectors.pyspy.step_detect`) finds the loop frame and cuts a step at each
    wrap back to the top of the loop body. Events are exact (no sampling), so one per region is enough.
 
-Step 0 starts where the loop starts, not when the process started: at the first batch fetched from the
-DataLoader iterator created last before the first boundary (the `for batch in loader` of the loop), else at
-the first boundary itself; model building, process-group set-up and data generation before it are not a
-step. The time after the last boundary (the end of the last iteration, then teardown) is not one either.
+Step 0 starts where the loop starts, not when the process started: where the DataLoader iterator created
+last before the first boundary is created, when the same line creates it and fetches from it (`for batch in
+loader:`, as a script's own timing counts it), else at its first batch (`batches = iter(loader)` before the
+loop, `next(batches)` in it); without a DataLoader, when the watch started (the first backward pass). Model
+building, process-group set-up and data generation before it are not a step; nor is the time after the
+last boundary (the rest of the last iteration, then teardown).
 Which source gave the steps is in the writer's meta (`steps_source`) and in a note `gpuwatch summary` shows.
 """
 
