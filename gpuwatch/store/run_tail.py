@@ -15,6 +15,7 @@ tenth of a core spent reading alone. Parquet segments (bulk imports) go through 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import numpy as np
 
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, SpanColumns
-from gpuwatch.store.run_dir import WRITER_FILE, Segment, list_segments, list_writer_dirs, read_run_marker
+from gpuwatch.store.run_dir import SEGMENT_RE, WRITER_FILE, Segment, list_writer_dirs, read_run_marker
 from gpuwatch.store.run_reader import WriterInfo, read_writer, segment_selects
 
 FMT_ORDER = {"parquet": 0, "jsonl": 1}
@@ -133,9 +134,12 @@ class RunTail:
         self._writers: dict[str, tuple[tuple[int, int], WriterInfo]] = {}
         self._anchor: int | None = None
         self._con: Any = None
+        self._listing: dict[str, list[str]] = {}
+        self._parsed: dict[str, dict[str, Segment | None]] = {}
 
     def poll(self) -> TailBatch:
         marker = read_run_marker(self.run_dir)
+        self._listing = {}  # each writer folder is listed once per poll, for both tables
         found = self._refresh_writers()
         if not found:
             return TailBatch(marker["run_id"], (), self._anchor or 0, 0, ())
@@ -191,15 +195,47 @@ class RunTail:
         plan = []
         for w in writers:
             cursor = self._cursors.get((w.folder.name, table), _Cursor())
-            for seg in list_segments(w.folder, table):
-                if seg.last <= cursor.read_to:
-                    continue
+            for seg in self._new_segments(w.folder, table, cursor.read_to):
                 inside = [(last, n) for f, last, n in cursor.ranges if f >= seg.first and last <= seg.last]
                 skip = sum(n for _, n in inside)
                 order_first = max(last for last, _ in inside) + 1 if inside else seg.first
                 plan.append(_Read(w, seg, skip, order_first))
         plan.sort(key=lambda r: (r.writer.folder.name, FMT_ORDER[r.segment.fmt], r.order_first))
         return plan
+
+    def _new_segments(self, folder: Path, table: str, read_to: int) -> list[Segment]:
+        """`list_segments` for what is past the cursor only: the folder is listed once a poll, and only
+        names not seen before are parsed (a long run keeps a few hundred files per writer)."""
+        names = self._listing.get(folder.name)
+        if names is None:
+            try:
+                names = self._listing[folder.name] = os.listdir(folder)
+            except FileNotFoundError:
+                names = self._listing[folder.name] = []
+        parsed = self._parsed.setdefault(folder.name, {})
+        found = []
+        for name in names:
+            seg = parsed.get(name)
+            if seg is None and name not in parsed:
+                m = SEGMENT_RE.match(name)
+                seg = parsed[name] = (
+                    Segment(folder / name, m.group(1), int(m.group(2)), int(m.group(3)), m.group(4))
+                    if m
+                    else None
+                )
+            if seg is not None and seg.table == table and seg.last > read_to:
+                found.append(seg)
+        if len(parsed) > 2 * len(names) + 64:  # forget compacted-away names
+            keep = set(names)
+            self._parsed[folder.name] = {k: v for k, v in parsed.items() if k in keep}
+        found.sort(key=lambda s: (s.first, -s.last))
+        kept: list[Segment] = []
+        covered_to = read_to
+        for seg in found:  # a compacted segment covers the small ones it replaces (same as list_segments)
+            if seg.last > covered_to:
+                kept.append(seg)
+                covered_to = seg.last
+        return kept
 
     def _advance(self, writer: str, table: str, seg: Segment, rows: int) -> None:
         cursor = self._cursors.setdefault((writer, table), _Cursor())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class TopApp(App[None]):
 
     TITLE = "gpuwatch top"
     ENABLE_COMMAND_PALETTE = False
+    AUTO_FOCUS = None  # no panel takes the focus (and its highlight) by itself: keys go to the app
     CSS = """
     Screen { layout: vertical; }
     #header { height: 1; background: $panel; }
@@ -106,6 +108,8 @@ class TopApp(App[None]):
         self.error: str | None = None
         self.ended = False
         self.events_shown = 0
+        self.views_drawn = 0
+        """How many views were drawn (what `benchmarks/top_follow.py` counts as refreshes)."""
         self._wake = threading.Event()
 
     # ---- layout --------------------------------------------------------------------------------
@@ -166,8 +170,10 @@ class TopApp(App[None]):
         follower = self.follower
         posted: LiveView | None = None
         said_end = False
+        next_t = time.monotonic()
         try:
             while not worker.is_cancelled:
+                next_t = max(next_t + self.refresh_s, time.monotonic())  # a slow tick is not made up for
                 if not self.paused:
                     self._drain_progress()
                     try:
@@ -185,8 +191,10 @@ class TopApp(App[None]):
                         if follower.ended and not said_end and view is not None:
                             said_end = True
                             self.post_message(RunEnded())
-                self._wake.wait(self.refresh_s)
-                self._wake.clear()
+                self._wake.wait(max(0.0, next_t - time.monotonic()))
+                if self._wake.is_set():  # a key asked for a refresh now: the pace restarts from here
+                    self._wake.clear()
+                    next_t = time.monotonic()
         finally:
             follower.close()
 
@@ -206,12 +214,17 @@ class TopApp(App[None]):
     # ---- messages from the thread --------------------------------------------------------------
     @on(ViewUpdated)
     def _view_updated(self, message: ViewUpdated) -> None:
+        before = self.view
         self.view = message.view
+        self.views_drawn += 1
         if self.view.summary is not None and self.view.summary.ranks:
             ranks = [rs.rank for rs in self.view.summary.ranks]
             if self.rank not in ranks:
                 self.rank = ranks[0]
-        self._render_all()
+        if before is not None and before.summary is self.view.summary:
+            self._render_live()  # same window analysis: only what moves between analyses
+        else:
+            self._render_all()
 
     @on(EventsArrived)
     def _events_arrived(self, message: EventsArrived) -> None:
@@ -264,19 +277,24 @@ class TopApp(App[None]):
         banner.update(text or "")
 
     def _render_all(self) -> None:
+        self._render_live()
+        self.query_one(BudgetPanel).show(self.view, self.rank)
+        self.query_one(RecommendationsPanel).show(self.view)
+        label = self._window_label()
+        self.query_one("#budget-box").border_title = f"time budget: rank {self.rank}, {label}"
+
+    def _render_live(self) -> None:
+        """The header, the rank bars (their status marks), the waits (what the late rank does now), the
+        devices: what changes with every poll, between two analyses of the window."""
         self._render_header()
         self.query_one(RankBars).show(self.view, self.rank)
-        self.query_one(BudgetPanel).show(self.view, self.rank)
         self.query_one(WaitPanel).show(self.view, self.rank)
-        self.query_one(RecommendationsPanel).show(self.view)
         self.query_one(DevicePanel).show(self.view)
         self.query_one("#devices-box").border_title = (
             "devices (NVML)"
             if self.view is not None and self.view.gpus
             else "processes (/proc; no GPU samples)"
         )
-        label = self._window_label()
-        self.query_one("#budget-box").border_title = f"time budget: rank {self.rank}, {label}"
 
     # ---- keys ----------------------------------------------------------------------------------
     def action_pause(self) -> None:

@@ -124,6 +124,17 @@ class PollResult:
     events: tuple[RunEvent, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class _Analysis:
+    key: tuple[Any, ...]
+    summary: Summary | None
+    label: str
+    cost_s: float
+    """CPU seconds the analysis took (paces the next one)."""
+    at_s: float
+    """When it was made (time.monotonic)."""
+
+
 class _Growing:
     """Columns that grow by appending, amortized (capacity doubles), with a view of the filled part."""
 
@@ -224,13 +235,13 @@ class RunFollower:
 
     Args:
         run_dir: the run directory (it may not exist yet: `poll()` then says it is waiting).
-        whole_run_max_cpu: the share of a core whole-run recomputation may take while the run grows.
+        max_analysis_cpu: the share of a core the window's analysis may take while the run grows.
     """
 
-    def __init__(self, run_dir: str | Path, *, whole_run_max_cpu: float = 0.1) -> None:
+    def __init__(self, run_dir: str | Path, *, max_analysis_cpu: float = 0.05) -> None:
         self.run_dir = Path(run_dir)
         self.tail = RunTail(self.run_dir, sample_metrics=DEVICE_METRICS + PROC_METRICS)
-        self.whole_run_max_cpu = whole_run_max_cpu
+        self.max_analysis_cpu = max_analysis_cpu
         self.run_id = ""
         self.writers: tuple[WriterInfo, ...] = ()
         self.anchor_unix_ns = 0
@@ -242,9 +253,10 @@ class RunFollower:
         self._known: dict[str, WriterInfo] = {}
         self._ckpt_end: dict[int, int] = {}
         self._said_ended = False
-        self._cache: dict[int | None, LiveView] = {}
-        self._whole_cost_s = 0.0
-        self._whole_at = -1e9
+        self._views: dict[int | None, LiveView] = {}
+        self._analyses: dict[int | None, _Analysis] = {}
+        self.analyses = 0
+        """How many window analyses were made (benchmarks/top_follow.py reports their pace)."""
 
     # ---- reading -------------------------------------------------------------------------------
     def poll(self) -> PollResult:
@@ -413,55 +425,64 @@ class RunFollower:
 
     # ---- views ---------------------------------------------------------------------------------
     def view(self, window_steps: int | None, *, force: bool = False) -> LiveView | None:
-        """The view for a window (last N steps of every rank, or None: the whole run), None before any
-        span. Cached per window until new data arrives; the whole run, while it grows, is recomputed no
-        faster than `whole_run_max_cpu` allows (`force` recomputes anyway)."""
-        cached = self._cache.get(window_steps)
-        if cached is not None and cached.version == self.version:
-            return cached
+        """The view for a window (last N steps of every rank, or None: the whole run); None before any
+        span.
+
+        The gauges, ranks' activity and run time are fresh on every call after new data. The window's
+        Summary is recomputed only when the window moved (a step completed on every rank, a writer ended;
+        any new data for the whole run), and while the run grows no faster than keeps that analysis under
+        `max_analysis_cpu` of a core; a run that has ended gets its final numbers at once, and `force`
+        recomputes now."""
         if not self._ranks:
             return None
-        if window_steps is None and cached is not None and not force and not self.ended:
-            pace_s = self._whole_cost_s / self.whole_run_max_cpu
-            if time.monotonic() - self._whole_at < pace_s:
-                return cached
-        t0 = time.process_time()
-        view = self._compute(window_steps)
-        if window_steps is None:
-            self._whole_cost_s = time.process_time() - t0
-            self._whole_at = time.monotonic()
-        self._cache[window_steps] = view
-        return view
-
-    def _compute(self, window_steps: int | None) -> LiveView:
-        rank_cols, label = self._window_columns(window_steps)
-        summary = None
-        try:
-            summary = summarize(analyze_columns(self.run_dir, self.run_id, list(self.writers), rank_cols))
-        except RunDirError:  # no rank has a span in the window yet
-            pass
-        ranks = tuple(
-            RankLive(
-                rank=r,
-                steps_seen=int(d.step_table()[0].size),
-                doing=d.doing,
-                status=self._rank_status(r),
-            )
-            for r, d in sorted(self._ranks.items())
-        )
-        return LiveView(
+        cached = self._views.get(window_steps)
+        if cached is not None and cached.version == self.version and not force:
+            return cached
+        key = self._analysis_key(window_steps)
+        done = self._analyses.get(window_steps)
+        if done is None or force or (done.key != key and (self.ended or self._due(done))):
+            t0 = time.thread_time()  # this thread's CPU: the screen's own thread does not count here
+            summary, label = self._analyse(window_steps)
+            done = _Analysis(key, summary, label, time.thread_time() - t0, time.monotonic())
+            self._analyses[window_steps] = done
+            self.analyses += 1
+        view = LiveView(
             run_dir=str(self.run_dir),
             run_id=self.run_id,
             window_steps=window_steps,
-            window_label=label,
-            summary=summary,
-            ranks=ranks,
+            window_label=done.label,
+            summary=done.summary,
+            ranks=tuple(
+                RankLive(rank=r, steps_seen=d.steps.n, doing=d.doing, status=self._rank_status(r))
+                for r, d in sorted(self._ranks.items())
+            ),
             gpus=self._gpu_rows(),
             procs=self._proc_rows(),
             ended=self.ended,
             data_s=self._data_end_s() or 0.0,
             version=self.version,
         )
+        self._views[window_steps] = view
+        return view
+
+    def _due(self, done: _Analysis) -> bool:
+        return time.monotonic() - done.at_s >= done.cost_s / self.max_analysis_cpu
+
+    def _analysis_key(self, window_steps: int | None) -> tuple[Any, ...]:
+        """What the window's Summary depends on: when it is unchanged, so is the Summary."""
+        statuses = tuple(w.status for w in self.writers)
+        if window_steps is None:
+            return (self.version, statuses)
+        lasts = [d.step_table()[0][-1:].tolist() for d in self._ranks.values()]
+        no_steps = tuple(d.spans.n for d in self._ranks.values() if d.steps.n == 0)
+        return (min((x[0] for x in lasts if x), default=-1), len(self._ranks), no_steps, statuses)
+
+    def _analyse(self, window_steps: int | None) -> tuple[Summary | None, str]:
+        rank_cols, label = self._window_columns(window_steps)
+        try:
+            return summarize(analyze_columns(self.run_dir, self.run_id, list(self.writers), rank_cols)), label
+        except RunDirError:  # no rank has a span in the window yet
+            return None, label
 
     def _window_columns(self, window_steps: int | None) -> tuple[dict[int, SpanColumns], str]:
         """Each rank's spans of the window, and the window's label."""

@@ -7,8 +7,6 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 from textual import events
 from textual.widgets import Static
@@ -20,28 +18,74 @@ from gpuwatch.tui.messages import RankPicked
 
 
 class Panel(Static):
-    """A Static that rebuilds its content from the last model it was shown whenever its width changes."""
+    """A Static that rebuilds its content from the last model it was shown whenever its width changes.
+
+    Every panel draws one rich `Text` (no Table: a table is measured and rendered several times per
+    layout, which was most of the dashboard's CPU), an unchanged drawing is not redrawn, and a panel
+    whose height cannot change with its content (`FIXED_HEIGHT`) is redrawn without a layout pass.
+    """
+
+    WRAPS = True
+    """Whether the text wraps (its height can change without its line count changing)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._model: tuple[Any, ...] | None = None
+        self._drawn: Text | None = None
 
     def show(self, *model: Any) -> None:
         self._model = model
-        self.update(self.build(max(self.content_size.width, 20), *model))
+        self._draw()
 
     def on_resize(self, event: events.Resize) -> None:
         if self._model is not None:
-            self.update(self.build(max(self.content_size.width, 20), *self._model))
+            self._drawn = None
+            self._draw()
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    def _draw(self) -> None:
+        assert self._model is not None
+        text = self.build(max(self.content_size.width, 20), *self._model)
+        if self._drawn is not None and text == self._drawn:
+            return
+        lines = text.plain.count("\n")
+        layout = self.WRAPS or self._drawn is None or lines != self._drawn.plain.count("\n")
+        self._drawn = text
+        self.update(text, layout=layout)
+
+    def build(self, width: int, *model: Any) -> Text:
         raise NotImplementedError
+
+
+def cells(*parts: tuple[str | Text, int, str]) -> Text:
+    """One table row as text: each (content, width, "<" or ">") padded or cut to its width, one space
+    apart."""
+    out = Text()
+    for i, (content, width, align) in enumerate(parts):
+        cell = content if isinstance(content, Text) else Text(content)
+        cell = cell.copy()
+        cell.truncate(width, overflow="ellipsis")
+        pad = " " * (width - cell.cell_len)
+        if i:
+            out.append(" ")
+        if align == ">":
+            out.append(pad)
+            out.append_text(cell)
+        else:
+            out.append_text(cell)
+            out.append(pad)
+    return out
+
+
+def lines(rows: list[Text]) -> Text:
+    return Text("\n").join(rows)
 
 
 class TopHeader(Panel):
     """One line: the run, its state, the window. No clock: the screen shows run time only."""
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    WRAPS = False
+
+    def build(self, width: int, *model: Any) -> Text:
         run_dir, view, state, window_label = model
         out = Text(" gpuwatch top ", style="bold reverse")
         out.append(f" {run_dir} · ")
@@ -62,16 +106,15 @@ class TopHeader(Panel):
 class RankBars(Panel):
     """One line per rank: its budget over the window as one stacked bar, its compute share, step time."""
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    WRAPS = False
+
+    def build(self, width: int, *model: Any) -> Text:
         view, selected = model
         summary: Summary | None = view.summary if view is not None else None
         if summary is None or not summary.ranks:
             return Text("no steps yet", style="bright_black")
         live = {x.rank: x for x in view.ranks}
-        lines = []
-        for rs in summary.ranks:
-            lines.append(self._line(width, rs, live.get(rs.rank), rs.rank == selected))
-        return Group(*lines)
+        return lines([self._line(width, rs, live.get(rs.rank), rs.rank == selected) for rs in summary.ranks])
 
     def _line(self, width: int, rs: RankSummary, live: RankLive | None, selected: bool) -> Text:
         label = Text(
@@ -99,42 +142,40 @@ class RankBars(Panel):
 class BudgetPanel(Panel):
     """The rank in focus: each category's share of the window, ms per step, its per-step trend."""
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    WRAPS = False
+
+    def build(self, width: int, *model: Any) -> Text:
         view, rank = model
         rs = _rank(view, rank)
         if rs is None:
             return Text("waiting for the first complete step", style="bright_black")
         ps = rs.per_step
         wall = ps.wall_ms if ps is not None else ()
-        fixed = 2 + 18 + 6 + 9 + 6  # marker, category, %, ms/step, delta (each with its padding)
+        fixed = 1 + 17 + 5 + 8 + 5 + 4  # marker, category, %, ms/step, delta, and the spaces between
         show_bar = width - fixed >= 11 + 16
         trend_w = width - fixed - (11 if show_bar else 0) - 1
-        table = Table(box=None, padding=(0, 1, 0, 0), expand=False, show_edge=False)
-        table.add_column("", width=1)
-        table.add_column("category", width=17, no_wrap=True)
-        if show_bar:
-            table.add_column("share", width=10, no_wrap=True)
-        table.add_column("%", justify="right", width=5)
-        table.add_column("ms/step", justify="right", width=8)
-        if trend_w >= 6:
-            table.add_column("per step", width=trend_w, no_wrap=True)
-        table.add_column("Δ", justify="right", width=5, no_wrap=True)
+        show_trend = trend_w >= 6
+        head: list[tuple[str | Text, int, str]] = [("", 1, "<"), ("category", 17, "<")]
+        head += [("share", 10, "<")] if show_bar else []
+        head += [("%", 5, ">"), ("ms/step", 8, ">")]
+        head += [("per step", trend_w, "<")] if show_trend else []
+        head += [("Δ", 5, ">")]
+        rows = [cells(*head)]
         for name in CATEGORY_NAMES:
             value = rs.budget_pct.get(name)
             per = ps.category(name) if ps is not None else ()
             share = [100.0 * c / w if w > 0 else 0.0 for c, w in zip(per, wall, strict=False)]
             half = len(share) // 2
-            row: list[RenderableType] = [Text("■", style=r.CATEGORY_STYLE[name]), Text(name)]
+            style = r.CATEGORY_STYLE[name]
+            row: list[tuple[str | Text, int, str]] = [(Text("■", style=style), 1, "<"), (name, 17, "<")]
             if show_bar:
-                cells = round(value / 10)
-                row.append(Text("█" * cells, style=r.CATEGORY_STYLE[name]))
-            row.append(Text(f"{value:.1f}"))
-            row.append(Text(f"{rs.budget_ms_per_step.get(name):.1f}"))
-            if trend_w >= 6:
-                spark = r.sparkline(per, trend_w, style=r.CATEGORY_STYLE[name], floor_zero=False)
-                row.append(spark if any(per) else Text(""))
-            row.append(r.trend(share[:half], share[half:]))
-            table.add_row(*row)
+                row.append((Text("█" * round(value / 10), style=style), 10, "<"))
+            row += [(f"{value:.1f}", 5, ">"), (f"{rs.budget_ms_per_step.get(name):.1f}", 8, ">")]
+            if show_trend:
+                spark = r.sparkline(per, trend_w, style=style, floor_zero=False) if any(per) else Text("")
+                row.append((spark, trend_w, "<"))
+            row.append((r.trend(share[:half], share[half:]), 5, ">"))
+            rows.append(cells(*row))
         st = rs.step_time_ms
         step = Text(
             f"step time  median {r.ms(st.median)}  p90 {r.ms(st.p90)}  max {r.ms(st.max)}  "
@@ -148,13 +189,14 @@ class BudgetPanel(Panel):
             if rs.mode == "device"
             else "CPU: compute = the training thread's math"
         )
-        return Group(table, step, Text(f"mode {mode}", style="bright_black"))
+        rows += [step, Text(f"mode {mode}", style="bright_black")]
+        return lines(rows)
 
 
 class WaitPanel(Panel):
     """The rank the others wait for, what it did while they waited, and what it is doing now."""
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    def build(self, width: int, *model: Any) -> Text:
         view, rank = model
         summary: Summary | None = view.summary if view is not None else None
         if summary is None:
@@ -188,14 +230,14 @@ class WaitPanel(Panel):
 class RecommendationsPanel(Panel):
     """The top changes to make, each with the numbers that triggered it."""
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    def build(self, width: int, *model: Any) -> Text:
         (view,) = model
         summary: Summary | None = view.summary if view is not None else None
         if summary is None:
             return Text("")
         if not summary.recommendations:
             return Text("nothing to change: no idle cause is above its threshold", style="green")
-        parts: list[RenderableType] = []
+        parts: list[Text] = []
         for i, rec in enumerate(summary.recommendations[:3], 1):
             who = "all ranks" if rec.rank is None else f"rank {rec.rank}"
             head = Text(f"{i}. ", style="bold")
@@ -204,38 +246,39 @@ class RecommendationsPanel(Panel):
             parts.append(head)
             parts.append(Text(f"   {rec.evidence}", style="bright_black"))
             parts.append(Text(f"   → {rec.change}"))
-        return Group(*parts)
+        return lines(parts)
 
 
 class DevicePanel(Panel):
     """NVML utilization, memory and power per GPU; without GPU samples, /proc of each rank's process tree."""
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    WRAPS = False
+
+    def build(self, width: int, *model: Any) -> Text:
         (view,) = model
         if view is None or (not view.gpus and not view.procs):
             return Text("no device or /proc samples in this run", style="bright_black")
-        table = Table(box=None, padding=(0, 1, 0, 0), show_edge=False)
         if view.gpus:
-            for col in ("rank", "gpu", "util", "", "memory", "power"):
-                table.add_column(col, justify="left" if col == "" else "right", no_wrap=True)
+            rows = [cells(("rank", 4, ">"), ("gpu", 3, ">"), ("util", 6, ">"), ("", 12, "<"),
+                          ("memory", 13, ">"), ("power", 6, ">"))]  # fmt: skip
             for g in view.gpus:
                 mem = f"{r.size_short(g.mem_used_bytes)} / {r.size_short(g.mem_total_bytes)}"
                 power = "n/a" if g.power_mw is None else f"{g.power_mw / 1000:.0f} W"
-                table.add_row(
-                    str(g.rank),
-                    str(g.device_index),
-                    r.pct(g.util_pct),
-                    r.sparkline(g.util_history, 12, style="green"),
-                    mem,
-                    power,
+                rows.append(
+                    cells(
+                        (str(g.rank), 4, ">"),
+                        (str(g.device_index), 3, ">"),
+                        (r.pct(g.util_pct), 6, ">"),
+                        (r.sparkline(g.util_history, 12, style="green"), 12, "<"),
+                        (mem, 13, ">"),
+                        (power, 6, ">"),
+                    )
                 )
-            return table
+            return lines(rows)
         cols = _fit(width, PROC_COLUMNS)
-        for header, w, _ in cols:
-            table.add_column(header, justify="right", width=w, no_wrap=True)
-        for p in view.procs:
-            table.add_row(*(cell(p) for _, _, cell in cols))
-        return table
+        rows = [cells(*((header, w, ">") for header, w, _ in cols))]
+        rows += [cells(*((cell(p), w, ">") for _, w, cell in cols)) for p in view.procs]
+        return lines(rows)
 
 
 class EventLog(Panel):
@@ -252,7 +295,7 @@ class EventLog(Panel):
         self.events.extend(batch)
         self.show(tuple(self.events))
 
-    def build(self, width: int, *model: Any) -> RenderableType:
+    def build(self, width: int, *model: Any) -> Text:
         (events,) = model
         out = Text()
         for i, e in enumerate(events):

@@ -1,0 +1,180 @@
+"""`gpuwatch top` following a big live run: refreshes per second and CPU, against `gpuwatch summary`.
+
+The run: 8 ranks x 10,000 steps written with the real segment writer (tests/support/synthetic_run.py: data
+loading, augmentation, forward, backward, an all_reduce every rank joins, optimizer, checkpoints; 9 spans a
+step a rank, 720,000 spans), written by a separate writer process that then goes on appending 2 steps to
+every rank every `--flush-s` seconds, as 8 live trainers flushing would.
+
+Measured in this process while it follows that run:
+- catch-up: the first poll (every segment so far) and the first view (last 50 steps of every rank);
+- a refresh with new data, back to back (`RunFollower.poll` + `view`): the most refreshes per second the data
+  path allows;
+- the real app (Textual, headless) following at its default pace (a refresh every 0.5 s) for `--seconds`:
+  views drawn per second, and this process's CPU time over wall time (the writer is another process);
+- the whole-run view once (what `w` costs on this run).
+The peer, in the same script: `gpuwatch summary --no-cache --json` of the same run at the moment following
+stopped, as a user would rerun it to see new numbers. The ratio says how many dashboard refreshes cost one
+summary recomputation.
+
+    python benchmarks/top_follow.py                       # 8 ranks x 10,000 steps, 30 s of following
+    python benchmarks/top_follow.py --steps 2000 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+
+
+def writer_main(run_dir: Path, ranks: int, steps: int, flush_s: float, ready: Path) -> None:
+    """The writer process: `steps` steps at once, then 2 more steps every `flush_s` until killed."""
+    from synthetic_run import SyntheticRun
+
+    run = SyntheticRun(run_dir, ranks=ranks, steps_per_flush=10, checkpoint_every=500, notes=False)
+    run.append(steps)
+    run.steps_per_flush = 2
+    ready.write_text(str(run.steps))
+    next_t = time.monotonic()
+    while True:
+        next_t += flush_s
+        time.sleep(max(0.0, next_t - time.monotonic()))
+        run.append(2)
+
+
+def cpu_s() -> float:
+    return time.process_time()
+
+
+async def follow_app(run_dir: Path, seconds: float) -> tuple[float, int, int, float, float]:
+    """The real app, headless: (catch-up s, views drawn, window analyses, wall s, CPU s) over `seconds`."""
+    from gpuwatch.tui.app import TopApp
+
+    app = TopApp(run_dir, window_steps=50, refresh_s=0.5)
+    async with app.run_test(size=(160, 48)) as pilot:
+        t0 = time.perf_counter()
+        while app.view is None or app.view.summary is None:
+            await pilot.pause(0.05)
+        catch_up = time.perf_counter() - t0
+        await pilot.pause(1.0)
+        views0, analyses0, wall0, cpu0 = app.views_drawn, app.follower.analyses, time.perf_counter(), cpu_s()
+        await asyncio.sleep(seconds)
+        views, wall, cpu = app.views_drawn - views0, time.perf_counter() - wall0, cpu_s() - cpu0
+        analyses = app.follower.analyses - analyses0
+        await pilot.press("q")
+    return catch_up, views, analyses, wall, cpu
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ranks", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10_000)
+    p.add_argument("--seconds", type=float, default=30.0, help="seconds of following with the real app")
+    p.add_argument(
+        "--flush-s", type=float, default=0.25, help="the writer appends 2 steps per rank this often"
+    )
+    p.add_argument("--back-to-back", type=int, default=20, help="refreshes with new data timed back to back")
+    p.add_argument("--writer", nargs=2, metavar=("RUN_DIR", "READY_FILE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.writer:
+        writer_main(Path(args.writer[0]), args.ranks, args.steps, args.flush_s, Path(args.writer[1]))
+        return
+
+    from gpuwatch.tui.follower import RunFollower
+
+    base = Path(tempfile.mkdtemp(prefix="gpuwatch-top-follow-"))
+    run_dir, ready = base / "run", base / "ready"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, __file__, "--ranks", str(args.ranks), "--steps", str(args.steps)]
+    cmd += ["--flush-s", str(args.flush_s), "--writer", str(run_dir), str(ready)]
+    print(f"top_follow: writing {args.ranks} ranks x {args.steps} steps to {run_dir} ...", flush=True)
+    t0 = time.perf_counter()
+    writer = subprocess.Popen(cmd, env=env)
+    try:
+        while not ready.exists():
+            if writer.poll() is not None:
+                raise SystemExit(f"the writer process failed (exit {writer.returncode})")
+            time.sleep(0.2)
+        files = sum(1 for _ in run_dir.rglob("*.jsonl"))
+        print(f"  written in {time.perf_counter() - t0:.1f} s ({files} segment files); the writer goes on")
+
+        # the data path: catch-up, then refreshes with new data back to back
+        follower = RunFollower(run_dir)
+        t, c = time.perf_counter(), cpu_s()
+        follower.poll()
+        view = follower.view(50)
+        assert view is not None and view.summary is not None
+        spans = sum(d.spans.n for d in follower._ranks.values())
+        print(
+            f"catch-up: first poll + first view (last 50 steps): {time.perf_counter() - t:.2f} s wall, "
+            f"{cpu_s() - c:.2f} s CPU, {spans:,} spans"
+        )
+        costs = []
+        for _ in range(args.back_to_back):
+            while not follower.poll().changed:  # wait for the writer's next flush, then time one refresh
+                time.sleep(0.01)
+            t = time.perf_counter()
+            follower.view(50, force=True)
+            costs.append(time.perf_counter() - t)
+        # the poll that brought the data is part of the refresh: time a poll of one flush apart
+        polls = []
+        for _ in range(5):
+            time.sleep(args.flush_s)
+            t = time.perf_counter()
+            follower.poll()
+            polls.append(time.perf_counter() - t)
+        poll_s = sorted(polls)[len(polls) // 2]
+        view_s = sorted(costs)[len(costs) // 2]
+        refresh_s = poll_s + view_s
+        print(
+            f"refresh with new data (median of {len(costs)}): poll {poll_s * 1e3:.1f} ms + view "
+            f"{view_s * 1e3:.1f} ms = {refresh_s * 1e3:.1f} ms -> at most {1 / refresh_s:.0f} refreshes/s"
+        )
+        t = time.perf_counter()
+        whole = follower.view(None, force=True)
+        whole_s = time.perf_counter() - t
+        assert whole is not None
+        print(f"whole-run view (`w`) on {whole.window_label}: {whole_s:.2f} s")
+        follower.close()
+
+        # the real app at its default pace
+        catch_up, views, analyses, wall, cpu = asyncio.run(follow_app(run_dir, args.seconds))
+        print(
+            f"real app (headless, refresh 0.5 s) following for {wall:.0f} s after a {catch_up:.1f} s catch-up: "
+            f"{views / wall:.2f} refreshes/s drawn (new segments read, gauges, events), the window's budget "
+            f"re-analysed {analyses} times (every {wall / max(analyses, 1):.1f} s), "
+            f"CPU {100 * cpu / wall:.1f}% of one core"
+        )
+    finally:
+        writer.kill()
+        writer.wait()
+
+    # the peer: gpuwatch summary recomputing the same run from the store
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpuwatch", "summary", "--no-cache", "--json", str(run_dir)],
+        capture_output=True,
+        env=env,
+    )
+    summary_s = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"gpuwatch summary failed: {proc.stderr.decode()[-2000:]}")
+    print(f"peer: gpuwatch summary --no-cache --json of the same run: {summary_s:.2f} s")
+    print(
+        f"ratio: one dashboard refresh with new data costs 1/{summary_s / refresh_s:.0f} of a summary "
+        f"recomputation; the whole-run view costs 1/{summary_s / whole_s:.1f} of it"
+    )
+    shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
