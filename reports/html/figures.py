@@ -432,7 +432,7 @@ def series_figure(panel: MetricPanel) -> Figure:
     return {
         "data": [
             {
-                "type": "scattergl" if len(s.t_s) > 1000 else "scatter",
+                "type": "scatter",  # SVG: WebGL may be missing where the file is opened
                 "mode": "lines",
                 "name": s.label,
                 "x": list(s.t_s),

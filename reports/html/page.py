@@ -144,7 +144,7 @@ class Page:
 
     def render(self, plotly_js: str) -> str:
         csp = (
-            f"default-src 'none'; script-src 'nonce-{self.nonce}' 'unsafe-eval'; style-src 'unsafe-inline'; "
+            f"default-src 'none'; script-src 'nonce-{self.nonce}'; style-src 'unsafe-inline'; "
             "img-src data: blob:; font-src data:; connect-src 'none'; form-action 'none'; base-uri 'none'"
         )
         blocks = "".join(
