@@ -9,6 +9,13 @@ when one does not hold: naive compute <= 40% on every rank, all fixes >= 80% on 
 least 2x faster (median step time), and each single fix moving mostly its own category (of the idle
 categories, its own shrinks the most, and by at least a third, on the rank where the cause lives; see
 `fix_effect`). `--no-train` re-reads the runs a previous ablation left in `--out`.
+
+`--source-mix` runs the data-source comparison instead: the same preset with `--source-mix independent`
+(each rank draws its own source per step: a rank that drew clips makes the others wait) and `--source-mix
+balanced` (every rank the same source each step), and reports the sync waiting gpuwatch measured in each
+(`sync_split_pct.wait` of every rank), the waiting balanced recovers, and the tag value the straggler
+analysis names (`straggler.tag_cause`). `--check` then requires the independent run's summary to name
+`source=clips` and balanced to recover at least a third of the waiting.
 """
 
 from __future__ import annotations
@@ -50,6 +57,15 @@ class Config:
     name: str
     preset: str
     fixes: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+    """More reference_trainer flags of this configuration (`--source-mix balanced`)."""
+
+
+SOURCE_MIXES = ("independent", "balanced")
+
+
+def source_mix_configurations(preset: str) -> list[Config]:
+    return [Config(f"source mix {mix}", preset, (), ("--source-mix", mix)) for mix in SOURCE_MIXES]
 
 
 def configurations() -> list[Config]:
@@ -86,7 +102,8 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_dir_of(config: Config, out_dir: Path) -> Path:
-    return out_dir / config.name.replace(" ", "-").replace("(", "").replace(")", "").replace("+", "fix-")
+    name = config.name.replace(" ", "-").replace("(", "").replace(")", "").replace("+", "fix-")
+    return out_dir / (f"{config.preset}-{name}" if config.extra else name)
 
 
 def run_config(
@@ -101,6 +118,7 @@ def run_config(
     cmd = [sys.executable, "-m", "reference_trainer", "--preset", config.preset]
     for name in config.fixes:
         cmd += ["--fix", name]
+    cmd += list(config.extra)
     cmd += ["--nproc", str(nproc), "--steps", str(steps), "--run-dir", str(run_dir), *extra]
     proc = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -266,6 +284,128 @@ def rank_ms(r: Result, rank: int) -> dict[str, float]:
     return dict.fromkeys(CATEGORIES, 0.0)
 
 
+@dataclass(frozen=True, slots=True)
+class MixResult:
+    """One source-mix run as gpuwatch measured it."""
+
+    result: Result
+    wait_ms_per_step: dict[int, float]
+    """Per rank, mean ms per step of sync spent waiting for a later rank (`sync_split_pct.wait`)."""
+    wait_pct: float
+    """Waiting as a share of all ranks' step time, percent."""
+    tag_cause: str | None
+    """The straggler's tag-cause sentence, or None."""
+    tag_value: str | None
+    """`key=value` of the tag cause, or None."""
+
+
+def mix_result(r: Result) -> MixResult:
+    waits: dict[int, float] = {}
+    wall = waited = 0.0
+    for doc in r.summary["ranks"]:
+        step_ms = float(doc["step_time_ms"]["mean"])
+        pct = float(doc.get("sync_split_pct", {}).get("wait", 0.0))
+        waits[int(doc["rank"])] = pct * step_ms / 100.0
+        wall += step_ms * doc["steps"]
+        waited += pct * step_ms / 100.0 * doc["steps"]
+    cause = (r.summary.get("straggler") or {}).get("tag_cause") or {}
+    return MixResult(
+        r,
+        waits,
+        100.0 * waited / wall if wall else 0.0,
+        cause.get("text"),
+        f"{cause['key']}={cause['value']}" if cause else None,
+    )
+
+
+def mix_table(mixes: list[MixResult]) -> str:
+    head = ["configuration", "median step (ms)", "sync %", "sync waiting %"]
+    ranks = sorted({k for m in mixes for k in m.wait_ms_per_step})
+    head += [f"rank {k} waits (ms/step)" for k in ranks] + ["straggler", "its tag cause"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + " |",
+    ]
+    for m in mixes:
+        r = m.result
+        cells = [r.config.name, f"{r.median_step_ms:.0f}", f"{r.budget_pct['sync']:.1f}", f"{m.wait_pct:.1f}"]
+        cells += [f"{m.wait_ms_per_step.get(k, 0.0):.1f}" for k in ranks]
+        cells += ["-" if r.straggler_rank is None else f"rank {r.straggler_rank}", m.tag_value or "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mix_lines(mixes: list[MixResult]) -> list[str]:
+    by = {m.result.config.name.split()[-1]: m for m in mixes}
+    ind, bal = by.get("independent"), by.get("balanced")
+    out = []
+    if ind is not None and ind.tag_cause:
+        out.append(f"independent: gpuwatch says {ind.tag_cause}")
+    if ind is not None and bal is not None:
+        before = sum(ind.wait_ms_per_step.values()) / max(len(ind.wait_ms_per_step), 1)
+        after = sum(bal.wait_ms_per_step.values()) / max(len(bal.wait_ms_per_step), 1)
+        out.append(
+            f"balanced recovers {before - after:.0f} ms/step of sync waiting per rank ({before:.0f} -> "
+            f"{after:.0f} ms/step, {ind.wait_pct:.1f}% -> {bal.wait_pct:.1f}% of step time)"
+        )
+    return out
+
+
+def mix_check(mixes: list[MixResult]) -> list[str]:
+    by = {m.result.config.name.split()[-1]: m for m in mixes}
+    ind, bal = by.get("independent"), by.get("balanced")
+    failures = []
+    if ind is not None and ind.tag_value != "source=clips":
+        failures.append(f"independent: the straggler's tag cause is {ind.tag_value}, not source=clips")
+    if ind is not None and bal is not None:
+        before, after = sum(ind.wait_ms_per_step.values()), sum(bal.wait_ms_per_step.values())
+        if after > before * (1 - MIN_OWN_DROP):
+            failures.append(
+                f"balanced waits {after:.0f} ms/step (all ranks) vs {before:.0f}: less than a third recovered"
+            )
+    return failures
+
+
+MIX_BEGIN, MIX_END = "<!-- source-mix: begin -->", "<!-- source-mix: end -->"
+
+
+def _mix_section(
+    table: str, mixes: list[MixResult], cmd: str, args: argparse.Namespace, failures: list[str]
+) -> str:
+    checks = "\n".join(f"- FAILED: {f}" for f in failures) if failures else "- both promises held (`--check`)"
+    return (
+        f"{MIX_BEGIN}\n## Data sources: independent vs balanced\n\n"
+        f"Measured with `{cmd}`: `python -m reference_trainer --preset {args.preset} --source-mix MIX --nproc "
+        f"{args.nproc} --steps {args.steps}`. With `independent` each rank draws stills or clips per step on its "
+        "own (a clip batch is `clip_frames` times the work of a stills batch), so whenever the ranks drew "
+        "differently the one with clips makes the other wait in DDP's all-reduce; `balanced` gives every rank "
+        "the same source each step (a data pendulum): the same batches and the same expected work, no "
+        'straggler. "sync waiting" is the waiting for a later rank inside sync (`sync_split_pct.wait`), as a '
+        "share of all ranks' step time and per rank in ms per step; the tag cause is what "
+        "`gpuwatch summary` says about the straggler (`straggler.tag_cause`).\n\n"
+        f"{table}\n\n" + "".join(f"- {line}\n" for line in mix_lines(mixes)) + f"{checks}\n{MIX_END}\n"
+    )
+
+
+def _write_section(path: Path, section: str) -> None:
+    """Put the source-mix section into `path`, replacing an earlier one (the rest of the file is kept)."""
+    text = path.read_text() if path.exists() else ""
+    if MIX_BEGIN in text and MIX_END in text:
+        head, rest = text.split(MIX_BEGIN, 1)
+        text = head + section + rest.split(MIX_END, 1)[1].lstrip("\n")
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + section
+    path.write_text(text)
+
+
+def _kept_section(path: Path) -> str:
+    """The source-mix section of an existing markdown file (kept when the main table is rewritten)."""
+    text = path.read_text() if path.exists() else ""
+    if MIX_BEGIN in text and MIX_END in text:
+        return "\n" + MIX_BEGIN + text.split(MIX_BEGIN, 1)[1].split(MIX_END, 1)[0] + MIX_END + "\n"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m reference_trainer.ablation",
@@ -291,11 +431,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--json", action="store_true", help="print the results as JSON on stdout instead of the table"
     )
+    p.add_argument(
+        "--source-mix",
+        action="store_true",
+        help="compare --source-mix independent and balanced (on --preset) instead of the fixes",
+    )
+    p.add_argument(
+        "--preset", default="fixed", help="the preset of the --source-mix comparison (default fixed)"
+    )
     p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
     args = p.parse_args(argv)
     extra = [a for a in args.trainer_args if a != "--"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.source_mix:
+        return _main_source_mix(args, out, extra, argv)
     configs = [
         c for c in configurations() if not args.only or c.name in args.only or c.name.split()[0] in args.only
     ]
@@ -341,7 +491,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         cmd = "python -m reference_trainer.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
         loads = (load_before, os.getloadavg()[0])
-        Path(args.markdown).write_text(_markdown_doc(table, results, cmd.strip(), args, failures, loads))
+        kept = _kept_section(Path(args.markdown))
+        Path(args.markdown).write_text(
+            _markdown_doc(table, results, cmd.strip(), args, failures, loads) + kept
+        )
+        _progress(f"wrote {args.markdown}")
+    for f in failures:
+        _progress(f"FAILED: {f}")
+    if args.check and not failures:
+        _progress("all promises hold")
+    return 1 if failures else 0
+
+
+def _main_source_mix(args: argparse.Namespace, out: Path, extra: list[str], argv: list[str] | None) -> int:
+    mixes = []
+    for i, config in enumerate(source_mix_configurations(args.preset), 1):
+        t0 = time.monotonic()
+        _progress(f"{i}/2 {config.name}: training {args.nproc} ranks x {args.steps} steps")
+        run_dir = run_dir_of(config, out)
+        if not args.no_train:
+            run_dir = run_config(config, out, nproc=args.nproc, steps=args.steps, extra=extra)
+        m = mix_result(read_result(config, run_dir, gpuwatch_summary(run_dir)))
+        mixes.append(m)
+        _progress(f"{i}/2 {config.name}: sync waiting {m.wait_pct:.1f}% ({time.monotonic() - t0:.0f} s)")
+    table = mix_table(mixes)
+    if args.json:
+        json.dump(
+            [
+                {
+                    "configuration": m.result.config.name,
+                    "run_dir": str(m.result.run_dir),
+                    "median_step_ms": m.result.median_step_ms,
+                    "budget_pct": m.result.budget_pct,
+                    "sync_wait_ms_per_step": m.wait_ms_per_step,
+                    "sync_wait_pct": m.wait_pct,
+                    "straggler_rank": m.result.straggler_rank,
+                    "tag_cause": m.tag_cause,
+                }
+                for m in mixes
+            ],
+            sys.stdout,
+            indent=1,
+        )
+        sys.stdout.write("\n")
+    else:
+        print(table)
+        print()
+        for line in mix_lines(mixes):
+            print(line)
+    failures = mix_check(mixes) if args.check else []
+    if args.markdown:
+        cmd = "python -m reference_trainer.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
+        _write_section(Path(args.markdown), _mix_section(table, mixes, cmd.strip(), args, failures))
         _progress(f"wrote {args.markdown}")
     for f in failures:
         _progress(f"FAILED: {f}")

@@ -354,28 +354,59 @@ class BatchShape:
     frames: int
     size: int
     batch: int
+    stage: str | None = None
+    """The training stage of the progressive schedule ("images_32", "video_64"); None in joint training."""
+
+
+SOURCE_MIXES = ("buckets", "independent", "balanced")
+"""How joint image-video training picks each rank's source per step (`batch_shape`)."""
 
 
 def batch_shape(
-    step: int, steps: int, image_size: int, image_batch: int, clip_frames: int, progressive: bool, seed: int
+    step: int,
+    steps: int,
+    image_size: int,
+    image_batch: int,
+    clip_frames: int,
+    progressive: bool,
+    seed: int,
+    source_mix: str = "buckets",
+    rank: int = 0,
 ) -> BatchShape:
-    """The source and shape of the batch at `step`, with about the same number of patch tokens every step.
+    """The source and shape of rank `rank`'s batch at `step`.
 
     Progressive (images first, then low-, medium-, high-resolution video, a quarter of the steps each):
-    stills at `image_size`, then clips at half, full and double `image_size`. Otherwise joint image-video
-    training: each step is a bucket of stills or of clips at `image_size`, chosen by (seed, step).
+    `image_batch` stills at `image_size`, then clips at half, full and double `image_size`, each stage's clips
+    twice as long as the stage before (`clip_frames` at `image_size`: 2, 4 and 8 frames by default), as
+    progressive video schedules go from short low-resolution clips to long high-resolution ones, with
+    `image_batch // (4 * clip_frames)` clips (at least one) per batch: each video stage reads and decodes
+    twice the frames of the one before and trains on 8x the tokens. The stage is named ("images_32",
+    "video_16", "video_32", "video_64").
+    Otherwise joint image-video training at `image_size`, by `source_mix`:
+    - "buckets": one source per step for every rank, chosen by (seed, step), in buckets of equal token count
+      (`image_batch` stills or `image_batch // clip_frames` clips);
+    - "independent": each rank draws its own source per step, by (seed, step, rank), and a batch holds
+      `image_batch // clip_frames` samples of it (a plain mixture of the two data sets): a clip batch costs
+      `clip_frames` times a stills batch to read, decode and train on, so a rank that drew clips makes the
+      others wait at the next collective;
+    - "balanced": the same batches, but every rank draws the same source each step (a data pendulum), so
+      every step costs the same on every rank: the same expected work as "independent", without the waiting.
     """
-    tokens = image_batch  # in units of one image_size frame
     if progressive:
         stage = min(3, 4 * step // max(steps, 1))
         if stage == 0:
-            return BatchShape("stills", 1, image_size, image_batch)
+            return BatchShape("stills", 1, image_size, image_batch, f"images_{image_size}")
         size = {1: image_size // 2, 2: image_size, 3: image_size * 2}[stage]
-        per_sample = clip_frames * (size / image_size) ** 2
-        return BatchShape("clips", clip_frames, size, max(1, int(tokens / per_sample)))
-    if np.random.default_rng([seed, step, 7]).random() < 0.5:
-        return BatchShape("stills", 1, image_size, image_batch)
-    return BatchShape("clips", clip_frames, image_size, max(1, image_batch // clip_frames))
+        frames = max(1, clip_frames * size // image_size)
+        return BatchShape("clips", frames, size, max(1, image_batch // (4 * clip_frames)), f"video_{size}")
+    if source_mix not in SOURCE_MIXES:
+        raise ValueError(f"source mix {source_mix!r}: choose one of {', '.join(SOURCE_MIXES)}")
+    per_rank = source_mix == "independent"
+    draw = np.random.default_rng([seed, step, 7] + ([1000 + rank] if per_rank else [])).random()
+    mixture = max(1, image_batch // clip_frames)
+    if draw < 0.5:
+        return BatchShape("stills", 1, image_size, image_batch if source_mix == "buckets" else mixture)
+    return BatchShape("clips", clip_frames, image_size, mixture)
 
 
 class BucketBatchSampler(torch.utils.data.Sampler):
@@ -397,15 +428,25 @@ class BucketBatchSampler(torch.utils.data.Sampler):
         clip_frames: int = 4,
         progressive: bool = False,
         seed: int = 0,
+        source_mix: str = "buckets",
     ) -> None:
         self.rank, self.world_size = rank, world_size
         self.steps, self.start_step = steps, start_step
         self.image_size, self.image_batch, self.clip_frames = image_size, image_batch, clip_frames
-        self.progressive, self.seed = progressive, seed
+        self.progressive, self.seed, self.source_mix = progressive, seed, source_mix
 
     def shape(self, step: int) -> BatchShape:
+        """This rank's batch at `step` (see `batch_shape`)."""
         return batch_shape(
-            step, self.steps, self.image_size, self.image_batch, self.clip_frames, self.progressive, self.seed
+            step,
+            self.steps,
+            self.image_size,
+            self.image_batch,
+            self.clip_frames,
+            self.progressive,
+            self.seed,
+            self.source_mix,
+            self.rank,
         )
 
     def __len__(self) -> int:
@@ -414,7 +455,9 @@ class BucketBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):  # type: ignore[no-untyped-def]
         for step in range(self.start_step, self.steps):
             shape = self.shape(step)
-            rng = np.random.default_rng([self.seed, step])
+            # items of each source are drawn for the whole world, so ranks never read the same item in a step
+            extra = [] if shape.source == "stills" or self.source_mix == "buckets" else [1]
+            rng = np.random.default_rng([self.seed, step, *extra])
             items = rng.integers(0, SOURCES[shape.source].items, shape.batch * self.world_size)
             seeds = rng.integers(0, 2**31, shape.batch * self.world_size)
             mine = slice(self.rank * shape.batch, (self.rank + 1) * shape.batch)

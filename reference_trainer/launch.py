@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from reference_trainer.config.presets import FIXES, PRESETS, TrainConfig, build_config
+from reference_trainer.config.presets import CHOICES, FIXES, PRESETS, TrainConfig, build_config
 
 EXIT_USAGE = 2
 
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(flag, type=int, default=None, metavar="N")
         elif kind in ("float", "float | None"):
             g.add_argument(flag, type=float, default=None, metavar="X")
+        elif f.name in CHOICES:
+            g.add_argument(flag, default=None, choices=CHOICES[f.name])
         else:
             g.add_argument(flag, default=None, metavar="VALUE")
     return p

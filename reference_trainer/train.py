@@ -47,7 +47,7 @@ from reference_trainer.model import (
 class _NoWatch:
     """Stands in for gpuwatch's handle when a run is made without gpuwatch (for comparisons)."""
 
-    def step(self) -> None:
+    def step(self, stage: str | None = None, tags: dict[str, str] | None = None) -> None:
         pass
 
 
@@ -76,6 +76,7 @@ def make_loader(
         clip_frames=cfg.clip_frames,
         progressive=cfg.progressive,
         seed=cfg.seed,
+        source_mix=cfg.source_mix,
     )
     kwargs: dict[str, Any] = {
         "batch_sampler": sampler,
@@ -192,7 +193,7 @@ def _train(cfg: TrainConfig, run_dir: Path, info: DistInfo, data_root: Path, wat
                 flops=flops,
                 loss=loss_value,
             )
-            gw.step()
+            gw.step(stage=shape.stage, tags={"source": shape.source})
         ckpt_close_s = ckpt.close()
         del batches  # shuts down the workers
     result = metrics.close(loss_value)

@@ -27,6 +27,10 @@ class TrainConfig:
     clip_frames: int = 4
     progressive: bool = False
     """Progressive-resolution schedule: images first, then low-, medium- and high-resolution video."""
+    source_mix: str = "buckets"
+    """Joint training's source per rank and step (data.batch_shape): "buckets" (one source per step, equal
+    tokens), "independent" (each rank draws its own: ranks straggle) or "balanced" (the same batches, every
+    rank the same source each step)."""
     width: int = 192
     depth: int = 4
     heads: int = 6
@@ -79,6 +83,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grad_sync": ("manager", "ddp", "fsdp2"),
     "checkpoint": ("sync", "async", "off"),
     "device": ("auto", "cpu", "cuda"),
+    "source_mix": ("buckets", "independent", "balanced"),
 }
 
 NAIVE: dict[str, Any] = {

@@ -71,11 +71,12 @@ def test_progressive_schedule_goes_images_then_low_medium_high_video() -> None:
     shapes = [s.shape(i) for i in range(8)]
     assert [(x.source, x.frames, x.size) for x in shapes[::2]] == [
         ("stills", 1, 32),
-        ("clips", 4, 16),
+        ("clips", 2, 16),
         ("clips", 4, 32),
-        ("clips", 4, 64),
+        ("clips", 8, 64),
     ]
-    assert [x.batch for x in shapes[::2]] == [16, 16, 4, 1]
+    assert [x.batch for x in shapes[::2]] == [16, 1, 1, 1]
+    assert [x.stage for x in shapes[::2]] == ["images_32", "video_16", "video_32", "video_64"]
 
 
 def test_workers_produce_what_the_training_thread_would(data_dir: Path) -> None:
