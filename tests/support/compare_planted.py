@@ -11,6 +11,10 @@ math of an MLP (forward, loss, backward, SGD; one thread), and, when planted, a 
   torch.save writes the model and optimizer state through a store that takes Y ms per save.
 The truth file holds what the program measured with time.perf_counter per step (wall, input wait,
 checkpoint), so a test can check that the plant took before asking compare about it.
+
+When allowed (root, or CAP_SYS_NICE), the program raises its own scheduling priority: on a machine whose
+cores are shared with other jobs, a thread waking from its input wait otherwise waits again for a core, by
+as much as a third of the plant, so the plant would not be what was planted.
 """
 
 from __future__ import annotations

@@ -161,7 +161,9 @@ def test_gpuwatch_top_level_stays_small() -> None:
 
 
 def test_core_never_imports_textual_or_plotly_at_module_level() -> None:
-    files = py_files("gpuwatch")
+    """Everything of gpuwatch/ but its view (tui/, which exists to import textual) stays free of them even
+    in function bodies that run at import time; import-linter checks the same for every import."""
+    files = [p for p in py_files("gpuwatch") if "tui" not in p.relative_to(ROOT).parts]
     assert len(files) > 10
     bad = [
         f"{p.relative_to(ROOT)}:{line} imports {name} at module level"
