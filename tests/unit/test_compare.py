@@ -386,3 +386,18 @@ def test_cli_inputs_that_are_not_runs(tmp_path: Path) -> None:
         proc = run_cli("compare", doc, bad)
         assert proc.returncode == 2 and proc.stdout == "", (bad, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1 and needle in proc.stderr, proc.stderr
+
+
+def test_bootstrap_counts_and_weighted_median_are_exact() -> None:
+    """The resamples are whole: each draws n steps; the median of a resample given as counts is the median
+    of that resample written out."""
+    import numpy as np
+
+    from reports.compare.noise import _counts, _weighted_median, block_length
+
+    assert [block_length(n) for n in (1, 7, 8, 27, 125)] == [1, 2, 2, 3, 5]
+    values = np.random.default_rng(3).lognormal(0, 0.5, 11)
+    for counts in _counts(11, 300, seed=1):
+        assert (counts.sum(axis=1) == 11).all()
+        expanded = [np.median(np.repeat(values, row)) for row in counts]
+        assert np.allclose(_weighted_median(values, counts), expanded)
