@@ -8,9 +8,11 @@ directory it writes, plus a queue of its progress lines for the event log.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +111,7 @@ class TopApp(App[None]):
         self.ended = False
         self.events_shown = 0
         self.views_drawn = 0
+        self.notices: deque[str] = deque(maxlen=20)
         """How many views were drawn (what `benchmarks/top_follow.py` counts as refreshes)."""
         self._wake = threading.Event()
 
@@ -181,6 +184,10 @@ class TopApp(App[None]):
                         view = follower.view(self.window_steps)
                     except GpuwatchError as exc:
                         self.post_message(ReadFailed(str(exc)))
+                    except Exception as exc:  # a bug of ours: said on screen, and following goes on
+                        if os.environ.get("GPUWATCH_DEBUG"):
+                            raise
+                        self.post_message(ReadFailed(f"internal error: {type(exc).__name__}: {exc}"))
                     else:
                         if result.events:
                             self.post_message(EventsArrived(result.events))
@@ -296,6 +303,11 @@ class TopApp(App[None]):
             else "processes (/proc; no GPU samples)"
         )
 
+    def notify(self, message: str, *args: Any, **kwargs: Any) -> None:
+        """A toast, also kept in `notices` (the last few, newest last)."""
+        self.notices.append(message)
+        super().notify(message, *args, **kwargs)
+
     # ---- keys ----------------------------------------------------------------------------------
     def action_pause(self) -> None:
         self.paused = not self.paused
@@ -334,16 +346,21 @@ class TopApp(App[None]):
             return
         self._export(self.view)
 
-    @work(thread=True, exclusive=True, group="export")
+    @work(thread=True, exclusive=True, group="export", exit_on_error=False)
     def _export(self, view: LiveView) -> None:
         from gpuwatch.tui.export import ExportUnavailable, write_html
 
+        self.call_from_thread(self.notify, "writing the HTML report of this window...")
         try:
             path = write_html(view, self.report_dir)
         except ExportUnavailable as exc:
             self.call_from_thread(self.notify, str(exc), severity="warning")
-        except (OSError, GpuwatchError) as exc:
-            self.call_from_thread(self.notify, f"HTML report not written: {exc}", severity="error")
+        except Exception as exc:  # a report that fails must not take the dashboard down with it
+            if os.environ.get("GPUWATCH_DEBUG"):
+                raise
+            self.call_from_thread(
+                self.notify, f"HTML report not written: {type(exc).__name__}: {exc}", severity="error"
+            )
         else:
             self.call_from_thread(self.notify, f"HTML report written: {path}")
 

@@ -216,11 +216,11 @@ def test_every_key(tmp_path: Path) -> None:
         # e: the HTML report of the window on screen, or a clear word that this build has none
         await pilot.press("e")
         if importlib.util.find_spec("reports.html") is None:
-            await wait_for(pilot, lambda: "HTML export is unavailable" in screen_text(app))
+            await wait_for(pilot, lambda: any("HTML export is unavailable" in n for n in app.notices))
         else:
-            await wait_for(
-                pilot, lambda: any(tmp_path.glob("gpuwatch-top-*.html")) or "HTML" in screen_text(app)
-            )
+            report = tmp_path / "gpuwatch-top-synthetic0001-last10.html"  # the window on screen
+            await wait_for(pilot, lambda: any(n.startswith("HTML report written") for n in app.notices), 60)
+            assert report.exists() and "synthetic0001" in report.read_text()
         # q: quits
         await pilot.press("q")
         await pilot.pause(0.2)
