@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,8 @@ class Chromium:
             seen.append(line)
             m = re.search(r"DevTools listening on (ws://\S+)", line)
             if m:
+                # keep reading what chromium says, so a full pipe never blocks it
+                threading.Thread(target=self.proc.stderr.read, daemon=True).start()
                 return m.group(1)
         raise RuntimeError("chromium did not start: " + "".join(seen[-10:]))
 
