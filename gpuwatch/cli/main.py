@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "top": "gpuwatch.cli.top_cmd",
     "report": "gpuwatch.cli.report_cmd",
     "run": "gpuwatch.cli.run_cmd",
+    "consolidate": "gpuwatch.cli.consolidate_cmd",
+    "sql": "gpuwatch.cli.sql_cmd",
 }
 """Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
 
