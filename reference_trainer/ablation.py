@@ -378,11 +378,13 @@ def _mix_section(
         f"Measured with `{cmd}`: `python -m reference_trainer --preset {args.preset} --source-mix MIX --nproc "
         f"{args.nproc} --steps {args.steps}`. With `independent` each rank draws stills or clips per step on its "
         "own (a clip batch is `clip_frames` times the work of a stills batch), so whenever the ranks drew "
-        "differently the one with clips makes the other wait in DDP's all-reduce; `balanced` gives every rank "
+        "differently the one with clips makes the other wait at the next collective (DDP's all-reduce); `balanced` gives every rank "
         "the same source each step (a data pendulum): the same batches and the same expected work, no "
         'straggler. "sync waiting" is the waiting for a later rank inside sync (`sync_split_pct.wait`), as a '
         "share of all ranks' step time and per rank in ms per step; the tag cause is what "
-        "`gpuwatch summary` says about the straggler (`straggler.tag_cause`).\n\n"
+        "`gpuwatch summary` says about the straggler (`straggler.tag_cause`). The 1-minute load average was "
+        f"{os.getloadavg()[0]:.1f} when this was written ({os.cpu_count()} cores): above that, other jobs "
+        "shared the cores and every step is slower.\n\n"
         f"{table}\n\n" + "".join(f"- {line}\n" for line in mix_lines(mixes)) + f"{checks}\n{MIX_END}\n"
     )
 
@@ -541,8 +543,12 @@ def _main_source_mix(args: argparse.Namespace, out: Path, extra: list[str], argv
             print(line)
     failures = mix_check(mixes) if args.check else []
     if args.markdown:
-        cmd = "python -m reference_trainer.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
-        _write_section(Path(args.markdown), _mix_section(table, mixes, cmd.strip(), args, failures))
+        cmd = (
+            f"python -m reference_trainer.ablation --source-mix --preset {args.preset} --nproc {args.nproc} "
+            f"--steps {args.steps} --check --markdown {args.markdown}"
+            + (" -- " + " ".join(extra) if extra else "")
+        )
+        _write_section(Path(args.markdown), _mix_section(table, mixes, cmd, args, failures))
         _progress(f"wrote {args.markdown}")
     for f in failures:
         _progress(f"FAILED: {f}")
