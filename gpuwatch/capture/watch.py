@@ -70,6 +70,8 @@ def watch(
     max_queue: int = _DEFAULTS.max_queue,
     rank: int | None = _DEFAULTS.rank,
     world_size: int | None = _DEFAULTS.world_size,
+    metrics_port: int | None = _DEFAULTS.metrics_port,
+    metrics_host: str = _DEFAULTS.metrics_host,
 ) -> Watcher:
     """Watch the training loop of this process; use as `with gpuwatch.watch(run_dir) as gw:`.
 
@@ -77,8 +79,8 @@ def watch(
         run_dir: run directory (created or joined). Default: `$GPUWATCH_RUN_DIR`, else
             `gpuwatch-runs/<torchrun run id or start time>`.
         profile_steps, sample_hz, system_interval_s, hooks, stack_sampler, system_samplers,
-        flush_interval_s, max_queue, rank, world_size: the fields of `WatchConfig` (each says its unit
-            and what its default means).
+        flush_interval_s, max_queue, rank, world_size, metrics_port, metrics_host: the fields of
+            `WatchConfig` (each says its unit and what its default means).
 
     Returns:
         A `Watcher`; it starts on `__enter__` (or `.start()`).
@@ -94,6 +96,8 @@ def watch(
         max_queue=max_queue,
         rank=rank,
         world_size=world_size,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     return Watcher(run_dir, config)
 
@@ -136,6 +140,8 @@ class Watcher:
         self._closing = False
         self._prev_sigterm: Any = None
         self._sigterm_installed = False
+        self.metrics: Any = None
+        """The running `/metrics` endpoint (`reports.prometheus.MetricsServer`) with `metrics_port`, else None."""
 
     # ---- public ----------------------------------------------------------------------------------------
     @property
@@ -250,6 +256,9 @@ class Watcher:
             if self.writer is not None:
                 self.writer.set_meta(**self._final_meta())
                 self.writer.close(status)
+            if self.metrics is not None:
+                self.metrics.close()
+                self.metrics = None
         except Exception as exc:  # closing must not turn a finished job into a failed one
             print(f"gpuwatch: closing the run failed: {exc!r}", file=sys.stderr)
         finally:
@@ -282,6 +291,8 @@ class Watcher:
         activate(ctx)
         self.enabled = True
         self._start_collectors(ctx)
+        if config.metrics_port is not None:
+            self._start_metrics(ctx)
         self._install_signals(ctx)
         # the first step starts when the job gets control back, not while gpuwatch was starting up
         self._step_start_ns = ctx.restart_gap("start")
@@ -314,6 +325,22 @@ class Watcher:
                 ctx, self.profile_window, self.run_dir / "profiles", self.writer.write_span_columns
             )
             self._start(ctx, self._profiler)
+
+    def _start_metrics(self, ctx: HookContext) -> None:
+        # The exporter is a view (reports/); capture reaches it only here, lazily, when the user asks for
+        # an endpoint, so one implementation serves `gpuwatch export prometheus` and the watch alike.
+        try:
+            from reports.prometheus import serve
+
+            self.metrics = serve(
+                self.run_dir,
+                host=self.config.metrics_host,
+                port=int(self.config.metrics_port or 0),
+                ranks=[self.rank],
+            )
+            self.writer.set_meta(metrics_url=self.metrics.url)
+        except Exception as exc:  # a port in use must not stop the job: noted, shown in the summary
+            ctx.hook_error("metrics_endpoint", exc)
 
     def _start(self, ctx: HookContext, collector: Collector) -> None:
         try:

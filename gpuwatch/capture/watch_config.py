@@ -35,3 +35,9 @@ class WatchConfig:
     """This process's global rank. None: from torch.distributed, else `RANK`, else 0."""
     world_size: int | None = None
     """Processes in the job. None: from torch.distributed, else `WORLD_SIZE`, else 1."""
+    metrics_port: int | None = None
+    """Serve this rank's Prometheus `/metrics` on this TCP port (0: any free port; None: no endpoint).
+    The same metrics as `gpuwatch export prometheus` (reports/prometheus.py), analysed on a scrape at most
+    every 5 s in a thread of the job."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint listens on: loopback unless told otherwise ("0.0.0.0": every interface)."""

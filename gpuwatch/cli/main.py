@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "run": "gpuwatch.cli.run_cmd",
     "consolidate": "gpuwatch.cli.consolidate_cmd",
     "sql": "gpuwatch.cli.sql_cmd",
+    "export": "gpuwatch.cli.export_cmd",
 }
 """Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
 
