@@ -24,13 +24,12 @@ import msgspec
 import numpy as np
 
 from gpuwatch.errors import RunDirError
-from gpuwatch.records import SAMPLE_COLUMNS, SPAN_COLUMNS, SpanColumns
+from gpuwatch.records import NULL_INT, NULLABLE_INT_COLUMNS, SAMPLE_COLUMNS, SPAN_COLUMNS, SpanColumns
 from gpuwatch.store.run_dir import SEGMENT_RE, WRITER_FILE, Segment, list_writer_dirs, read_run_marker
 from gpuwatch.store.run_reader import WriterInfo, read_writer, segment_selects
 
 FMT_ORDER = {"parquet": 0, "jsonl": 1}
 """`RunReader` reads a writer's Parquet segments before its JSON-lines ones; row order follows that."""
-_NULLABLE_INTS = ("step", "bytes", "correlation", "seq")
 
 
 class _SpanRow(msgspec.Struct):
@@ -271,7 +270,9 @@ class RunTail:
         columns = SPAN_COLUMNS if table == "spans" else SAMPLE_COLUMNS
         (sql,) = segment_selects(r.writer, table, columns, [r.segment])
         select = ", ".join(
-            f"coalesce({n}, -1) AS {n}" if n in _NULLABLE_INTS and table == "spans" else f'"{n}"'
+            f"coalesce({n}, {NULL_INT}) AS {n}"
+            if n in NULLABLE_INT_COLUMNS and table == "spans"
+            else f'"{n}"'
             for n, _ in columns
         )
         try:
@@ -303,14 +304,14 @@ class RunTail:
 
 
 def _columns(rows: list[Any], columns: tuple[tuple[str, str], ...]) -> dict[str, np.ndarray]:
-    """Decoded rows as the columns `RunReader` returns: -1 for NULL in the nullable integer columns, NaN
+    """Decoded rows as the columns `RunReader` returns: NULL_INT for NULL in the nullable integer columns, NaN
     for a NULL sample value, `attrs` as its JSON text."""
     out: dict[str, np.ndarray] = {}
     n = len(rows)
     for name, sql_type in columns:
         values = [getattr(row, name) for row in rows]
-        if name in _NULLABLE_INTS:
-            out[name] = np.fromiter((-1 if v is None else v for v in values), dtype=np.int64, count=n)
+        if name in NULLABLE_INT_COLUMNS:
+            out[name] = np.fromiter((NULL_INT if v is None else v for v in values), dtype=np.int64, count=n)
         elif name == "attrs":
             arr = np.empty(n, dtype=object)
             arr[:] = [None if bytes(v) == b"null" else bytes(v).decode() for v in values]

@@ -288,7 +288,8 @@ class TopApp(App[None]):
         self.query_one(BudgetPanel).show(self.view, self.rank)
         self.query_one(RecommendationsPanel).show(self.view)
         label = self._window_label()
-        self.query_one("#budget-box").border_title = f"time budget: rank {self.rank}, {label}"
+        who = "" if self.rank is None else f"rank {self.rank}, "
+        self.query_one("#budget-box").border_title = f"time budget: {who}{label}"
 
     def _render_live(self) -> None:
         """The header, the rank bars (their status marks), the waits (what the late rank does now), the

@@ -478,23 +478,36 @@ class RunFollower:
         return (min((x[0] for x in lasts if x), default=-1), len(self._ranks), no_steps, statuses)
 
     def _analyse(self, window_steps: int | None) -> tuple[Summary | None, str]:
-        rank_cols, label = self._window_columns(window_steps)
+        rank_cols, label, from_start = self._window_columns(window_steps)
+        # warm-up is the start of a run: a window that begins later keeps its slow first steps
+        # (a checkpoint there is not warm-up); the whole run leaves warm-up out as `summary` does
         try:
-            return summarize(analyze_columns(self.run_dir, self.run_id, list(self.writers), rank_cols)), label
+            analysis = analyze_columns(
+                self.run_dir, self.run_id, list(self.writers), rank_cols, include_warmup=not from_start
+            )
+            summary = summarize(analysis)
         except RunDirError:  # no rank has a span in the window yet
             return None, label
+        # the label counts the steps the budget has (the engine may leave out a partial first step)
+        steps = {s for rs in summary.ranks if rs.per_step is not None for s in rs.per_step.step}
+        if steps and window_steps is None:
+            label = f"whole run ({len(steps)} steps)"
+        elif steps:
+            label = f"last {len(steps)} step{'s' if len(steps) != 1 else ''} ({min(steps)}-{max(steps)})"
+        return summary, label
 
-    def _window_columns(self, window_steps: int | None) -> tuple[dict[int, SpanColumns], str]:
-        """Each rank's spans of the window, and the window's label."""
+    def _window_columns(self, window_steps: int | None) -> tuple[dict[int, SpanColumns], str, bool]:
+        """Each rank's spans of the window, its label, and whether it starts where the run starts."""
         if window_steps is None:
             steps = max((d.step_table()[0].size for d in self._ranks.values()), default=0)
-            return {r: d.columns() for r, d in self._ranks.items()}, f"whole run ({steps} steps)"
+            return {r: d.columns() for r, d in self._ranks.items()}, f"whole run ({steps} steps)", True
         tables = {r: d.step_table() for r, d in self._ranks.items()}
         with_ids = [t[0] for t in tables.values() if t[0].size]
         # the same step ids on every rank (cross-rank matching needs both sides), up to the slowest rank's
         last = min(int(ids[-1]) for ids in with_ids) if with_ids else -1
         first = last - window_steps + 1
         out: dict[int, SpanColumns] = {}
+        shown: set[int] = set()
         for rank, data in self._ranks.items():
             ids, starts, ends = tables[rank]
             if ids.size == 0:  # no step markers: the rank is one long step, shown whole
@@ -503,6 +516,7 @@ class RunFollower:
             pick = (ids >= first) & (ids <= last)
             if not pick.any():
                 continue
+            shown.update(ids[pick].tolist())
             t0, t1 = int(starts[pick].min()), int(ends[pick].max())
             s, e = data.spans.get("start_ns"), data.spans.get("end_ns")
             kind = data.spans.get("kind")
@@ -510,9 +524,11 @@ class RunFollower:
             # step markers of steps outside the window that touch its edges must not join it
             outside_step = (kind == SpanKind.STEP.value) & ((s < t0) | (s >= t1))
             out[rank] = data.columns(np.flatnonzero(inside & ~outside_step))
-        n = min(window_steps, last + 1) if with_ids else 0
-        label = f"last {n} steps ({first if first >= 0 else 0}-{last})" if with_ids else "no steps yet"
-        return out, label
+        if not shown:
+            return out, "no steps yet", True
+        from_start = all(t[0].size == 0 or int(t[0][0]) >= first for t in tables.values())
+        label = f"last {len(shown)} step{'s' if len(shown) != 1 else ''} ({min(shown)}-{max(shown)})"
+        return out, label, from_start
 
     def _rank_status(self, rank: int) -> str:
         states = [w.status for w in self.writers if w.run.rank == rank]
