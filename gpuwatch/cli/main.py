@@ -36,6 +36,7 @@ Errors print one line on stderr; set GPUWATCH_DEBUG=1 to get a traceback instead
 Typical use:
   gpuwatch import trace_rank*.json.gz --out runs/exp1    # PyTorch profiler traces -> run
   gpuwatch summary runs/exp1                             # where each step's time went, what to change
+  gpuwatch report runs/exp1 -o report.html               # the same as one offline HTML file to share
   gpuwatch attach 12345 --duration 30 --out runs/live    # a running trainer, no code change
   gpuwatch top runs/exp1                                 # live dashboard of a run being written
   in Python: with gpuwatch.watch("runs/exp1") as gw: ... gw.step()   # around your training loop
