@@ -5,6 +5,12 @@ are data: each `StackRule` matches a frame by a regular expression over its file
 function name. Every frame of the stack is tried; when frames match rules of several categories the budget
 priority decides (checkpoint_io > sync > data_loading > cpu_preprocessing > memcpy > compute >
 host_overhead), the same priority the engine uses for overlapping spans. Users extend `STACK_RULES`.
+
+Inside a DataLoader that runs the Dataset on the training thread (`num_workers=0`), the loader's own frames
+(`__next__`, `fetch`: `StackRule.loader`) do not decide alone: what the thread does under them does, the
+innermost frame that names it. Reading (files, object stores, `torch.load` of a sample) is `data_loading`;
+decode, resize, crop, to-tensor, normalise and collate are `cpu_preprocessing` (`LOADER_WORK_RULES` adds
+transform classes by name there: `Normalize.__call__`). Work nothing names stays the loader's.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class StackRule:
     """Short human name for evidence ("JPEG decode", "DataLoader wait")."""
     decisive: bool = False
     """When it matches any frame, the whole stack is this rule's, whatever the priority says."""
+    loader: bool = False
+    """A DataLoader's own frame: the work under it on the same thread decides (module docstring)."""
 
 
 STACK_RULES: list[StackRule] = [
@@ -66,8 +74,11 @@ STACK_RULES: list[StackRule] = [
         r"torch/utils/data/dataloader\.py$",
         r"__next__|_next_data|_get_data|_try_get_data",
         "DataLoader wait",
+        loader=True,
     ),
-    StackRule(Category.DATA_LOADING, r"torch/utils/data/_utils/fetch\.py$", "", "DataLoader fetch"),
+    StackRule(
+        Category.DATA_LOADING, r"torch/utils/data/_utils/fetch\.py$", "", "DataLoader fetch", loader=True
+    ),
     StackRule(
         Category.DATA_LOADING,
         r"multiprocessing/(queues|connection)\.py$",
@@ -83,8 +94,14 @@ STACK_RULES: list[StackRule] = [
     StackRule(
         Category.DATA_LOADING,
         r"^(?!.*/torch/)",
-        r"^(read_file|load_file|read_bytes|fetch_|read_sample|load_sample|readinto)",
+        r"^(read_file|load_file|read_bytes|read_text|fetch_|read_sample|load_sample|readinto)",
         "file read",
+    ),
+    StackRule(
+        Category.DATA_LOADING,
+        r"numpy/(lib/(_npyio_impl|npyio|format)|_core/memmap)\.py$|h5py/|lmdb|zarr/|pyarrow/",
+        r"^(load|loadtxt|genfromtxt|fromfile|read_array|open_memmap|__getitem__|read\w*|_read\w*|__new__)$",
+        "file read (array formats)",
     ),
     # decode and augmentation
     StackRule(
@@ -147,48 +164,123 @@ PRIORITY: tuple[Category, ...] = (
 )
 _RANK = {c: i for i, c in enumerate(PRIORITY)}
 
-_compiled: list[tuple[re.Pattern[str] | None, re.Pattern[str] | None, StackRule]] = []
+LOADER_WORK_RULES: list[StackRule] = [
+    StackRule(
+        Category.CPU_PREPROCESSING,
+        r"^(?!.*/torch/)",
+        r"(?i)(transform|augment|normali[sz]e|resize|crop|flip|rotat|affine|jitter|blur|totensor|to_tensor"
+        r"|pil_?to|decode|collate|compose|erasing|grayscale|posterize|solarize|equalize|mixup|cutmix)",
+        "transform (by class name)",
+    ),
+    StackRule(Category.CPU_PREPROCESSING, r"(transforms?|augment\w*)\.py$", "", "transform module"),
+]
+"""Extra rules for frames a DataLoader runs on the training thread, matched with the qualified function
+name (`Normalize.__call__`): torchvision-style transform classes spend their time in `__call__`/`forward`."""
+LOADER_READ = StackRule(Category.DATA_LOADING, label="sample read (torch.load in the Dataset)")
+"""What a checkpoint rule means under a DataLoader: the Dataset reading a sample, not a checkpoint."""
+_LOADER_WORK = (Category.DATA_LOADING, Category.CPU_PREPROCESSING)
+
+Compiled = list[tuple[re.Pattern[str] | None, re.Pattern[str] | None, StackRule]]
+_compiled: Compiled = []
+_compiled_work: Compiled = []
 _compiled_from: list[StackRule] = []
-_frame_cache: dict[tuple[str, str], StackRule | None] = {}
+_frame_cache: dict[tuple[str, str], tuple[StackRule | None, StackRule | None]] = {}
 
 
-def _rules() -> list[tuple[re.Pattern[str] | None, re.Pattern[str] | None, StackRule]]:
-    global _compiled, _compiled_from
-    if _compiled_from != STACK_RULES:  # the table was extended: recompile
-        _compiled = [
-            (re.compile(r.file) if r.file else None, re.compile(r.function) if r.function else None, r)
-            for r in STACK_RULES
-        ]
-        _compiled_from = list(STACK_RULES)
+def _compile(rules: list[StackRule]) -> Compiled:
+    return [
+        (re.compile(r.file) if r.file else None, re.compile(r.function) if r.function else None, r)
+        for r in rules
+    ]
+
+
+def _check_tables() -> None:
+    """Recompile when a table was extended (a rule added, removed, or its first or last replaced). Called
+    once per stack and O(1): comparing the tables by value (dataclass equality) on every frame cost the
+    in-process sampler 150 us a stack."""
+    global _compiled, _compiled_work, _compiled_from
+    if (
+        len(_compiled_from) != len(STACK_RULES) + len(LOADER_WORK_RULES)
+        or not STACK_RULES
+        or _compiled_from[0] is not STACK_RULES[0]
+        or _compiled_from[len(STACK_RULES) - 1] is not STACK_RULES[-1]
+        or (LOADER_WORK_RULES and _compiled_from[-1] is not LOADER_WORK_RULES[-1])
+    ):
+        _compiled = _compile(STACK_RULES)
+        _compiled_work = _compile(LOADER_WORK_RULES)
+        _compiled_from = STACK_RULES + LOADER_WORK_RULES
         _frame_cache.clear()
-    return _compiled
+
+
+def _first(rules: Compiled, path: str, function: str) -> StackRule | None:
+    for file_re, func_re, rule in rules:
+        if (file_re is None or file_re.search(path)) and (func_re is None or func_re.search(function)):
+            return rule
+    return None
+
+
+def _frame_rules(filename: str, function: str) -> tuple[StackRule | None, StackRule | None]:
+    """(the `STACK_RULES` rule of a frame, what it is as work under a DataLoader), cached per frame."""
+    key = (filename, function)
+    hit = _frame_cache.get(key)
+    if hit is None:
+        path = filename.replace("\\", "/")
+        short = function.rsplit(".", 1)[-1]  # rules match bare names; samplers may give `Class.method`
+        rule = _first(_compiled, path, short)
+        work: StackRule | None
+        if rule is not None and rule.category == Category.CHECKPOINT_IO:
+            work = LOADER_READ
+        elif rule is not None and rule.category in _LOADER_WORK and not rule.loader:
+            work = rule
+        else:
+            work = _first(_compiled_work, path, function)
+        hit = _frame_cache[key] = (rule, work)
+    return hit
 
 
 def frame_rule(filename: str, function: str) -> StackRule | None:
     """The first rule matching one frame, or None."""
-    rules = _rules()
-    key = (filename, function)
-    if key in _frame_cache:
-        return _frame_cache[key]
-    path = filename.replace("\\", "/")
-    hit = None
-    for file_re, func_re, rule in rules:
-        if (file_re is None or file_re.search(path)) and (func_re is None or func_re.search(function)):
-            hit = rule
-            break
-    _frame_cache[key] = hit
-    return hit
+    _check_tables()
+    return _frame_rules(filename, function)[0]
+
+
+def _by_priority(rules: Iterable[StackRule | None]) -> StackRule | None:
+    best: StackRule | None = None
+    for rule in rules:
+        if rule is not None and (best is None or _RANK[rule.category] < _RANK[best.category]):
+            best = rule
+    return best
 
 
 def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
-    """The winning rule for a whole stack of (filename, function) frames, in any order; None if none match."""
-    best: StackRule | None = None
+    """The winning rule for a whole stack of (filename, function) frames, **innermost frame first**; None if
+    none match. `function` may be the bare name or the qualified one (`Normalize.__call__`).
+
+    The budget priority decides between frames, except under a DataLoader's own frames (`StackRule.loader`):
+    there the innermost frame doing loader work (a read, or decode/transform/collate) decides between
+    data_loading and cpu_preprocessing; sync (anywhere) and checkpoint_io above the loader still win.
+    """
+    _check_tables()
+    matched: list[tuple[StackRule | None, StackRule | None]] = []
+    loader_at = -1
     for filename, function in frames:
-        rule = frame_rule(filename, function)
+        rule, work = _frame_rules(filename, function)
         if rule is not None and rule.decisive:
             return rule
-        if rule is not None and (best is None or _RANK[rule.category] < _RANK[best.category]):
-            best = rule
+        if loader_at < 0 and rule is not None and rule.loader:
+            loader_at = len(matched)
+        matched.append((rule, work))
+    if loader_at < 0:
+        return _by_priority(rule for rule, _ in matched)
+    under = matched[:loader_at]
+    best = _by_priority(
+        [rule for rule, _ in matched[loader_at:]] + [r for r, _ in under if r and r.category == Category.SYNC]
+    )
+    if best is not None and _RANK[best.category] < _RANK[Category.DATA_LOADING]:
+        return best
+    for _, work in under:  # innermost first
+        if work is not None and work.category in _LOADER_WORK:
+            return work
     return best
 
 

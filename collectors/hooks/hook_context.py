@@ -6,8 +6,11 @@ and do nothing when it is None (no watch running, or a forked DataLoader worker,
 Hooks call `begin(key)` / `end(...)` around the region they time. On the training thread the context counts
 open regions; the time between regions ("gaps": Python the hooks do not see) is handed to the stack sampler
 as `(serial, start_ns, end_ns, key_before, key_after)`, so sampled stacks explain exactly the uncovered
-time and never overlap a hooked region. Times are integer ns since the writer's anchor, read from
-`time.perf_counter_ns` plus a fixed offset (monotonic and cheap; equal to `time.time_ns() - anchor` at start).
+time and never overlap a hooked region. A DataLoader without workers runs the Dataset inside its region:
+`enter_loader` makes that region's inside a gap of its own (the base depth moves into it), so the sampler
+tells reading from decoding and transforming there too. Times are integer ns since the writer's anchor,
+read from `time.perf_counter_ns` plus a fixed offset (monotonic and cheap; equal to `time.time_ns() - anchor`
+at start).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class HookContext:
         """True once a process group is initialized (checked at step boundaries)."""
         # training-thread region bookkeeping (only the training thread writes these)
         self.depth = 0
+        self.base_depth = 0
+        """The region depth at which time is a gap: 0, or inside a DataLoader that runs the Dataset on
+        this thread (`enter_loader`), that region's depth."""
         self.gap_serial = 0
         self.gap_start_ns = self.now_ns()
         self.gap_key = "start"
@@ -73,6 +79,9 @@ class HookContext:
         self.on_top_begin: Callable[[str, int], None] | None = None
         """Called on the training thread as each outermost region opens, with its key and start (ns): how
         `gpuwatch run` finds steps in a loop that marks none (gpuwatch/capture/auto_steps.py)."""
+        self.on_loader_enter: Callable[[], None] | None = None
+        """Set by a stack sampler that splits DataLoader regions (`enter_loader` calls it: sample now);
+        None: DataLoader regions stay whole."""
 
     # ---- clock -----------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -84,16 +93,38 @@ class HookContext:
         """Open a hooked region called `key`; returns its start (ns). Pair with `end`/`abandon`."""
         t = time.perf_counter_ns() + self._offset_ns
         if threading.get_ident() == self.train_ident:
-            top = self.depth == 0
-            if top:
+            if self.depth == self.base_depth:
                 if self.probing:
                     self._stop_probe()
                 self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key))
                 self.gap_serial += 1
             self.depth += 1
-            if top and self.on_top_begin is not None:
+            if self.depth == 1 and self.on_top_begin is not None:
                 self.on_top_begin(key, t)
         return t
+
+    def enter_loader(self, key: str) -> int:
+        """Inside a just-opened DataLoader region on the training thread: its inside becomes a gap (the
+        Dataset's reads and transforms, for the sampler). Returns the base depth to give `leave_loader`."""
+        outer = self.base_depth
+        self.gap_start_ns = time.perf_counter_ns() + self._offset_ns
+        self.gap_key = key
+        self.base_depth = self.depth
+        wake = self.on_loader_enter
+        if wake is not None:
+            wake()
+        return outer
+
+    def leave_loader(self, outer: int, key: str) -> None:
+        """Close the gap `enter_loader` opened (before the region's own `end`)."""
+        if self.base_depth != self.depth:
+            return  # a region inside was left open (an exception through a hook): give its gap up
+        if self.probing:
+            self._stop_probe()
+        t = time.perf_counter_ns() + self._offset_ns
+        self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end"))
+        self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped
+        self.base_depth = outer
 
     def end(
         self,
@@ -171,13 +202,16 @@ class HookContext:
         self.train_ident = threading.get_ident()
         self.train_tid = threading.get_native_id()
         self.depth = 0
+        self.base_depth = 0
         self.closed_gaps.clear()
         self.gap_start_ns = self.now_ns()
 
     def _leave(self, t: int, key: str) -> None:
         if self.depth > 0:
             self.depth -= 1
-        if self.depth == 0:
+        if self.depth < self.base_depth:  # a DataLoader region closed without `leave_loader`
+            self.base_depth = self.depth
+        if self.depth == self.base_depth:
             self.gap_start_ns = t
             self.gap_key = key
             if self.probe_keys and key in self.probe_keys and self.on_probe_start is not None:

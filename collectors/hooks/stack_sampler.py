@@ -12,6 +12,12 @@ gap (a change of category between two samples splits at their midpoint). A gap t
 was shorter than the tick) takes the category its *signature* — the hooks on either side, e.g.
 "DataLoader.__next__ -> forward" — had when it was sampled in other steps: training loops repeat, so the
 same gap does the same work. Gaps whose signature was never sampled stay unattributed.
+
+Inside a DataLoader without workers the Dataset runs on the training thread, within the loader's hooked
+region; the sampler splits that region too (`HookContext.enter_loader`: its inside is a gap): reading stays
+data_loading, decode/transform/collate become cpu_preprocessing spans nested in the loader's span (the
+engine counts them as preprocessing). It is woken as such a region opens and samples at `loader_hz` while
+inside one, reading the stack only down to the loader's own frame.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from collectors.base import Collector, RecordSink, run_paced
+from collectors.base import Collector, RecordSink
 from collectors.hooks.hook_context import HookContext
 from collectors.stack_rules import classify_stack
 from gpuwatch.records import Category, SpanKind
@@ -45,6 +51,18 @@ PROBE_RETRY_STEPS = 20
 """A signature still unexplained after a probe is probed again this many steps later."""
 MAX_SIGNATURES = 10_000
 """Gap signatures remembered (span names with a counter in them would otherwise grow this forever)."""
+LOADER_HZ = 200.0
+"""Samples a second while the training thread is inside a DataLoader that runs the Dataset itself: its
+reads and transforms alternate every few milliseconds (a stack costs ~10 us read only down to the loader)."""
+LATE_NS = 1_000_000
+"""A sample this much later than its tick was kept from running by the training thread's work (it held the
+GIL or the core). A wait (a read) frees both at once, so a late sample that sees a wait marks where the wait
+began: its run starts there, not at the midpoint from the previous sample (which would lend the wait part
+of the work before it; on a busy 2-core machine that put 3 points too many in data_loading)."""
+_LOADER_FILES = (
+    os.path.join("torch", "utils", "data", "dataloader.py"),
+    os.path.join("torch", "utils", "data", "_utils", "fetch.py"),
+)
 
 _OWN_DIRS = tuple(
     os.path.dirname(os.path.abspath(path)) + os.sep
@@ -53,6 +71,7 @@ _OWN_DIRS = tuple(
 """gpuwatch's own code: a stack inside it is gpuwatch's overhead, named as such."""
 _STDLIB_WAITS = ("threading.py", "queue.py", "selectors.py")
 HOST_OVERHEAD = Category.HOST_OVERHEAD.value
+DATA_LOADING = Category.DATA_LOADING.value
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
 
 
@@ -91,16 +110,25 @@ class StackSampler(Collector):
         ctx: the process's hook context (training thread, gaps, sink, clock).
         hz: ticks per second (tens of Hz is enough: gap signatures fill in short gaps).
         probes: allow gap probes.
+        loader_hz: ticks per second inside a DataLoader without workers (0: leave those regions whole).
     """
 
     name = "stack_sampler"
 
-    def __init__(self, ctx: HookContext, hz: float = 50.0, *, probes: bool = True) -> None:
+    def __init__(
+        self, ctx: HookContext, hz: float = 50.0, *, probes: bool = True, loader_hz: float = LOADER_HZ
+    ) -> None:
         self.ctx = ctx
         self.interval_s = 1.0 / max(hz, 0.1)
+        self.loader_interval_s = 1.0 / loader_hz if loader_hz > 0 else self.interval_s
+        self._wake = threading.Event()
+        self._sleeping_slow = False
+        self._woken_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._samples: dict[int, list[tuple[int, str, str]]] = {}  # gap serial -> (t_ns, category, label)
+        self._samples: dict[
+            int, list[tuple[int, str, str, bool]]
+        ] = {}  # serial -> (t_ns, category, label, late)
         self._signatures: dict[tuple[str, str], _Signature] = {}
         self._pending: collections.deque[tuple[int, int, tuple[str, str]]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
@@ -117,6 +145,8 @@ class StackSampler(Collector):
         if probes:
             ctx.on_probe_start = self._probe_start
             ctx.on_probe_stop = self._probe_stop
+        if loader_hz > 0:
+            ctx.on_loader_enter = self._loader_entered
 
     def start(self, sink: RecordSink) -> None:
         if self._thread is not None:
@@ -128,6 +158,8 @@ class StackSampler(Collector):
     def stop(self) -> None:
         """Stop ticking, then turn every closed gap still held into spans."""
         self._stop.set()
+        self._wake.set()
+        self.ctx.on_loader_enter = None
         self.ctx.on_probe_start = None
         if self.ctx.probing and threading.get_ident() == self.ctx.train_ident:
             self.ctx._stop_probe()
@@ -141,42 +173,71 @@ class StackSampler(Collector):
             self.ctx.hook_error("stack_sampler", exc)
 
     def _loop(self) -> None:
-        run_paced(self._stop, self.interval_s, self.tick, self._tick_failed)
+        """`run_paced`, with two paces: `loader_hz` while inside a split DataLoader region, and woken
+        early when one opens during a slow wait."""
+        ctx = self.ctx
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                self.tick(late=time.monotonic() - next_t > LATE_NS / 1e9)
+            except Exception as exc:
+                self._tick_failed(exc)
+            fast = ctx.base_depth > 0
+            next_t += self.loader_interval_s if fast else self.interval_s
+            delay = next_t - time.monotonic()
+            if delay < 0:  # fell behind (suspended, overloaded): skip missed ticks instead of bursting
+                next_t, delay = time.monotonic(), 0.0
+            self._sleeping_slow = not fast
+            if self._wake.wait(delay):  # a loader opened (or stop): sample now
+                self._wake.clear()
+                next_t = min(self._woken_at, time.monotonic())
+            self._sleeping_slow = False
+
+    def _loader_entered(self) -> None:
+        if self._sleeping_slow:  # training thread: a flag test, and an Event.set once per slow wait
+            self._sleeping_slow = False
+            self._woken_at = time.monotonic()
+            self._wake.set()
 
     def _tick_failed(self, exc: Exception) -> None:
         self.ctx.hook_error("stack_sampler", exc)  # a bad frame must not end sampling
 
     # ---- one tick -------------------------------------------------------------------------------------
-    def tick(self) -> None:
-        """Sample the training thread if it is between hooked regions; then emit spans for closed gaps."""
+    def tick(self, *, late: bool = False) -> None:
+        """Sample the training thread if it is between hooked regions; then emit spans for closed gaps.
+        `late`: this tick ran more than `LATE_NS` after it was due."""
         ctx = self.ctx
         self.ticks += 1
-        if ctx.depth == 0 and not ctx.probing:
+        base = ctx.base_depth
+        if ctx.depth == base and not ctx.probing:
             serial = ctx.gap_serial
             frame = sys._current_frames().get(ctx.train_ident)
-            if frame is not None and ctx.depth == 0 and serial == ctx.gap_serial:
+            if frame is not None and ctx.depth == base and serial == ctx.gap_serial:
                 t = ctx.now_ns()
-                category, label = self.classify(frame)
+                category, label = self.classify(frame, in_loader=base > 0)
                 del frame
                 self.samples += 1
-                self._add(serial, t, category, label)
+                self._add(serial, t, category, label, late)
         self._drain(final=False)
 
-    def _add(self, serial: int, t: int, category: str, label: str) -> None:
+    def _add(self, serial: int, t: int, category: str, label: str, late: bool = False) -> None:
         samples = self._samples.get(serial)
         if samples is None:
             samples = self._samples[serial] = []
         if len(samples) < MAX_SAMPLES_PER_GAP:
-            samples.append((t, category, label))
+            samples.append((t, category, label, late))
 
     @staticmethod
-    def classify(frame: object) -> tuple[str, str]:
-        """(category, label) of one stack, innermost frame first."""
+    def classify(frame: object, *, in_loader: bool = False) -> tuple[str, str]:
+        """(category, label) of one stack, innermost frame first. `in_loader`: the thread is inside a
+        DataLoader region, whose own frame decides with those under it (the frames above are not read)."""
         frames: list[tuple[str, str]] = []
         f = frame
         while f is not None and len(frames) < MAX_DEPTH:
             code = f.f_code  # type: ignore[attr-defined]
-            frames.append((code.co_filename, code.co_name))
+            frames.append((code.co_filename, code.co_qualname))  # `Normalize.__call__`: the rules want both
+            if in_loader and code.co_filename.endswith(_LOADER_FILES):
+                break
             f = f.f_back  # type: ignore[attr-defined]
         rule = classify_stack(frames)
         if rule is not None:
@@ -186,7 +247,7 @@ class StackSampler(Collector):
         for filename, function in frames:  # unmatched: name the innermost frame of the job's own code
             base = os.path.basename(filename)
             if base not in _STDLIB_WAITS:
-                return HOST_OVERHEAD, f"{base}:{function}"
+                return HOST_OVERHEAD, f"{base}:{function.rsplit('.', 1)[-1]}"
         return HOST_OVERHEAD, "python"
 
     # ---- gap probes (training thread) ---------------------------------------------------------------------
@@ -209,9 +270,9 @@ class StackSampler(Collector):
         self._probe_last_ns = t
         try:
             ctx = self.ctx
-            if ctx.depth != 0:
+            if ctx.depth != ctx.base_depth:
                 return
-            category, label = self.classify(frame)
+            category, label = self.classify(frame, in_loader=ctx.base_depth > 0)
             self.probe_samples += 1
             self._add(ctx.gap_serial, ctx.now_ns(), category, label)
         except Exception as exc:
@@ -238,7 +299,11 @@ class StackSampler(Collector):
             self._retry_pending()
 
     def _gap(
-        self, start: int, end: int, signature: tuple[str, str], samples: list[tuple[int, str, str]] | None
+        self,
+        start: int,
+        end: int,
+        signature: tuple[str, str],
+        samples: list[tuple[int, str, str, bool]] | None,
     ) -> None:
         if end - start < MIN_GAP_NS:
             return
@@ -262,18 +327,23 @@ class StackSampler(Collector):
             )
         if not sig.counts:
             self._learned = True
-        # runs of equal category; a change splits at the midpoint between the two samples
-        runs: list[list[Any]] = []  # [category, label, first_t, last_t, count]
-        for t, category, label in samples:
+        # runs of equal category; a change splits at the midpoint between the two samples, or where a late
+        # sample found the thread waiting (LATE_NS)
+        runs: list[list[Any]] = []  # [category, label, first_t, last_t, count, starts_at_first]
+        for t, category, label, late in samples:
             if runs and runs[-1][0] == category:
                 runs[-1][3] = t
                 runs[-1][4] += 1
             else:
-                runs.append([category, label, t, t, 1])
+                runs.append([category, label, t, t, 1, late and category == DATA_LOADING])
         edge = start
-        for i, (category, label, _first, last, count) in enumerate(runs):
+        for i, (category, label, _first, last, count, _) in enumerate(runs):
             sig.add(category, label, count)
-            cut = end if i + 1 == len(runs) else min(max((last + runs[i + 1][2]) // 2, edge), end)
+            if i + 1 == len(runs):
+                cut = end
+            else:
+                nxt = runs[i + 1]
+                cut = min(max(nxt[2] if nxt[5] else (last + nxt[2]) // 2, edge), end)
             if cut > edge:
                 self._emit(edge, cut, category, label, count, inferred=False)
             edge = cut

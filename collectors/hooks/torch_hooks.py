@@ -151,7 +151,7 @@ class TorchHooks(Collector):
     def _install_dataloader(self, torch: Any) -> None:
         from torch.utils.data import dataloader as dl
 
-        next_region = _loader_region("DataLoader.__next__", _end_next, flag=hc.IN_DATA_LOADING)
+        next_region = _loader_region("DataLoader.__next__", _end_next, flag=hc.IN_DATA_LOADING, split=True)
         iterator_region = _loader_region("DataLoader.__iter__", _end_iterator_start)
         self._patcher.patch(dl._BaseDataLoaderIter, "__next__", next_region)
         self._patcher.patch(dl.DataLoader, "_get_iterator", iterator_region)
@@ -387,9 +387,13 @@ def _loader_attrs(it: Any) -> dict[str, Any]:
     }
 
 
-def _loader_region(key: str, end: Callable[[HookContext, int, Any], None], flag: str = "") -> Any:
+def _loader_region(
+    key: str, end: Callable[[HookContext, int, Any], None], flag: str = "", *, split: bool = False
+) -> Any:
     """A `Patcher` factory that times a DataLoader method (`self` only) as the `data_loading` region `key`;
-    `end(ctx, start_ns, self)` closes it with the span."""
+    `end(ctx, start_ns, self)` closes it with the span. With `split`, a loader without workers running on
+    the training thread opens its inside to the stack sampler (`HookContext.enter_loader`): what the
+    Dataset does there (read, or decode/transform/collate: cpu_preprocessing) is told apart."""
 
     def wrap(original: Any) -> Any:
         def method(self: Any) -> Any:
@@ -400,12 +404,40 @@ def _loader_region(key: str, end: Callable[[HookContext, int, Any], None], flag:
             def finish(t0: int, _state: Any, _result: Any) -> None:
                 end(ctx, t0, self)
 
-            return call_in_region(ctx, key, "dataloader", original, (self,), {}, finish, flag=flag)
+            call = original
+            if (
+                split
+                and ctx.on_loader_enter is not None
+                and getattr(self, "_num_workers", None) == 0
+                and threading.get_ident() == ctx.train_ident
+            ):
+                call = _split_loader(ctx, key, original)
+            return call_in_region(ctx, key, "dataloader", call, (self,), {}, finish, flag=flag)
 
         method.__name__ = original.__name__
         return method
 
     return wrap
+
+
+def _split_loader(ctx: HookContext, key: str, original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`original` run with its inside open to the stack sampler (called inside the loader's region)."""
+
+    def inside(it: Any) -> Any:
+        try:
+            outer = ctx.enter_loader(key)
+        except Exception as exc:
+            ctx.hook_error("dataloader", exc)
+            return original(it)
+        try:
+            return original(it)
+        finally:
+            try:
+                ctx.leave_loader(outer, key)
+            except Exception as exc:
+                ctx.hook_error("dataloader", exc)
+
+    return inside
 
 
 def _end_next(ctx: HookContext, t0: int, it: Any) -> None:

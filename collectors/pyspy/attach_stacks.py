@@ -75,8 +75,9 @@ class StackClassifier:
     def classify(self, frames: tuple[Frame, ...]) -> tuple[str | None, str]:
         hit = self._cache.get(frames)
         if hit is None:
-            # leaf first: among rules of one category the innermost frame names the cause
-            rule = classify_stack((f, short_function(n)) for f, n, _ in reversed(frames))
+            # leaf first: under a DataLoader, and among rules of one category, the innermost frame names the
+            # cause; qualified names (`Normalize.__call__`) let transform classes be told by their name
+            rule = classify_stack((f, n) for f, n, _ in reversed(frames))
             if frames and self.device_syncs:  # the innermost line shows C calls py-spy cannot see (`.item()`)
                 filename, _, line = frames[-1]
                 rule = higher_priority(rule, source_rule(filename, linecache.getline(filename, line)))
@@ -112,7 +113,7 @@ class StackClassifier:
             hit = (None, WORKER_IDLE)
         else:
             work = tuple(f for f in below if not _norm(f[0]).endswith(_LOADER_INTERNAL))
-            rule = classify_stack((f, short_function(n)) for f, n, _ in reversed(work))
+            rule = classify_stack((f, n) for f, n, _ in reversed(work))
             hit = (rule.category.value, rule.label) if rule is not None else (None, leaf_label(work or below))
         if len(self._worker_cache) >= self._max:
             self._worker_cache.clear()

@@ -10,8 +10,10 @@ The rule (documented in README.md, "The time budget"), on the steps of one rank,
 - only runs with step markers and at least `MIN_STEPS` steps have a warm-up;
 - at most `max_warmup_steps(n)` leading steps: `MAX_WARMUP_STEPS`, and at most a quarter of the others;
 - the reference is the median wall time of the steps after that window (never a candidate itself);
-- leading steps are warm-up while each is longer than `WARMUP_FACTOR` x the reference; the first step that
-  is not ends the warm-up (a slow step later in the run is the run's own, never warm-up).
+- leading steps are warm-up while each is longer than `WARMUP_FACTOR` x the reference and longer than every
+  step after the window; the first step that is not ends the warm-up. A slow step later in the run is the
+  run's own, never warm-up, and so is a slow first step that later steps match (a checkpoint or an
+  evaluation every N steps that also runs at step 0 is a recurring cost, not a warm-up).
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ def warmup_steps(step_ns: np.ndarray, *, from_markers: bool = True) -> tuple[int
     window = max_warmup_steps(int(step_ns.size)) if from_markers else 0
     if window == 0:
         return 0, 0
-    reference = int(np.median(step_ns[window:]))
+    rest = step_ns[window:]
+    reference = int(np.median(rest))
+    bar = max(WARMUP_FACTOR * reference, float(rest.max()))
     count = 0
-    while count < window and step_ns[count] > WARMUP_FACTOR * reference:
+    while count < window and step_ns[count] > bar:
         count += 1
     return count, reference

@@ -106,8 +106,9 @@ def test_planted_trainer_budget_steps_and_workers_match_the_measured_truth(tmp_p
 
 
 @pytest.mark.slow
-def test_slow_single_process_dataloader_is_data_loading(tmp_path: Path) -> None:
-    """num_workers=0: the decode inside the dataset runs under DataLoader.__next__, which is data loading."""
+def test_slow_single_process_dataloader_splits_read_from_decode(tmp_path: Path) -> None:
+    """num_workers=0: the dataset runs under DataLoader.__next__ on the training thread. Its latency-bound
+    read is data_loading; the JPEG decode and augmentation it does there are cpu_preprocessing (issue 18)."""
     truth = tmp_path / "truth.jsonl"
     run = tmp_path / "run"
     with Target("loader0", "--read-latency", "0.01", "--width", "768", truth=truth) as target:
@@ -122,11 +123,15 @@ def test_slow_single_process_dataloader_is_data_loading(tmp_path: Path) -> None:
     else:  # the budget then covers the whole sampled window
         w0, w1 = doc["attach"]["sampled_unix_ns"]
     want = truth_pct(truth, (w0, w1))
+    items = truth_pct(truth, (w0, w1), ".items")  # per item: read, decode (+ augment)
+    want["read"], want["decode"] = items["read"], items["decode"]
     got = doc["summary"]["ranks"][0]["budget_pct"]
-    _show("loader0", {p: PHASE_TO_CATEGORY[p] for p in ("data", "compute")}, want, got)
-    assert want["data"] > 20 and want["compute"] > 20, want
-    for phase in ("data", "compute"):
-        category = PHASE_TO_CATEGORY[phase]
+    mapping = {"read": "data_loading", "decode": "cpu_preprocessing", "compute": "compute"}
+    _show("loader0", mapping, want, got)
+    assert want["read"] > 10 and want["decode"] > 5 and want["compute"] > 20, want
+    # what the loader does besides (collate, its own Python) is small: data = read + decode + that
+    assert want["data"] - want["read"] - want["decode"] < 3, want
+    for phase, category in mapping.items():
         assert abs(got[category] - want[phase]) <= TOLERANCE_PP, (category, got, want)
     assert doc["attach"]["dataloader_workers"] is None  # no worker processes
 

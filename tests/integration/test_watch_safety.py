@@ -41,7 +41,7 @@ def test_import_and_a_torch_free_watch_stay_light(tmp_path: Path) -> None:
     after_import, after_watch = proc.stdout.splitlines()
     assert after_import == "[]" and after_watch == "[]"
     summary = json.loads(run_cli("summary", tmp_path / "run", "--json").stdout)
-    assert summary["ranks"][0]["steps"] == 5
+    assert summary["ranks"][0]["steps"] + summary["ranks"][0]["warmup"]["steps"] == 5  # warm-up apart
     assert summary["ranks"][0]["budget_pct"]["cpu_preprocessing"] > 50
 
 
@@ -110,7 +110,8 @@ def recorded_steps(run_dir: Path) -> tuple[int, str, list[str]]:
     assert summary.returncode == 0, summary.stderr
     doc = json.loads(summary.stdout)
     writer = json.loads(next(run_dir.glob("rank*/writer.json")).read_text())
-    return doc["ranks"][0]["steps"], writer["status"], doc["notes"]
+    rank = doc["ranks"][0]
+    return rank["steps"] + rank["warmup"]["steps"], writer["status"], doc["notes"]  # warm-up steps too
 
 
 def test_sigkill_mid_run_leaves_a_readable_run_missing_at_most_about_a_second(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ Kinds:
 - `planted`: a DataLoader with a slow worker (a latency-bound `read_sample` plus real JPEG decode with PIL),
   real JPEG decode + numpy augmentation on the training thread, an MLP forward/backward/SGD step, and a
   large synchronous `torch.save` every `--ckpt-every` steps. Phases: data, decode, compute, ckpt.
-- `loader0`: `num_workers=0` over a dataset that decodes JPEGs in `__getitem__`; phases data, compute.
+- `loader0`: `num_workers=0` over a dataset that decodes JPEGs in `__getitem__`; phases data, compute (and
+  per item, in TRUTH.items, read and decode).
 - `saturated`: `--workers` DataLoader workers decoding large JPEGs keep every core busy; phases data, compute.
 - `bench`: a plain CPU training loop (steps of 10-50 ms) writing only step times, for the overhead benchmark.
 - `cuda`: a GPU training loop (device matmuls, a 10 ms host wait, `.item()` each step), for the gpu marker.
@@ -196,7 +197,9 @@ def loader0(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     truth = Truth(args.truth)
     blobs = make_jpegs(8, args.worker_image, seed=1)
-    loader = DataLoader(SlowJpegDataset(blobs, args.read_latency), batch_size=2, num_workers=0)
+    # the dataset times each item's read and decode (+ augment) too: ".items" next to the step truth
+    items = args.truth + ".items" if args.truth != os.devnull else None
+    loader = DataLoader(SlowJpegDataset(blobs, args.read_latency, truth=items), batch_size=2, num_workers=0)
     net = WithLoss(args.width, args.depth)
     opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
     x = torch.randn(args.batch, args.width)

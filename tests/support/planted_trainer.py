@@ -14,7 +14,9 @@ Cases (each a real loop: DataLoader, an MLP, SGD; `torch.set_num_threads(1)`):
 Truth: every phase is timed with time.perf_counter (data = next(loader), decode, compute = forward +
 loss + backward + optimizer, checkpoint = torch.save, sync = the collectives, merge = rank 0's merging,
 i.e. host work); a step is the time between two `gw.step()` calls (step 0 starts when the watch starts).
-The truth file holds, per rank, each category's share of the summed step time, in percent.
+The truth file holds, per rank, each category's share of the summed step time, in percent (`pct`), and
+every step's phases and wall time in seconds (`per_step`), so a test can take the steps the budget kept
+(warm-up steps are left out of it).
 """
 
 from __future__ import annotations
@@ -121,9 +123,16 @@ class Truth:
     def __init__(self) -> None:
         self.phase: dict[str, float] = {}
         self.wall = 0.0
+        self.per_step: list[dict] = []
+        self._step: dict[str, float] = {}
 
     def add(self, category: str, seconds: float) -> None:
         self.phase[category] = self.phase.get(category, 0.0) + seconds
+        self._step[category] = self._step.get(category, 0.0) + seconds
+
+    def close_step(self, wall_s: float) -> None:
+        self.per_step.append({"phases": self._step, "wall_s": wall_s})
+        self._step = {}
 
     def pct(self) -> dict[str, float]:
         out = {c: 100.0 * s / self.wall for c, s in self.phase.items()}
@@ -235,15 +244,22 @@ def main() -> None:
                 torch.save(state, ckpt_dir / "last.pt")
                 truth.add("checkpoint_io", time.perf_counter() - t0)
 
-            now = time.perf_counter()
-            truth.wall += now - t_step
             gw.step()
-            t_step = time.perf_counter()
-            truth.wall += t_step - now  # gw.step() itself belongs to the steps too
+            t_next = time.perf_counter()
+            truth.wall += t_next - t_step  # gw.step() itself belongs to the steps too
+            truth.close_step(t_next - t_step)
+            t_step = t_next
             if args.progress:
                 print(f"step {step} {time.time()}", flush=True)
 
-    doc = {"rank": rank, "case": args.case, "steps": args.steps, "pct": truth.pct(), "wall_s": truth.wall}
+    doc = {
+        "rank": rank,
+        "case": args.case,
+        "steps": args.steps,
+        "pct": truth.pct(),
+        "wall_s": truth.wall,
+        "per_step": truth.per_step,
+    }
     Path(args.truth).with_suffix(f".rank{rank}.json").write_text(json.dumps(doc))
     if args.params_out:
         torch.save({k: v.clone() for k, v in model.state_dict().items()}, args.params_out)

@@ -32,6 +32,9 @@ def test_the_rule() -> None:
     assert warmup_steps(ms(900, 800, 700, 600, *[100] * 20))[0] == 3
     # the warm-up ends at the first ordinary step; a slow step later is not warm-up
     assert warmup_steps(ms(900, 100, 800, *[100] * 10))[0] == 1
+    # a slow start that recurs later (a checkpoint every 4th step, also at step 0) is no warm-up
+    assert warmup_steps(ms(900, 100, 100, 100, 950, 100, 100, 100, 900, 100, 100, 100, 900))[0] == 0
+    assert warmup_steps(ms(2000, 100, 100, 100, 950, 100, 100, 100, 900, 100, 100, 100, 900))[0] == 1
     count, reference = warmup_steps(ms(900, 100, 120, 100, 110))
     assert count == 1 and reference == 105_000_000
     assert [max_warmup_steps(n) for n in (1, 4, 5, 8, 9, 13, 100)] == [0, 0, 1, 1, 2, 3, 3]
