@@ -412,11 +412,16 @@ def timeline_note(report: RunReport) -> str:
     tl = report.timeline
     if tl is None:
         return ""
+    markers = all(report.summary.rank(r).steps_from_markers for r in tl.ranks)
+    which = (
+        f"Steps {', '.join(str(s) for s in tl.steps)} (the median step of rank {tl.ranks[0]} and its neighbours)"
+        if markers
+        else "The whole run (it has no step markers, so it is one step)"
+    )
     bits = [
-        f"Steps {', '.join(str(s) for s in tl.steps)} (the rank's median step and its neighbours) on "
-        f"{len(tl.ranks)} of {tl.ranks_total} rank(s). The first row of each rank is what gpuwatch decided at "
-        "each instant; the rows below are the raw spans of each thread and device stream, coloured by the "
-        "category they stand for."
+        f"{which} on {len(tl.ranks)} of {tl.ranks_total} rank(s). The first row of each rank is what gpuwatch "
+        "decided at each instant; the rows below are the raw spans of each thread and device stream, coloured "
+        "by the category they stand for."
     ]
     warn = tl.merged or tl.bars_dropped > 0 or tl.ranks_total > len(tl.ranks)
     if tl.merged or tl.bars_dropped:
