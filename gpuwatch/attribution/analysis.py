@@ -104,7 +104,10 @@ def analyze_columns(
     if not results:
         raise RunDirError(f"run {run_dir} has no spans yet (nothing recorded, or the first flush is pending)")
     labels = {rank: step_labels(cols, budget) for rank, (cols, budget) in per_rank.items()}
-    cross = analyze_cross_rank(per_rank, labels)
+    domains: dict[int, str] = {}
+    for w in writers:  # a rank's clock: its node's (watch records it), else its host's
+        domains.setdefault(w.run.rank, str((w.run.meta or {}).get("clock_domain") or w.run.host))
+    cross = analyze_cross_rank(per_rank, labels, domains)
     recs = tuple(recommend([r.budget for r in results], cross))
     return RunAnalysis(
         run_dir=Path(run_dir),
@@ -113,8 +116,30 @@ def analyze_columns(
         cross=cross,
         recommendations=recs,
         labels=labels,
-        notes=tuple(_notes(writers)) + tuple(_warmup_notes([r.budget for r in results])),
+        notes=tuple(_notes(writers))
+        + tuple(_warmup_notes([r.budget for r in results]))
+        + tuple(_clock_notes(cross)),
     )
+
+
+def _clock_notes(cross: CrossRankResult) -> list[str]:
+    """One line when clocks were aligned: each other domain's offset and how well the collectives agree."""
+    c = cross.clocks
+    if c is None or not c.collectives:
+        return []
+    ref = c.domains[min(c.domains)]
+    parts = []
+    for domain in sorted(set(c.domains.values()) - {ref}):
+        ranks = sorted(r for r, d in c.domains.items() if d == domain)
+        off = c.offsets_ns[ranks[0]] / 1e6
+        spread = c.spread_ns.get(domain, 0) / 1e6
+        who = ", ".join(str(r) for r in ranks)
+        parts.append(f"rank {who} ({domain}) {off:+.3f} ms (interquartile range {spread:.3f} ms)")
+    return [
+        f"clocks: ahead of rank {min(c.domains)}'s ({ref}): "
+        + "; ".join(parts)
+        + f"; estimated from {c.collectives} matched collectives and taken out before every cross-rank figure"
+    ]
 
 
 def _warmup_notes(budgets: list[RankBudget]) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, launch_ns
+from gpuwatch.attribution.clock_align import ClockOffsets, estimate_offsets
 from gpuwatch.attribution.step_labels import StepLabels, TagCause, tag_cause
 from gpuwatch.records import CATEGORIES, Category, SpanColumns, SpanKind
 
@@ -59,6 +60,13 @@ class CrossRankResult:
     """Per rank, per budget row (step), the ns of its `sync` spent waiting for a later rank."""
     step_caused_ns: dict[int, np.ndarray] = field(default_factory=dict)
     """Per rank, per budget row, the ns other ranks waited for it at collectives it issued in that step."""
+    clocks: ClockOffsets | None = None
+    """The clock offsets taken out of each rank's times before the figures above (None: one clock)."""
+
+    @property
+    def clock_offsets_ns(self) -> dict[int, int]:
+        """Per rank, how far its clock runs ahead of the reference rank's (empty: one clock)."""
+        return dict(self.clocks.offsets_ns) if self.clocks is not None else {}
 
 
 CollectiveKey = tuple[Any, ...]
@@ -125,12 +133,16 @@ def _step_index(cols: SpanColumns, budget: RankBudget, idx: np.ndarray) -> np.nd
 
 
 def analyze_cross_rank(
-    ranks: dict[int, tuple[SpanColumns, RankBudget]], labels: dict[int, StepLabels] | None = None
+    ranks: dict[int, tuple[SpanColumns, RankBudget]],
+    labels: dict[int, StepLabels] | None = None,
+    domains: dict[int, str] | None = None,
 ) -> CrossRankResult:
     """Split sync into wait/transfer on every rank and name the rank the others wait for.
 
     `labels` (each rank's stages and tags, `step_labels.step_labels`) let the straggler say which tag value
-    makes it slow (`Straggler.tag_cause`)."""
+    makes it slow (`Straggler.tag_cause`). `domains` (each rank's clock domain: its host or node) lets the
+    offsets between hosts' clocks be estimated from the matched collectives and taken out first
+    (`clock_align.py`); None: every rank reads one clock."""
     arrivals: dict[CollectiveKey, dict[int, tuple[int, int, int]]] = defaultdict(dict)
     for rank, (cols, budget) in ranks.items():
         idx, keys = _collective_keys(cols, budget)
@@ -138,6 +150,11 @@ def analyze_cross_rank(
         for i, key, row in zip(idx.tolist(), keys, rows.tolist(), strict=True):
             if key is not None:
                 arrivals[key].setdefault(rank, (int(cols.start_ns[i]), int(cols.end_ns[i]), int(row)))
+
+    clocks = None
+    if domains and len({domains.get(r, "") for r in ranks}) > 1:
+        clocks = estimate_offsets(arrivals, {r: domains.get(r, "") for r in ranks})
+    off = clocks.offsets_ns if clocks is not None else {}
 
     wait_iv: dict[int, tuple[list[int], list[int]]] = {r: ([], []) for r in ranks}
     caused: dict[int, int] = defaultdict(int)
@@ -148,16 +165,18 @@ def analyze_cross_rank(
         if len(per_rank) < 2:
             continue
         matched += 1
-        last_rank, (t_last, _, last_row) = max(per_rank.items(), key=lambda kv: kv[1][0])
-        for r, (s, e, _) in per_rank.items():
+        # on the reference clock: each rank's times less its clock's offset
+        aligned = {r: (s - off.get(r, 0), e - off.get(r, 0), row) for r, (s, e, row) in per_rank.items()}
+        last_rank, (t_last, _, last_row) = max(aligned.items(), key=lambda kv: kv[1][0])
+        for r, (s, e, _) in aligned.items():
             w_end = min(t_last, e)
             if r == last_rank or w_end <= s:
                 continue
-            wait_iv[r][0].append(s)
-            wait_iv[r][1].append(w_end)
+            wait_iv[r][0].append(s + off.get(r, 0))  # back on the waiting rank's own timeline
+            wait_iv[r][1].append(w_end + off.get(r, 0))
             caused[last_rank] += w_end - s
-            caused_iv[last_rank][0].append(s)
-            caused_iv[last_rank][1].append(w_end)
+            caused_iv[last_rank][0].append(s + off.get(last_rank, 0))  # on the late rank's timeline
+            caused_iv[last_rank][1].append(w_end + off.get(last_rank, 0))
             if last_row >= 0:
                 step_caused[last_rank][last_row] += w_end - s
 
@@ -198,6 +217,7 @@ def analyze_cross_rank(
         matched_collectives=matched,
         step_wait_ns=step_wait,
         step_caused_ns=step_caused,
+        clocks=clocks,
     )
 
 

@@ -200,6 +200,9 @@ class RankSummary:
     """None when the rank has no step time to split, or for summaries stored before it was computed."""
     warmup: WarmupSummary | None = None
     """None for summaries stored before warm-up was detected."""
+    clock_offset_ms: float = 0.0
+    """How far this rank's clock runs ahead of the reference rank's (estimated from matched collectives
+    across hosts, `clock_align.py`, and taken out of every cross-rank figure); 0.0 on one host."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,8 +421,12 @@ def load_summary(
 
 def summarize(analysis: RunAnalysis) -> Summary:
     """The typed summary of an analysed run."""
+    offsets = analysis.cross.clock_offsets_ns
     ranks = tuple(
-        _rank_summary(ra.budget, ra.temporal, analysis.cross.splits.get(ra.budget.rank), ra.overview)
+        dataclasses.replace(
+            _rank_summary(ra.budget, ra.temporal, analysis.cross.splits.get(ra.budget.rank), ra.overview),
+            clock_offset_ms=offsets.get(ra.budget.rank, 0) / 1e6,
+        )
         for ra in analysis.ranks
     )
     s = analysis.cross.straggler
@@ -688,6 +695,7 @@ def _rank_to_json(r: RankSummary) -> dict[str, Any]:
             "category_ms": r.warmup.category_ms.to_json(),
             "evidence": [_plain(e) for e in r.warmup.evidence],
         }
+    doc["clock_offset_ms"] = r.clock_offset_ms
     return doc
 
 
@@ -753,6 +761,7 @@ def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
         if not d.get("overview_pct")
         else OverviewPct(**{f.name: float(d["overview_pct"][f.name]) for f in fields(OverviewPct)}),
         warmup=_warmup_from_json(d.get("warmup")),
+        clock_offset_ms=float(d.get("clock_offset_ms", 0.0)),
     )
 
 

@@ -281,13 +281,15 @@ class Watcher:
             pid=self._pid,
             command=" ".join([sys.executable, *sys.argv]),
             world_size=self.world_size,
-            started_at_unix_ns=time.time_ns(),
+            started_at_unix_ns=time.time_ns() + _test_clock_skew_ns(),
             meta=_start_meta(config),
         )
         self.writer = SegmentWriter(
             self.run_dir, run, flush_interval_s=config.flush_interval_s, max_queue=config.max_queue
         )
-        self.ctx = ctx = HookContext(self.writer, self.rank, self.writer.run.started_at_unix_ns)
+        # the hooks measure from the true start; only the recorded anchor carries a planted skew
+        anchor = self.writer.run.started_at_unix_ns - _test_clock_skew_ns()
+        self.ctx = ctx = HookContext(self.writer, self.rank, anchor)
         activate(ctx)
         self.enabled = True
         self._start_collectors(ctx)
@@ -477,13 +479,38 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
     return r, max(w, r + 1)
 
 
+TEST_CLOCK_SKEW_ENV = "GPUWATCH_TEST_CLOCK_OFFSET_NS"
+"""Test-only: nanoseconds added to this process's recorded clock anchor, as if its host's wall clock ran that
+far ahead (negative: behind). The multi-node test plants it on one torchrun agent and checks that the
+cross-rank alignment (attribution/clock_align.py) recovers it; never set it in a real job."""
+
+
+def _test_clock_skew_ns() -> int:
+    try:
+        return int(os.environ.get(TEST_CLOCK_SKEW_ENV, "0") or 0)
+    except ValueError:
+        return 0
+
+
+def _clock_domain() -> str:
+    """Which clock this process reads: its host, and under torchrun its agent (node) rank, so two agents on
+    one machine (a multi-node test) count as two nodes; on real nodes the host alone tells them apart."""
+    import socket
+
+    group = os.environ.get("GROUP_RANK")
+    return socket.gethostname() + (f"/node{group}" if group is not None else "")
+
+
 def _start_meta(config: WatchConfig) -> dict[str, Any]:
     torch = sys.modules.get("torch")
     meta: dict[str, Any] = {
         "python": sys.version.split()[0],
         "sample_hz": config.sample_hz,
         "launcher": "torchrun" if os.environ.get("TORCHELASTIC_RUN_ID") else None,
+        "clock_domain": _clock_domain(),
     }
+    if _test_clock_skew_ns():
+        meta["test_clock_offset_ns"] = _test_clock_skew_ns()
     if torch is not None:
         meta["torch"] = getattr(torch, "__version__", None)
         try:

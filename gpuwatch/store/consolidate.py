@@ -5,7 +5,7 @@ consolidated file, and the file opens in any DuckDB client (`duckdb run.duckdb`,
 
 | relation | one row per | columns |
 | --- | --- | --- |
-| `runs` | writing process (rank) | run_id, rank, host, pid, command, world_size, started_at_unix_ns (its clock anchor), offset_ns (added to its times to put them on the run's timeline), clock_offset_ns (the estimated skew of its host's clock, already taken out of `budget`; 0 on one host), tool_version, source (watch, attach, import), status, dropped_spans, dropped_samples, meta (JSON) |
+| `runs` | writing process (rank) | run_id, rank, host, pid, command, world_size, started_at_unix_ns (its clock anchor), offset_ns (added to its times to put them on the run's timeline), clock_offset_ns (how far its host's clock runs ahead of rank 0's, from matched collectives: subtract it from its times to line them up with rank 0's; 0 on one host), tool_version, source (watch, attach, import), status, dropped_spans, dropped_samples, meta (JSON) |
 | `spans` | interval on a host thread or device stream | rank, pid, tid, stream, device_index, kind, category, name, start_ns, end_ns, step, bytes, correlation, seq, attrs (JSON text) — times in ns on the run's timeline |
 | `samples` | gauge reading | rank, pid, device_index, metric (unit in the name), t_ns, value (NULL: not measured) |
 | `steps` (view) | step of a rank | rank, step, start_ns, end_ns, wall_ns, stage, tags (JSON), from the step spans |

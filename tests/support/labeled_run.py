@@ -4,8 +4,9 @@ Each step every rank draws a source from `draws[step][rank]`; loading it costs `
 loading), then compute, then an all_reduce every rank joins: the ranks that arrive first wait for the last
 one, then `transfer_ms` of transfer. The stage of step i is `stages[i]` (named on its step span as
 `gw.step(stage=...)` does); the stage's data cost is added to every rank (`stage_extra_ms`). Each rank can
-record its clock anchor off by `anchor_offset_ns[rank]` and its own host name (the planted clock skew of
-a multi-node job: its times land that much late on the run's timeline).
+record its clock anchor off by `anchor_offset_ns[rank]` (its times relative to the anchor stay true) and
+its own host name: the planted clock skew of a multi-node job, whose times land that much late on the run's
+timeline.
 
 Everything is computed from the arguments, so the expected figures are known before gpuwatch runs:
 `expected_wait_ms(rank)`, `expected_caused_ms(rank)`, `expected_data_ms(stage)`.
@@ -84,8 +85,6 @@ def write_labeled_run(run_dir: str | Path, plan: LabeledPlan) -> Path:
         step_end = coll_end + int(plan.optimizer_ms * MS)
         for rank in range(plan.ranks):
             pid, tid = 5000 + rank, 7000 + rank
-            # times relative to this rank's (possibly skewed) anchor: the true time minus its offset
-            shift = -plan.anchor_offset_ns.get(rank, 0)
             data_end = t0 + int(plan.data_ms(i, rank) * MS)
             attrs: dict[str, object] = {"tags": {"source": draws[rank]}}
             if plan.stages[i] is not None:
@@ -110,15 +109,7 @@ def write_labeled_run(run_dir: str | Path, plan: LabeledPlan) -> Path:
                 Span(rank, "step", f"step {i}", t0, step_end, None, pid, tid, step=i, attrs=attrs),
             ]
             for s in spans:
-                writers[rank].emit_span(
-                    Span(
-                        **{
-                            **{f: getattr(s, f) for f in Span.__dataclass_fields__},
-                            "start_ns": s.start_ns + shift,
-                            "end_ns": s.end_ns + shift,
-                        }
-                    )
-                )
+                writers[rank].emit_span(s)
         t0 = step_end
     for w in writers:
         w.close()
