@@ -77,6 +77,15 @@ _DECODER = msgspec.json.Decoder(_Trace)
 _LIST_DECODER = msgspec.json.Decoder(list[_Event])
 _ARGS_DECODER = msgspec.json.Decoder(list[_Args | None])
 _CHUNK_BYTES = 4 << 20
+_MAX_INFLATE_RATIO = 64
+_MAX_NAME_CHARS = 8192
+"""Longer names are cut here (real kernel names reach a few thousand characters): the name rules are
+regular expressions, and a hostile 2 MB name would cost seconds in each of them."""
+_MAX_TS_US = 3e15
+"""Timestamps beyond +-3e15 us (the year 2065 as Unix time) or durations beyond 1e15 us (31 years) are
+skipped and counted: relative nanoseconds must fit int64, and no profiler writes such values."""
+_MAX_DUR_US = 1e15
+_INT64 = 2**63
 """Events are decoded this many bytes at a time: peak memory stays the trace's bytes plus one chunk."""
 # Between two events of the traceEvents array: `}` `,` `{` `"`, with any whitespace. This can never occur
 # inside a JSON string (a quote there is escaped), and a cut inside a nested array of objects leaves both
@@ -207,7 +216,8 @@ def _gunzip(raw: bytes) -> bytes | bytearray:
     """Inflate into a buffer sized from the gzip trailer, a few MB at a time: `gzip.decompress` holds the
     whole output twice while it grows (100 MB extra at peak for a 50 MB trace). zlib checks the CRC."""
     size_hint = int.from_bytes(raw[-4:], "little")  # ISIZE: the uncompressed size modulo 2**32
-    out = bytearray(size_hint)
+    # a damaged trailer must not allocate gigabytes: JSON traces inflate 10-30x, and past the cap it grows
+    out = bytearray(min(size_hint, _MAX_INFLATE_RATIO * len(raw)))
     inflater = zlib.decompressobj(wbits=31)
     pos, pending = 0, raw
     while not inflater.eof:
@@ -233,10 +243,12 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
     trace, events = _decode(path, data)
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
-    if rank is None:
+    if rank is None or not 0 <= rank < 2**31:  # a rank column is int32; a negative rank is no rank
         m = _RANK_IN_NAME.search(path.name)
-        rank = int(m.group(1)) if m else default_rank
-    world_size = _as_int(dist.get("world_size")) or max(rank + 1, 1)
+        rank = int(m.group(1)) if m and len(m.group(1)) < 10 else default_rank
+    world_size = _as_int(dist.get("world_size"))
+    if world_size is None or not rank < world_size < 2**31:
+        world_size = rank + 1
     acc = _Accumulator()
     try:
         for chunk in _event_chunks(events):
@@ -292,6 +304,11 @@ class NotATraceError(TraceFormatError):
     """Valid JSON, but not a Chrome/Kineto trace (no `traceEvents` array)."""
 
 
+def _too_deep(path: Path) -> TraceFormatError:
+    # msgspec raises RecursionError (not one of its own errors) on JSON nested past Python's limit
+    return TraceFormatError(f"{path} is not a usable trace (JSON nested too deeply)")
+
+
 def _decode(path: Path, data: bytes | bytearray) -> tuple[_Trace, memoryview]:
     """The trace's top level, and the raw bytes of its event array (`[...]`, not yet decoded)."""
     first = _FIRST_BYTE.search(data)
@@ -306,6 +323,8 @@ def _decode(path: Path, data: bytes | bytearray) -> tuple[_Trace, memoryview]:
         raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
     except msgspec.DecodeError as exc:
         raise TraceFormatError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _too_deep(path) from None
     events = memoryview(trace.traceEvents)
     if bytes(events[:1]) != b"[":
         raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace (no 'traceEvents' array)")
@@ -319,6 +338,8 @@ def _decode_events(path: Path, events: memoryview) -> list[_Event]:
         raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
     except msgspec.DecodeError as exc:
         raise TraceFormatError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise _too_deep(path) from None
 
 
 class _BadCut(Exception):
@@ -339,7 +360,7 @@ def _event_chunks(events: memoryview) -> Iterator[list[_Event]]:
     if not cuts:
         try:
             yield _LIST_DECODER.decode(events)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             raise _BadCut() from None
         return
     starts = [0] + [c + 1 for c in cuts]
@@ -349,22 +370,23 @@ def _event_chunks(events: memoryview) -> Iterator[list[_Event]]:
         piece = b"".join((b"" if k == 0 else b"[", events[lo:hi], b"]" if k < len(cuts) else b""))
         try:
             yield _LIST_DECODER.decode(piece)
-        except msgspec.MsgspecError:
+        except (msgspec.MsgspecError, RecursionError):
             raise _BadCut() from None
 
 
 def _as_int(value: Any) -> int | None:
+    """An integer that fits int64, from an int, a finite float or a numeric string; else None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
     if isinstance(value, float):
-        return int(value)
-    if isinstance(value, str):
+        value = int(value) if abs(value) < _INT64 else None  # also None for NaN and inf
+    elif isinstance(value, str):
         try:
-            return int(value, 0)
+            value = int(value, 0)
         except ValueError:
             return None
+    if isinstance(value, int) and -_INT64 <= value < _INT64:
+        return value
     return None
 
 
@@ -448,7 +470,7 @@ class _Accumulator:
     def _codes(self, names: list[Any]) -> np.ndarray:
         codes = self.name_code
         for nm in set(names).difference(codes):
-            text = nm if isinstance(nm, str) else str(nm)
+            text = (nm if isinstance(nm, str) else str(nm))[:_MAX_NAME_CHARS]
             codes[nm] = len(self.name_values)
             self.name_values.append(text)
             self.name_device_kind.append(_K[device_kind(text)])
@@ -476,10 +498,15 @@ class _Accumulator:
             self.skipped["no numeric timestamp"] += int((~ok).sum())
             xs = [xs[i] for i in np.flatnonzero(ok).tolist()]
             cls, ts = cls[ok], ts[ok]
+        dur, _ = _float_column(xs, _get_dur, default=0.0)
+        sane = (np.abs(ts) <= _MAX_TS_US) & (dur <= _MAX_DUR_US)  # False for inf too
+        if not sane.all():
+            self.skipped["timestamp or duration out of range"] += int((~sane).sum())
+            xs = [xs[i] for i in np.flatnonzero(sane).tolist()]
+            cls, ts, dur = cls[sane], ts[sane], dur[sane]
         n = len(xs)
         if n == 0:
             return
-        dur, _ = _float_column(xs, _get_dur, default=0.0)
         code = self._codes([e.name for e in xs])
         pid = _int_column_of(xs, _get_pid)
         tid = _int_column_of(xs, _get_tid)
@@ -671,13 +698,17 @@ def _int_list(args: list[Any], field_name: str) -> np.ndarray:
 
 def _step_number(name: str) -> int:
     m = _STEP_RE.match(name) if name.startswith("ProfilerStep") else None
-    return int(m.group(1)) if m else -1
+    return int(m.group(1)) if m and len(m.group(1)) < 16 else -1  # a number past 1e15 is no step
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
 
 
 def _decode_args(raw: msgspec.Raw) -> _Args | None:
     try:
         return _META_ARGS_DECODER.decode(raw) if bytes(raw) != b"null" else None
-    except msgspec.MsgspecError:
+    except (msgspec.MsgspecError, RecursionError):
         return None
 
 
@@ -685,7 +716,7 @@ def _decode_launch_args(raws: list[msgspec.Raw]) -> list[Any]:
     blob = b"".join((b"[", b",".join(raws), b"]"))  # Raw is a buffer: joined without copies of its own
     try:
         return _LAUNCH_DECODER.decode(blob)
-    except msgspec.ValidationError:  # an odd trace (string correlation ids): take the slow, lenient path
+    except (msgspec.ValidationError, RecursionError):  # odd args (string correlation ids): the lenient path
         return _lenient_args(raws)
 
 
@@ -693,7 +724,7 @@ def _lenient_args(raws: list[msgspec.Raw]) -> list[_Args | None]:
     """Args decoded with every field untyped; args that are not an object at all become None."""
     try:
         return _ARGS_DECODER.decode(b"".join((b"[", b",".join(raws), b"]")))
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         return [_decode_args(r) for r in raws]
 
 
@@ -736,16 +767,16 @@ def _collective_metadata(
             if names[i] != "record_param_comms":
                 continue
             kind_arr[i] = collective
-        pg = str(a.pg_name) if a is not None and a.pg_name is not None else "0"
+        pg = str(a.pg_name)[:_MAX_NAME_CHARS] if a is not None and _is_scalar(a.pg_name) else "0"
         info: dict[str, Any] = {"process_group": pg}
         if a is not None:
             for key in ("collective", "in_nelems", "out_nelems", "group_size", "dtype", "pg_desc"):
                 value = getattr(a, key)
-                if value is not None:
-                    info[key] = value
-            elem = DTYPE_BYTES.get(str(a.dtype).lower(), 0) if a.dtype is not None else 0
+                if isinstance(value, (str, int, float, bool)):  # scalars only: attrs stay flat JSON
+                    info[key] = value[:_MAX_NAME_CHARS] if isinstance(value, str) else value
+            elem = DTYPE_BYTES.get(str(a.dtype).lower(), 0) if isinstance(a.dtype, str) else 0
             n_in = _as_int(a.in_nelems)
-            if elem and n_in is not None:
+            if elem and n_in is not None and 0 <= n_in * elem < _INT64:
                 nbytes[i] = n_in * elem
         explicit = _as_int(a.seq) if a is not None else None
         counters[(side, pg)] += 1
@@ -766,12 +797,10 @@ _STRING_IDS: dict[str, int] = {}
 
 def _stable_int(value: Any) -> int:
     """pid/tid as an integer; string ids ("PyTorch Profiler", "Spans") get stable negative numbers."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
     parsed = _as_int(value)
     if parsed is not None:
         return parsed
-    key = str(value)
+    key = str(value)[:_MAX_NAME_CHARS]
     if key not in _STRING_IDS:
         _STRING_IDS[key] = -1_000_000 - len(_STRING_IDS)
     return _STRING_IDS[key]
@@ -783,7 +812,7 @@ def _device_id(value: Any) -> int:
     parsed = _as_int(value)
     if parsed is not None and parsed >= 0:
         return parsed
-    m = re.search(r"\d+", str(value))
+    m = re.search(r"\d{1,15}", str(value)[:_MAX_NAME_CHARS])
     if m:
         return int(m.group())
     return 1_000_000 + (-_stable_int(str(value)) - 1_000_000)

@@ -87,33 +87,39 @@ def _summary_in_memory(out_path: Path, run_id: str, writers: list, results: list
     from the store: same offsets onto the common timeline, same span order). Best effort: None on any
     failure, and the summary is then computed from the store when asked for."""
     try:
-        import numpy as np
-
-        from gpuwatch.attribution.analysis import analyze_columns
-        from gpuwatch.attribution.summary import summarize
-        from gpuwatch.store.run_reader import WriterInfo
-
-        anchor = min(res.anchor_unix_ns for res in results)
-        infos = [
-            WriterInfo(
-                folder=w.folder,
-                run=w.run,
-                status="ended",
-                offset_ns=w.run.started_at_unix_ns - anchor,
-                dropped_spans=0,
-                dropped_samples=0,
-                updated_at_unix_ns=0,
-            )
-            for w in writers
-        ]
-        rank_cols = {}
-        for res in results:
-            offset = res.anchor_unix_ns - anchor
-            # the order the reader returns spans in
-            cols = res.spans.take(np.lexsort((-res.spans.end_ns, res.spans.start_ns)))
-            rank_cols[res.rank] = dataclasses.replace(
-                cols, start_ns=cols.start_ns + offset, end_ns=cols.end_ns + offset
-            )
-        return summarize(analyze_columns(out_path, run_id, infos, rank_cols)).to_json()
+        return summary_of_import(out_path, run_id, writers, results)
     except Exception:  # noqa: BLE001 - the import itself succeeds either way
         return None
+
+
+def summary_of_import(out_path: Path, run_id: str, writers: list, results: list) -> dict:
+    """`_summary_in_memory` without the safety net (the importer fuzz tests call it: whatever a trace
+    holds, the analysis of what was imported must not fail). `writers` need `.folder` and `.run`."""
+    import numpy as np
+
+    from gpuwatch.attribution.analysis import analyze_columns
+    from gpuwatch.attribution.summary import summarize
+    from gpuwatch.store.run_reader import WriterInfo
+
+    anchor = min(res.anchor_unix_ns for res in results)
+    infos = [
+        WriterInfo(
+            folder=w.folder,
+            run=w.run,
+            status="ended",
+            offset_ns=w.run.started_at_unix_ns - anchor,
+            dropped_spans=0,
+            dropped_samples=0,
+            updated_at_unix_ns=0,
+        )
+        for w in writers
+    ]
+    rank_cols = {}
+    for res in results:
+        offset = res.anchor_unix_ns - anchor
+        # the order the reader returns spans in
+        cols = res.spans.take(np.lexsort((-res.spans.end_ns, res.spans.start_ns)))
+        rank_cols[res.rank] = dataclasses.replace(
+            cols, start_ns=cols.start_ns + offset, end_ns=cols.end_ns + offset
+        )
+    return summarize(analyze_columns(out_path, run_id, infos, rank_cols)).to_json()
