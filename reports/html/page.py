@@ -339,6 +339,30 @@ def straggler_text(s: Summary) -> str:
     )
 
 
+def tag_cause_text(s: Summary) -> str:
+    """Which tag value (`gw.step(tags=...)`) makes the rank others wait for slow, when tags say it."""
+    cause = s.straggler.tag_cause if s.straggler else None
+    return "" if cause is None else f'<p class="note warn">{esc(cause.text)}.</p>'
+
+
+def stage_table(s: Summary) -> str:
+    """Each stage's budget per rank (`gw.step(stage=...)`): percent of the stage's step time (ms per step)."""
+    cats = [c for c in CATEGORY_NAMES if any(r.budget_pct.get(c) > 0 for g in s.stages for r in g.ranks)]
+    head = ["stage", "rank", "steps", "median step"] + [
+        swatch(F.CATEGORY_COLORS[c]) + esc(F.CATEGORY_LABELS[c]) for c in cats
+    ]
+    rows = [
+        [esc(g.stage), str(r.rank), f"{r.steps:,}", ms(r.step_time_ms.median)]
+        + [
+            f"{r.budget_pct.get(c):.1f}% <span class='s'>({r.budget_ms_per_step.get(c):.1f} ms)</span>"
+            for c in cats
+        ]
+        for g in s.stages
+        for r in g.ranks
+    ]
+    return table(head, rows, left=1)
+
+
 def evidence_table(s: Summary) -> str:
     rows = []
     for r in s.ranks:
@@ -513,7 +537,10 @@ def render_report(report: RunReport, *, gpu_hour_price_usd: float, default_price
 
 
 def budget_section(page: Page, s: Summary) -> str:
-    out = [budget_table(s), straggler_text(s), "<h3>Per rank</h3>", page.figure(F.rank_budget_figure(s))]
+    out = [budget_table(s), straggler_text(s), tag_cause_text(s)]
+    if s.stages:
+        out += ["<h3>Per stage</h3>", stage_table(s)]
+    out += ["<h3>Per rank</h3>", page.figure(F.rank_budget_figure(s))]
     split = F.sync_split_figure(s)
     if split is not None:
         out += ["<h3>Sync: moving data, or waiting for a slower rank</h3>", page.figure(split)]

@@ -118,3 +118,12 @@ def test_runs_without_labels_have_no_stages_or_tags(tmp_path: Path) -> None:
     s = load_summary(write_labeled_run(tmp_path / "bare", bare), use_cache=False)
     assert s.stages == () and list(s.tags) == ["source"]
     assert s.straggler is None or s.straggler.tag_cause is None
+
+
+def test_the_html_report_shows_per_stage_budgets_and_the_tag_cause(summary: Summary) -> None:
+    from reports.html.page import stage_table, tag_cause_text
+
+    html = stage_table(summary)
+    assert html.count("<tr>") == 1 + 2 * 3  # header, then 2 stages x 3 ranks
+    assert ">images<" in html and ">video_256<" in html
+    assert "source=video_hr" in tag_cause_text(summary)
