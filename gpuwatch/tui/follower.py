@@ -12,7 +12,6 @@ it under a tenth of a core while the run grows.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,19 +26,9 @@ from gpuwatch.records import SPAN_COLUMNS, Category, SpanColumns, SpanKind
 from gpuwatch.store.run_dir import RUN_FILE
 from gpuwatch.store.run_reader import WriterInfo
 from gpuwatch.store.run_tail import RunTail, SpanChunk, TailBatch
+from gpuwatch.tui.gauges import DEVICE_METRICS, PROC_METRICS, Gauges, GpuRow, ProcRow
+from gpuwatch.tui.rank_spans import RankSpans
 
-DEVICE_METRICS = ("gpu_util_pct", "mem_used_bytes", "mem_total_bytes", "power_mw")
-PROC_METRICS = (
-    "proc_cpu_pct",
-    "rss_bytes",
-    "child_count",
-    "children_cpu_pct",
-    "children_rss_bytes",
-    "io_read_bytes_total",
-    "io_write_bytes_total",
-)
-HISTORY = 60
-"""Samples kept per series (the device panel's sparklines)."""
 _TEXT = ("kind", "category", "name")
 
 
@@ -51,34 +40,6 @@ class RunEvent:
     """Seconds since the run's start (its earliest anchor); None when unknown."""
     rank: int | None
     text: str
-
-
-@dataclass(frozen=True, slots=True)
-class GpuRow:
-    rank: int
-    device_index: int
-    util_pct: float | None
-    mem_used_bytes: float | None
-    mem_total_bytes: float | None
-    power_mw: float | None
-    util_history: tuple[float, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ProcRow:
-    """The /proc view of one rank's process tree (the trainer and its DataLoader workers)."""
-
-    rank: int
-    pid: int
-    cpu_pct: float | None
-    rss_bytes: float | None
-    children: float | None
-    """Live descendant processes (DataLoader workers)."""
-    children_cpu_pct: float | None
-    children_rss_bytes: float | None
-    read_bytes_per_s: float | None
-    write_bytes_per_s: float | None
-    cpu_history: tuple[float, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,101 +96,6 @@ class _Analysis:
     """When it was made (time.monotonic)."""
 
 
-class _Growing:
-    """Columns that grow by appending, amortized (capacity doubles), with a view of the filled part."""
-
-    def __init__(self, dtypes: dict[str, Any]) -> None:
-        self.n = 0
-        self.cols = {k: np.empty(64, dtype=t) for k, t in dtypes.items()}
-
-    def append(self, new: dict[str, np.ndarray]) -> None:
-        m = len(next(iter(new.values())))
-        need = self.n + m
-        cap = len(next(iter(self.cols.values())))
-        if need > cap:
-            cap = max(need, 2 * cap)
-            for k, arr in self.cols.items():
-                grown = np.empty(cap, dtype=arr.dtype)
-                grown[: self.n] = arr[: self.n]
-                self.cols[k] = grown
-        for k, arr in self.cols.items():
-            arr[self.n : need] = new[k]
-        self.n = need
-
-    def get(self, name: str) -> np.ndarray:
-        return self.cols[name][: self.n]
-
-
-_SPAN_DTYPES = {
-    name: (object if name in ("kind", "category", "name", "attrs") else np.int64) for name, _ in SPAN_COLUMNS
-}
-
-
-class _RankData:
-    """One rank's spans so far (arrival order, plus where each chunk sits in the reader's order) and steps."""
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
-        self.spans = _Growing({**_SPAN_DTYPES, "name_code": np.int64})
-        self.chunks: list[tuple[tuple[str, int, int], int, int]] = []
-        self.steps = _Growing({"tid": np.int64, "step": np.int64, "start_ns": np.int64, "end_ns": np.int64})
-        self.step_tids: Counter[int] = Counter()
-        self.doing: str | None = None
-
-    def append(self, chunk: SpanChunk, cols: dict[str, np.ndarray]) -> None:
-        lo = self.spans.n
-        self.spans.append(cols)
-        self.chunks.append(((chunk.writer, *chunk.order_key), lo, self.spans.n))
-        is_step = cols["kind"] == SpanKind.STEP.value
-        if is_step.any():
-            self.steps.append({k: cols[k][is_step] for k in ("tid", "step", "start_ns", "end_ns")})
-            self.step_tids.update(cols["tid"][is_step].tolist())
-        tid = self.training_tid()
-        mine = np.flatnonzero((cols["tid"] == tid) & ~is_step & (cols["stream"] < 0))
-        if tid is not None and mine.size:
-            last = mine[np.argmax(cols["end_ns"][mine])]
-            category = cols["category"][last]
-            self.doing = f"{cols['name'][last]}" + (f" ({category})" if category else "")
-
-    def shift(self, delta_ns: int) -> None:
-        for name in ("start_ns", "end_ns"):
-            self.spans.get(name)[:] += delta_ns
-            self.steps.get(name)[:] += delta_ns
-
-    def training_tid(self) -> int | None:
-        return self.step_tids.most_common(1)[0][0] if self.step_tids else None
-
-    def step_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(step ids, starts, ends) of the training thread's steps by start; ids by order where unknown."""
-        tid = self.training_tid()
-        on = self.steps.get("tid") == tid
-        starts = self.steps.get("start_ns")[on]
-        order = np.argsort(starts, kind="stable")
-        ids = self.steps.get("step")[on][order]
-        if (ids < 0).any():
-            ids = np.arange(ids.size)
-        return ids, starts[order], self.steps.get("end_ns")[on][order]
-
-    def columns(self, rows: np.ndarray | None = None) -> SpanColumns:
-        """The spans (all, or `rows` of the arrival order) in the reader's order, sorted like the reader's:
-        by start, longest first, ties in segment order."""
-        perm = self._reader_perm()
-        if rows is not None:
-            keep = np.zeros(self.spans.n, dtype=bool)
-            keep[rows] = True
-            perm = perm[keep[perm]]
-        start, end = self.spans.get("start_ns")[perm], self.spans.get("end_ns")[perm]
-        perm = perm[np.lexsort((-end, start))]
-        cols = {name: self.spans.get(name)[perm] for name in SpanColumns.__dataclass_fields__}
-        return SpanColumns(**cols)
-
-    def _reader_perm(self) -> np.ndarray:
-        keys = [c[0] for c in self.chunks]
-        if all(a <= b for a, b in zip(keys, keys[1:], strict=False)):
-            return np.arange(self.spans.n)
-        return np.concatenate([np.arange(lo, hi) for _, lo, hi in sorted(self.chunks, key=lambda c: c[0])])
-
-
 class RunFollower:
     """Follows one run directory for the dashboard.
 
@@ -246,10 +112,10 @@ class RunFollower:
         self.writers: tuple[WriterInfo, ...] = ()
         self.anchor_unix_ns = 0
         self.version = 0
-        self._ranks: dict[int, _RankData] = {}
+        self._ranks: dict[int, RankSpans] = {}
         self._codes: dict[str | None, int] = {}
         self._canon: list[str | None] = []
-        self._series: dict[tuple[int, str, int, int], deque[tuple[int, float]]] = {}
+        self.gauges = Gauges()
         self._known: dict[str, WriterInfo] = {}
         self._ckpt_end: dict[int, int] = {}
         self._said_ended = False
@@ -272,14 +138,12 @@ class RunFollower:
         if batch.anchor_moved_ns:
             for data in self._ranks.values():
                 data.shift(batch.anchor_moved_ns)
-            for series in self._series.values():
-                for i, (t, v) in enumerate(series):
-                    series[i] = (t + batch.anchor_moved_ns, v)
+            self.gauges.shift(batch.anchor_moved_ns)
         self.anchor_unix_ns = batch.anchor_unix_ns
         events: list[RunEvent] = []
         for chunk in batch.chunks:
             events.extend(self._add_chunk(chunk))
-        self._add_samples(batch.samples)
+        self.gauges.add(batch.samples)
         events.extend(self._writer_events(batch))  # after the spans: a closed writer's end is their end
         self.writers = batch.writers
         if self.ended and not self._said_ended:
@@ -320,7 +184,7 @@ class RunFollower:
                 cols["name_code"] = codes
         for rank in np.unique(cols["rank"]).tolist():
             rows = cols["rank"] == rank
-            data = self._ranks.setdefault(int(rank), _RankData(int(rank)))
+            data = self._ranks.setdefault(int(rank), RankSpans(int(rank)))
             data.append(chunk, {k: v[rows] for k, v in cols.items()})
         return self._checkpoint_events(cols)
 
@@ -335,26 +199,6 @@ class RunFollower:
             return c
 
         return np.fromiter((code(v) for v in values.tolist()), dtype=np.int64, count=len(values))
-
-    def _add_samples(self, samples: dict[str, np.ndarray]) -> None:
-        if not samples or not len(samples.get("t_ns", ())):
-            return
-        order = np.argsort(samples["t_ns"], kind="stable")
-        rows = zip(
-            samples["rank"][order].tolist(),
-            samples["metric"][order].tolist(),
-            samples["device_index"][order].tolist(),
-            samples["pid"][order].tolist(),
-            samples["t_ns"][order].tolist(),
-            samples["value"][order].tolist(),
-            strict=True,
-        )
-        for rank, metric, device, pid, t, value in rows:
-            key = (rank, metric, device, pid)
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = deque(maxlen=HISTORY)
-            series.append((t, value))
 
     # ---- events --------------------------------------------------------------------------------
     def _writer_events(self, batch: TailBatch) -> list[RunEvent]:
@@ -456,8 +300,8 @@ class RunFollower:
                 RankLive(rank=r, steps_seen=d.steps.n, doing=d.doing, status=self._rank_status(r))
                 for r, d in sorted(self._ranks.items())
             ),
-            gpus=self._gpu_rows(),
-            procs=self._proc_rows(),
+            gpus=self.gauges.gpu_rows(),
+            procs=self.gauges.proc_rows(),
             ended=self.ended,
             data_s=self._data_end_s() or 0.0,
             version=self.version,
@@ -533,62 +377,3 @@ class RunFollower:
     def _rank_status(self, rank: int) -> str:
         states = [w.status for w in self.writers if w.run.rank == rank]
         return "running" if "running" in states else (states[-1] if states else "unknown")
-
-    def _last(self, rank: int, metric: str, device: int, pid: int) -> float | None:
-        series = self._series.get((rank, metric, device, pid))
-        if not series:
-            return None
-        value = series[-1][1]
-        return None if value != value else value  # NaN: not available
-
-    def _gpu_rows(self) -> tuple[GpuRow, ...]:
-        rows = []
-        for rank, metric, device, pid in sorted(self._series):
-            if metric != "gpu_util_pct" or pid != 0:
-                continue
-            history = tuple(v for _, v in self._series[(rank, metric, device, pid)] if v == v)
-            rows.append(
-                GpuRow(
-                    rank=rank,
-                    device_index=device,
-                    util_pct=self._last(rank, "gpu_util_pct", device, 0),
-                    mem_used_bytes=self._last(rank, "mem_used_bytes", device, 0),
-                    mem_total_bytes=self._last(rank, "mem_total_bytes", device, 0),
-                    power_mw=self._last(rank, "power_mw", device, 0),
-                    util_history=history,
-                )
-            )
-        return tuple(rows)
-
-    def _proc_rows(self) -> tuple[ProcRow, ...]:
-        rows = []
-        for rank, metric, device, pid in sorted(self._series):
-            if metric != "proc_cpu_pct" and not (
-                metric == "rss_bytes" and (rank, "proc_cpu_pct", -1, pid) not in self._series
-            ):
-                continue
-            series = self._series.get((rank, "proc_cpu_pct", device, pid), ())
-            rows.append(
-                ProcRow(
-                    rank=rank,
-                    pid=pid,
-                    cpu_pct=self._last(rank, "proc_cpu_pct", -1, pid),
-                    rss_bytes=self._last(rank, "rss_bytes", -1, pid),
-                    children=self._last(rank, "child_count", -1, pid),
-                    children_cpu_pct=self._last(rank, "children_cpu_pct", -1, pid),
-                    children_rss_bytes=self._last(rank, "children_rss_bytes", -1, pid),
-                    read_bytes_per_s=self._rate(rank, "io_read_bytes_total", pid),
-                    write_bytes_per_s=self._rate(rank, "io_write_bytes_total", pid),
-                    cpu_history=tuple(v for _, v in series if v == v),
-                )
-            )
-        return tuple(rows)
-
-    def _rate(self, rank: int, metric: str, pid: int) -> float | None:
-        series = self._series.get((rank, metric, -1, pid))
-        if not series or len(series) < 2:
-            return None
-        (t1, v1), (t2, v2) = series[-2], series[-1]
-        if t2 <= t1 or v1 != v1 or v2 != v2:
-            return None
-        return (v2 - v1) / ((t2 - t1) / 1e9)

@@ -13,7 +13,8 @@ from textual.widgets import Static
 
 from gpuwatch.attribution.summary import CATEGORY_NAMES, RankSummary, Summary
 from gpuwatch.tui import render as r
-from gpuwatch.tui.follower import LiveView, ProcRow, RankLive, RunEvent
+from gpuwatch.tui.follower import LiveView, RankLive, RunEvent
+from gpuwatch.tui.gauges import ProcRow
 from gpuwatch.tui.messages import RankPicked
 
 
