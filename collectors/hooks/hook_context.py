@@ -5,7 +5,7 @@ and do nothing when it is None (no watch running, or a forked DataLoader worker,
 
 Hooks call `begin(key)` / `end(...)` around the region they time. On the training thread the context counts
 open regions; the time between regions ("gaps": Python the hooks do not see) is handed to the stack sampler
-as `(serial, start_ns, end_ns, key_before, key_after)`, so sampled stacks explain exactly the uncovered
+as `(serial, start_ns, end_ns, key_before, key_after, inside_loader)`, so sampled stacks explain exactly the uncovered
 time and never overlap a hooked region. A DataLoader without workers runs the Dataset inside its region:
 `enter_loader` makes that region's inside a gap of its own (the base depth moves into it), so the sampler
 tells reading from decoding and transforming there too. Times are integer ns since the writer's anchor,
@@ -66,7 +66,7 @@ class HookContext:
         self.gap_serial = 0
         self.gap_start_ns = self.now_ns()
         self.gap_key = "start"
-        self.closed_gaps: collections.deque[tuple[int, int, int, str, str]] = collections.deque(
+        self.closed_gaps: collections.deque[tuple[int, int, int, str, str, bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
         )
         self._tls = threading.local()
@@ -82,6 +82,8 @@ class HookContext:
         self.on_loader_enter: Callable[[], None] | None = None
         """Set by a stack sampler that splits DataLoader regions (`enter_loader` calls it: sample now);
         None: DataLoader regions stay whole."""
+        self.last_loader_ns = 0
+        """How long the inside of the last split DataLoader region took (ns)."""
 
     # ---- clock -----------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -96,7 +98,8 @@ class HookContext:
             if self.depth == self.base_depth:
                 if self.probing:
                     self._stop_probe()
-                self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key))
+                gap = (self.gap_serial, self.gap_start_ns, t, self.gap_key, key, self.base_depth > 0)
+                self.closed_gaps.append(gap)
                 self.gap_serial += 1
             self.depth += 1
             if self.depth == 1 and self.on_top_begin is not None:
@@ -122,9 +125,10 @@ class HookContext:
         if self.probing:
             self._stop_probe()
         t = time.perf_counter_ns() + self._offset_ns
-        self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end"))
+        self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end", True))
         self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped
         self.base_depth = outer
+        self.last_loader_ns = t - self.gap_start_ns
 
     def end(
         self,

@@ -54,6 +54,10 @@ MAX_SIGNATURES = 10_000
 LOADER_HZ = 200.0
 """Samples a second while the training thread is inside a DataLoader that runs the Dataset itself: its
 reads and transforms alternate every few milliseconds (a stack costs ~10 us read only down to the loader)."""
+WAKE_MIN_NS = 5_000_000
+"""A DataLoader region wakes the sampler as it opens only when the previous one took this long: a loader
+that hands over in-memory tensors in microseconds is not worth a thread switch per step (0.3% of a 10 ms
+step); a slow one is, and its first moments are then sampled too."""
 LATE_NS = 1_000_000
 """A sample this much later than its tick was kept from running by the training thread's work (it held the
 GIL or the core). A wait (a read) frees both at once, so a late sample that sees a wait marks where the wait
@@ -130,7 +134,7 @@ class StackSampler(Collector):
             int, list[tuple[int, str, str, bool]]
         ] = {}  # serial -> (t_ns, category, label, late)
         self._signatures: dict[tuple[str, str], _Signature] = {}
-        self._pending: collections.deque[tuple[int, int, tuple[str, str]]] = collections.deque(
+        self._pending: collections.deque[tuple[int, int, tuple[str, str], bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
         )
         self._learned = False
@@ -194,7 +198,8 @@ class StackSampler(Collector):
             self._sleeping_slow = False
 
     def _loader_entered(self) -> None:
-        if self._sleeping_slow:  # training thread: a flag test, and an Event.set once per slow wait
+        # training thread: two tests, and for a slow loader an Event.set once per slow wait
+        if self._sleeping_slow and self.ctx.last_loader_ns >= WAKE_MIN_NS:
             self._sleeping_slow = False
             self._woken_at = time.monotonic()
             self._wake.set()
@@ -285,11 +290,11 @@ class StackSampler(Collector):
         gaps = ctx.closed_gaps
         while gaps:
             try:
-                serial, start, end, key_before, key_after = gaps.popleft()
+                serial, start, end, key_before, key_after, inside = gaps.popleft()
             except IndexError:
                 break
             samples = self._samples.pop(serial, None)
-            self._gap(start, end, (key_before, key_after), samples)
+            self._gap(start, end, (key_before, key_after), samples, inside_loader=inside)
         if len(self._samples) > 64:  # samples of gaps that fell off the context's deque
             current = ctx.gap_serial
             for serial in [s for s in self._samples if s < current - 64]:
@@ -304,18 +309,24 @@ class StackSampler(Collector):
         end: int,
         signature: tuple[str, str],
         samples: list[tuple[int, str, str, bool]] | None,
+        *,
+        inside_loader: bool = False,
     ) -> None:
+        """Spans tiling one closed gap from its samples (or its signature). Inside a DataLoader region the
+        loader's own span already says data_loading: only other categories are emitted there."""
+        skip = DATA_LOADING if inside_loader else None
         if end - start < MIN_GAP_NS:
             return
         if not samples:
             sig = self._signatures.get(signature)
             if sig is None:
-                self._pending.append((start, end, signature))
+                self._pending.append((start, end, signature, inside_loader))
                 if end - start >= PROBE_MIN_GAP_NS:
                     self._want_probe(signature[0])
             else:
                 category, label = sig.dominant()
-                self._emit(start, end, category, label, 0, inferred=True)
+                if category != skip:
+                    self._emit(start, end, category, label, 0, inferred=True)
             return
         samples.sort()
         sig = self._signatures.get(signature)
@@ -344,7 +355,7 @@ class StackSampler(Collector):
             else:
                 nxt = runs[i + 1]
                 cut = min(max(nxt[2] if nxt[5] else (last + nxt[2]) // 2, edge), end)
-            if cut > edge:
+            if cut > edge and category != skip:
                 self._emit(edge, cut, category, label, count, inferred=False)
             edge = cut
 
@@ -357,17 +368,18 @@ class StackSampler(Collector):
         self.ctx.probe_keys.add(key)
 
     def _retry_pending(self) -> None:
-        still: collections.deque[tuple[int, int, tuple[str, str]]] = collections.deque(
+        still: collections.deque[tuple[int, int, tuple[str, str], bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
         )
         while self._pending:
-            start, end, signature = self._pending.popleft()
+            start, end, signature, inside_loader = self._pending.popleft()
             sig = self._signatures.get(signature)
             if sig is None:
-                still.append((start, end, signature))
+                still.append((start, end, signature, inside_loader))
                 continue
             category, label = sig.dominant()
-            self._emit(start, end, category, label, 0, inferred=True)
+            if not (inside_loader and category == DATA_LOADING):
+                self._emit(start, end, category, label, 0, inferred=True)
         self._pending = still
 
     def _emit(self, start: int, end: int, category: str, label: str, samples: int, *, inferred: bool) -> None:
