@@ -16,6 +16,7 @@ tenth of a core spent reading alone. Parquet segments (bulk imports) go through 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,14 @@ class TailBatch:
         return sum(len(c.spans) for c in self.chunks) + int(len(self.samples.get("t_ns", ())))
 
 
+class _Vanished(Exception):
+    """A listed segment was gone when read (compaction replaced it): the poll starts over."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(str(path))
+        self.path = path
+
+
 @dataclass
 class _Cursor:
     read_to: int = 0
@@ -138,10 +147,20 @@ class RunTail:
 
     def poll(self) -> TailBatch:
         marker = read_run_marker(self.run_dir)
+        for attempt in range(3):
+            try:
+                return self._poll(marker["run_id"])
+            except _Vanished as gone:  # a writer compacted small segments between listing and reading
+                if attempt == 2:
+                    raise RunDirError(f"cannot read segment {gone.path}: it keeps vanishing") from None
+                time.sleep(0.02)
+        raise AssertionError("unreachable")
+
+    def _poll(self, run_id: str) -> TailBatch:
         self._listing = {}  # each writer folder is listed once per poll, for both tables
         found = self._refresh_writers()
         if not found:
-            return TailBatch(marker["run_id"], (), self._anchor or 0, 0, ())
+            return TailBatch(run_id, (), self._anchor or 0, 0, ())
         anchor = min(w.run.started_at_unix_ns for w in found)
         moved = 0 if self._anchor is None else self._anchor - anchor
         writers = tuple(_with_offset(w, w.run.started_at_unix_ns - anchor) for w in found)
@@ -165,7 +184,7 @@ class RunTail:
         self._anchor = anchor
         for r, table, n in done:
             self._advance(r.writer.folder.name, table, r.segment, r.skip_rows + n)
-        return TailBatch(marker["run_id"], writers, anchor, moved, tuple(chunks), self._samples(samples))
+        return TailBatch(run_id, writers, anchor, moved, tuple(chunks), self._samples(samples))
 
     def close(self) -> None:
         if self._con is not None:
@@ -248,7 +267,9 @@ class RunTail:
             if r.segment.fmt == "jsonl":
                 return self._read_jsonl(r, table)
             return self._read_parquet(r, table)
-        except (OSError, msgspec.DecodeError) as exc:  # compacted away between listing and reading
+        except FileNotFoundError:  # compacted away between listing and reading: list again
+            raise _Vanished(r.segment.path) from None
+        except (OSError, msgspec.DecodeError) as exc:
             raise RunDirError(f"cannot read segment {r.segment.path}: {exc}") from None
 
     def _read_jsonl(self, r: _Read, table: str) -> dict[str, np.ndarray]:

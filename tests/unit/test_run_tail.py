@@ -101,3 +101,33 @@ def test_a_missing_directory_is_a_usage_error_until_it_appears(tmp_path: Path) -
     batch = tail.poll()
     assert sum(len(c.spans) for c in batch.chunks) == 3 * 7  # 6 phases and the step marker
     assert np.all(np.diff([c.order_key[1] for c in batch.chunks]) >= 0)
+
+
+def test_a_segment_compacted_away_between_listing_and_reading_is_read_from_the_compacted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = SyntheticRun(tmp_path / "run", ranks=1, steps_per_flush=1, notes=False)
+    tail = RunTail(tmp_path / "run")
+    run.append(3)
+    got = [r for c in tail.poll().chunks for r in rows_of(c.spans)]
+    run.append(3)  # three more small segments, listed by the next poll...
+    writer = run.writers[0]
+    real = RunTail._new_segments
+    compacted = []
+
+    def list_then_compact(self: RunTail, folder: Path, table: str, read_to: int) -> list:
+        found = real(self, folder, table, read_to)
+        if table == "spans" and not compacted:  # ...and compacted by the writer right after the listing
+            monkeypatch.setattr("gpuwatch.store.segment_writer.COMPACT_EVERY", 2)
+            writer._maybe_compact("spans")
+            compacted.append(True)
+        return found
+
+    monkeypatch.setattr(RunTail, "_new_segments", list_then_compact)
+    got += [r for c in tail.poll().chunks for r in rows_of(c.spans)]
+    assert compacted
+    names = sorted(p.name for p in writer.folder.glob("spans-*"))
+    assert len(names) == 1 and names[0].startswith("spans-000001-"), names  # the listed ones are gone
+    run.close()
+    got += [r for c in tail.poll().chunks for r in rows_of(c.spans)]
+    assert sorted(got) == reader_rows(tmp_path / "run")
