@@ -191,7 +191,27 @@ class BudgetPanel(Panel):
             else "CPU: compute = the training thread's math"
         )
         rows += [step, Text(f"mode {mode}", style="bright_black")]
+        rows += _stage_rows(view, rs.rank, width)
         return lines(rows)
+
+
+def _stage_rows(view: LiveView | None, rank: int, width: int) -> list[Text]:
+    """One line per training stage (`gw.step(stage=...)`) of the rank in focus: steps, median step, and its
+    two largest idle categories, so a stage that loads more data shows as such."""
+    summary: Summary | None = view.summary if view is not None else None
+    out = []
+    for stage in summary.stages if summary is not None else ():
+        g = next((x for x in stage.ranks if x.rank == rank), None)
+        if g is None:
+            continue
+        idle = sorted(((v, c) for c, v in g.budget_pct.items() if c != "compute" and v > 0), reverse=True)
+        text = Text(f"stage {stage.stage}: {g.steps} steps, median {r.ms(g.step_time_ms.median)}, ")
+        text.append(f"compute {g.budget_pct.compute:.1f}%", style=r.CATEGORY_STYLE["compute"])
+        for v, c in idle[:2]:
+            text.append(f", {c} {v:.1f}%", style=r.CATEGORY_STYLE[c])
+        text.truncate(width, overflow="ellipsis")
+        out.append(text)
+    return out
 
 
 class WaitPanel(Panel):
@@ -216,6 +236,12 @@ class WaitPanel(Panel):
             )
             doing = ", ".join(f"{c} {r.ms(v)}" for c, v in s.doing_ms[:3]) or "nothing recorded"
             out.append(f"meanwhile it was doing: {doing}\n")
+            if s.tag_cause is not None:
+                c = s.tag_cause
+                out.append(
+                    f"slow when it drew {c.key}={c.value}: the others wait {r.ms(c.caused_ms_with)}/step "
+                    f"for it then, {r.ms(c.caused_ms_without)}/step otherwise\n"
+                )
             now = next((x.doing for x in view.ranks if x.rank == s.rank), None)
             out.append(f"now: {now or 'unknown'}")
         rs = _rank(view, rank)
