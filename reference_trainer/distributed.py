@@ -39,10 +39,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_distributed(device: str = "auto") -> DistInfo:
+def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     """Join the process group torchrun set up (RANK/WORLD_SIZE/MASTER_*), or form a group of one.
 
-    gloo on CPU, NCCL on CUDA. `device` is "auto", "cpu" or "cuda".
+    `device` is "auto", "cpu" or "cuda"; `backend` "auto" (NCCL on CUDA, gloo on CPU), "nccl" or "gloo".
+    On CUDA each rank takes device `local_rank % device_count`: with gloo, several ranks can share one GPU.
     """
     if "RANK" not in os.environ:  # plain `python -m reference_trainer` without --nproc: a world of one
         os.environ.update(
@@ -52,14 +53,15 @@ def init_distributed(device: str = "auto") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-        backend = "nccl"
+        index = local_rank % max(torch.cuda.device_count(), 1)
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
-        backend = "gloo"
+    if backend == "auto":
+        backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=dev if use_cuda else None)
+        dist.init_process_group(backend, device_id=dev if backend == "nccl" else None)
     return DistInfo(rank, world, local_rank, dev, backend)
 
 

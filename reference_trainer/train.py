@@ -104,7 +104,7 @@ def train(
     run_dir = Path(run_dir)
     # torch suggests at most one DataLoader worker per core; ours mostly wait on storage, so more is the fix
     warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.device, cfg.dist_backend)
     if info.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)  # the trainer's math on few threads: workers need cores
     try:

@@ -39,6 +39,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     """"auto" (CUDA when present), "cpu" or "cuda"."""
+    dist_backend: str = "auto"
+    """Process-group backend: "auto" (NCCL on CUDA, gloo on CPU), "nccl" or "gloo". gloo lets several ranks
+    share one GPU, which NCCL refuses (ranks then take device `local_rank % device_count`)."""
     cpu_threads: int = 1
     """Threads for the trainer's own math on CPU: one, so DataLoader workers and other ranks have cores."""
     # --- storage: a property of where the data lives, the same in every preset
@@ -84,6 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "checkpoint": ("sync", "async", "off"),
     "device": ("auto", "cpu", "cuda"),
     "source_mix": ("buckets", "independent", "balanced"),
+    "dist_backend": ("auto", "nccl", "gloo"),
 }
 
 NAIVE: dict[str, Any] = {
