@@ -6,7 +6,7 @@ the engine modules directly. `summary.summarize` turns the result into the typed
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,12 @@ def _analyze(reader: RunReader, only: list[int] | None, include_warmup: bool) ->
         for rank in reader.ranks
         if only is None or rank in only
     }
-    return analyze_columns(
+    analysis = analyze_columns(
         reader.run_dir, reader.run_id, reader.writers, rank_cols, include_warmup=include_warmup
     )
+    if reader.skipped:  # a damaged run: what could not be read comes first among the notes
+        analysis = replace(analysis, notes=tuple(reader.skipped) + analysis.notes)
+    return analysis
 
 
 def analyze_columns(

@@ -100,10 +100,12 @@ def check_run_dir(run_dir: Path) -> None:
 
     if run_dir.is_file():
         raise RunDirUsageError(f"not a run directory (it is a file): {run_dir}")
-    if (run_dir / RUN_FILE).exists():
-        read_run_marker(run_dir)  # another schema version: the one-line error
-    elif run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()):
-        raise RunDirUsageError(f"not a gpuwatch run directory (no {RUN_FILE}): {run_dir}")
+    if (run_dir / RUN_FILE).exists() or (
+        run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir())
+    ):
+        # another schema version, or a folder of other things: the one-line error (a run that lost its
+        # marker but has its writer folders is still read)
+        read_run_marker(run_dir)
 
 
 def _run_app(run_dir: Path, args: argparse.Namespace, progress: queue.SimpleQueue[str] | None) -> None:

@@ -80,18 +80,27 @@ def ensure_run_dir(run_dir: Path, run_id: str | None = None) -> str:
 
 
 def read_run_marker(run_dir: Path) -> dict[str, Any]:
-    """Read and check `gpuwatch-run.json`. Raises RunDirError/RunDirUsageError with a one-line reason."""
+    """Read and check `gpuwatch-run.json`. Raises RunDirError/RunDirUsageError with a one-line reason.
+
+    A run whose marker is missing or unreadable but whose writer folders are there is still a run: the
+    marker comes back rebuilt, with a `recovered` line saying so (readers show it as a note)."""
     if not run_dir.exists():
         raise RunDirUsageError(f"run directory not found: {run_dir}")
     if not run_dir.is_dir():
         raise RunDirUsageError(f"not a run directory (it is a file): {run_dir}")
     marker = run_dir / RUN_FILE
     if not marker.exists():
-        raise RunDirUsageError(f"not a gpuwatch run directory (no {RUN_FILE}): {run_dir}")
+        recovered = _marker_from_writers(run_dir, f"no {RUN_FILE}")
+        if recovered is None:
+            raise RunDirUsageError(f"not a gpuwatch run directory (no {RUN_FILE}): {run_dir}")
+        return recovered
     try:
         data = json.loads(marker.read_text())
     except (OSError, ValueError) as exc:
-        raise RunDirError(f"unreadable {marker}: {exc}") from None
+        recovered = _marker_from_writers(run_dir, f"unreadable {RUN_FILE} ({exc})")
+        if recovered is None:
+            raise RunDirError(f"unreadable {marker}: {exc}") from None
+        return recovered
     if not isinstance(data, dict) or data.get("format") != "gpuwatch-run":
         raise RunDirError(f"{marker} is not a gpuwatch run marker")
     version = data.get("schema_version")
@@ -101,6 +110,29 @@ def read_run_marker(run_dir: Path) -> dict[str, Any]:
             "(re-import the trace or use the matching gpuwatch version)"
         )
     return data
+
+
+def _marker_from_writers(run_dir: Path, problem: str) -> dict[str, Any] | None:
+    """A damaged run (its marker lost or unreadable) is still read from its writer folders: the marker's
+    fields from the first readable writer record, and `recovered` says what was wrong. None when the
+    folder holds no writer at all (then it is no run)."""
+    try:
+        folders = list_writer_dirs(run_dir)
+    except OSError:
+        return None
+    for folder in folders:
+        try:
+            run_id = json.loads((folder / WRITER_FILE).read_text())["run_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(run_id, str):
+            return {
+                "format": "gpuwatch-run",
+                "schema_version": SCHEMA_VERSION,
+                "run_id": run_id,
+                "recovered": f"{problem}: read as a run from its {len(folders)} writer folder(s)",
+            }
+    return None
 
 
 def writer_dir_name(rank: int, pid: int) -> str:

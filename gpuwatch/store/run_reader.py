@@ -7,6 +7,7 @@ recorded their own wall-clock anchors line up.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from gpuwatch.errors import RunDirError
-from gpuwatch.records import NULL_INT, NULLABLE_INT_COLUMNS, SAMPLE_COLUMNS, SPAN_COLUMNS, Run, SpanColumns
+from gpuwatch.records import (
+    NULL_INT,
+    NULLABLE_INT_COLUMNS,
+    SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
+    SPAN_COLUMNS,
+    Run,
+    SpanColumns,
+)
 from gpuwatch.store.run_dir import WRITER_FILE, Segment, list_segments, list_writer_dirs, read_run_marker
 
 
@@ -38,17 +47,32 @@ class WriterInfo:
 class RunReader:
     """Query one run directory.
 
+    A damaged run is read as far as it is intact (DESIGN.md "Bad input"): a lost or unreadable run marker,
+    an unreadable writer record (that writer is skipped), a truncated or corrupt segment (a JSON-lines
+    segment keeps its intact lines, a broken Parquet one is skipped), a segment of another schema (rows
+    missing a required column are skipped). `skipped` says what was left out at the run's level; damage to
+    a writer's segments is a note of that writer (`WriterInfo.notes`), so every view shows it.
+
     Raises:
         RunDirUsageError: the path does not exist or is not a run directory (exit 2).
-        RunDirError: the run is from another schema version, or has no data yet (exit 1).
+        RunDirError: the run is from another schema version, has no data yet, or nothing of it is
+            readable (exit 1).
     """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         marker = read_run_marker(self.run_dir)
         self.run_id: str = marker["run_id"]
+        self.skipped: list[str] = [marker["recovered"]] if "recovered" in marker else []
+        """What could not be read at the run's level, one line each (the marker, writer records)."""
+        self._damaged: dict[Path, str] = {}  # segment -> why it is left out
+        self._salvaged: dict[Path, str] = {}  # JSON-lines segment -> why only its intact lines are read
         self.writers = self._load_writers()
         if not self.writers:
+            if self.skipped and list_writer_dirs(self.run_dir):
+                raise RunDirError(
+                    f"cannot read run {self.run_dir}: no readable writer record ({self.skipped[-1]})"
+                )
             raise RunDirError(f"run {self.run_dir} has no data yet (no writer has started)")
         self.anchor_unix_ns = min(w.run.started_at_unix_ns for w in self.writers)
         self.writers = [
@@ -67,7 +91,13 @@ class RunReader:
         return max([w.run.world_size for w in self.writers] + [len(self.ranks)])
 
     def _load_writers(self) -> list[WriterInfo]:
-        return [read_writer(folder) for folder in list_writer_dirs(self.run_dir)]
+        out = []
+        for folder in list_writer_dirs(self.run_dir):
+            try:
+                out.append(read_writer(folder))
+            except RunDirError as exc:
+                self.skipped.append(f"skipped writer folder {folder.name}: {exc}")
+        return out
 
     # ---- queries -----------------------------------------------------------------------------
     def connection(self) -> Any:
@@ -83,27 +113,96 @@ class RunReader:
         for table, columns in (("spans", SPAN_COLUMNS), ("samples", SAMPLE_COLUMNS)):
             parts = []
             for w in self.writers:
-                parts.extend(segment_selects(w, table, columns))
+                parts.extend(self._writer_selects(w, table, columns))
             if not parts:
                 cols = ", ".join(f'CAST(NULL AS {t}) AS "{n}"' for n, t in columns)
                 parts = [f"SELECT {cols} WHERE false"]
             self._con.execute(f"CREATE OR REPLACE VIEW {table} AS " + " UNION ALL ".join(parts))
 
-    def query(self, sql: str, params: list[Any] | None = None) -> Any:
-        """Run SQL against the `spans`/`samples` views (values always bound as parameters).
+    def _writer_selects(
+        self, w: WriterInfo, table: str, columns: tuple[tuple[str, str], ...], *, check: bool = False
+    ) -> list[str]:
+        """One writer's SELECTs of `table`: damaged segments left out, salvaged ones read leniently."""
+        segments = [s for s in list_segments(w.folder, table) if s.path not in self._damaged]
+        whole = [s for s in segments if s.path not in self._salvaged]
+        parts = segment_selects(w, table, columns, whole)
+        for seg in segments:
+            if seg.path in self._salvaged:
+                parts.extend(segment_selects(w, table, columns, [seg], salvage=True))
+        return parts
 
-        A segment that disappears between listing and reading (compaction) triggers one rebuild.
+    def query(self, sql: str, params: list[Any] | None = None) -> QueryResult:
+        """SQL against the `spans`/`samples` views (values always bound as parameters); it runs when one of
+        the result's `fetchall`/`fetchone`/`fetchnumpy` is called (DuckDB reads segments while fetching,
+        so that is where a damaged one shows).
+
+        A segment that disappears between listing and reading (compaction) triggers a rebuild; a failure
+        that persists sends every segment through `_find_damage`, and the query runs again without the
+        damaged ones.
         """
-        for attempt in range(3):
+        return QueryResult(self, sql, params or [])
+
+    def _fetch(self, sql: str, params: list[Any], how: str) -> Any:
+        for attempt in range(4):
             try:
-                return self.connection().execute(sql, params or [])
+                return getattr(self.connection().execute(sql, params), how)()
             except Exception as exc:  # duckdb.IOException when a compacted small segment vanished
-                if "No files found" not in str(exc) and "No such file" not in str(exc) or attempt == 2:
+                vanished = "No files found" in str(exc) or "No such file" in str(exc)
+                if vanished and attempt < 2:
+                    time.sleep(0.05)
+                    self._con.close()
+                    self._con = None
+                elif attempt < 3 and self._find_damage():
+                    self._create_views()
+                else:
                     raise RunDirError(f"cannot read run {self.run_dir}: {str(exc).splitlines()[0]}") from None
-                time.sleep(0.05)
-                self._con.close()
-                self._con = None
         raise AssertionError("unreachable")
+
+    def _find_damage(self) -> bool:
+        """Probe each writer's segments; leave out (or salvage) the ones that fail. True when any was new."""
+        import duckdb
+
+        found = False
+        probe = duckdb.connect(config={"threads": 1})
+        try:
+            for table, columns in (("spans", SPAN_COLUMNS), ("samples", SAMPLE_COLUMNS)):
+                for w in self.writers:
+                    if _rows(probe, self._writer_selects(w, table, columns), table) is not None:
+                        continue  # the common case: one query tells the whole writer is fine
+                    for seg in list_segments(w.folder, table):
+                        if (
+                            seg.path in self._damaged
+                            or _rows(probe, self._writer_selects_of(w, seg), table) is not None
+                        ):
+                            continue
+                        found = True
+                        why = _why_unreadable(probe, w, seg)
+                        if seg.fmt == "jsonl" and seg.path not in self._salvaged and seg.path.is_file():
+                            self._salvaged[seg.path] = why
+                            if _rows(probe, self._writer_selects_of(w, seg), table):  # some lines intact
+                                self._note(w, seg, f"damaged, only its intact lines read ({why})")
+                                continue
+                        self._salvaged.pop(seg.path, None)
+                        self._damaged[seg.path] = why
+                        self._note(w, seg, f"damaged, skipped ({why})")
+        finally:
+            probe.close()
+        spans_left = any(
+            s.path not in self._damaged for w in self.writers for s in list_segments(w.folder, "spans")
+        )
+        if found and not spans_left:
+            first = next(iter(self._damaged.items()))
+            raise RunDirError(
+                f"cannot read run {self.run_dir}: every span segment is damaged ({first[0].name}: {first[1]})"
+            )
+        return found
+
+    def _writer_selects_of(self, w: WriterInfo, seg: Segment) -> list[str]:
+        columns = SPAN_COLUMNS if seg.table == "spans" else SAMPLE_COLUMNS
+        return segment_selects(w, seg.table, columns, [seg], salvage=seg.path in self._salvaged)
+
+    def _note(self, w: WriterInfo, seg: Segment, message: str) -> None:
+        w.notes[f"segment {seg.path.name}"] = {"message": message, "count": 1}
 
     def span_columns(
         self, rank: int | None = None, *, with_attrs: bool = False, _exact: bool = False
@@ -132,6 +231,9 @@ class RunReader:
         if with_attrs and not _exact:
             select.append("attrs IS NOT NULL AS has_attrs")
         data = self.query(f"SELECT {', '.join(select)} FROM spans {where}", params).fetchnumpy()
+        if _has_nulls(data, _REQUIRED["spans"]) and self._find_damage():  # rows of another schema
+            self._create_views()
+            return self.span_columns(rank, with_attrs=with_attrs, _exact=_exact)
         data = {k: _unmasked(v) for k, v in data.items()}
         n = len(data["start_ns"])
         attrs = data.pop("attrs", None)
@@ -200,6 +302,28 @@ class RunReader:
             self._con = None
 
 
+def _has_nulls(data: dict[str, Any], names: tuple[str, ...]) -> bool:
+    return any(
+        isinstance(data.get(n), np.ma.MaskedArray) and np.ma.getmaskarray(data[n]).any() for n in names
+    )
+
+
+class QueryResult:
+    """A query of `RunReader.query`, run (with its retries) by the fetch method called."""
+
+    def __init__(self, reader: RunReader, sql: str, params: list[Any]) -> None:
+        self._reader, self._sql, self._params = reader, sql, params
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        return self._reader._fetch(self._sql, self._params, "fetchall")
+
+    def fetchone(self) -> Any:
+        return self._reader._fetch(self._sql, self._params, "fetchone")
+
+    def fetchnumpy(self) -> dict[str, Any]:
+        return self._reader._fetch(self._sql, self._params, "fetchnumpy")
+
+
 def _unmasked(arr: Any) -> np.ndarray:
     """A fetched column as a plain array: NULL text as None (never numpy's "?" fill value)."""
     if isinstance(arr, np.ma.MaskedArray):
@@ -220,6 +344,12 @@ def read_writer(folder: Path, offset_ns: int = 0) -> WriterInfo:
         run = Run(**{k: data[k] for k in Run.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise RunDirError(f"unreadable writer record {folder / WRITER_FILE}: {exc}") from None
+    version = data.get("schema_version", SCHEMA_VERSION)  # records before it was written: this schema
+    if version != SCHEMA_VERSION:
+        raise RunDirError(
+            f"{folder.name} was written with record schema {version} by gpuwatch {run.tool_version}; "
+            f"this gpuwatch reads schema {SCHEMA_VERSION}"
+        )
     return WriterInfo(
         folder=folder,
         run=run,
@@ -245,9 +375,12 @@ def segment_selects(
     table: str,
     columns: tuple[tuple[str, str], ...],
     segments: list[Segment] | None = None,
+    *,
+    salvage: bool = False,
 ) -> list[str]:
     """SELECTs reading one writer's segments of `table` (all of them, or `segments`), shifting times onto
-    the run's timeline."""
+    the run's timeline. `salvage` reads damaged JSON-lines segments: lines that do not parse, or lack a
+    column every row has, are skipped."""
     if segments is None:
         segments = list_segments(w.folder, table)
     time_col = "start_ns" if table == "spans" else "t_ns"
@@ -272,7 +405,55 @@ def segment_selects(
             )
             source = (
                 f"read_json({_sql_list(paths)}, format='newline_delimited', columns={{{json_types}}}, "
-                "maximum_object_size=67108864)"
+                f"maximum_object_size=67108864{', ignore_errors=true' if salvage else ''})"
             )
-        out.append(f"SELECT {', '.join(exprs)} FROM {source}")
+        where = ""
+        if salvage and fmt == "jsonl":
+            required = [n for n, _ in columns if n in _REQUIRED[table]]
+            where = " WHERE " + " AND ".join(f'"{n}" IS NOT NULL' for n in required)
+        out.append(f"SELECT {', '.join(exprs)} FROM {source}{where}")
     return out
+
+
+_REQUIRED = {
+    "spans": ("rank", "pid", "kind", "name", "start_ns", "end_ns"),
+    "samples": ("rank", "pid", "metric", "t_ns"),
+}
+"""Columns every row of a table has: a salvaged row without one of them is a damaged line."""
+
+
+def _probe(con: Any, sql: str, table: str) -> int:
+    """Read every value of one SELECT (aggregates make DuckDB parse and cast each one, not just count
+    lines) and return its rows; raise when that fails or a row lacks a column every row has (a segment
+    of another schema)."""
+    nulls = " OR ".join(f'"{n}" IS NULL' for n in _REQUIRED[table])
+    rows, bad, *_ = con.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE {nulls}), max(length(CAST(COLUMNS(*) AS VARCHAR))) "
+        f"FROM ({sql})"
+    ).fetchone()
+    if bad:
+        raise ValueError(f"{bad} rows lack a column every row has (another schema?)")
+    return int(rows)
+
+
+def _rows(con: Any, selects: list[str], table: str) -> int | None:
+    """Rows of these SELECTs, or None when any of them cannot be read whole."""
+    try:
+        return sum(_probe(con, sql, table) for sql in selects)
+    except Exception:  # noqa: BLE001 - any failure of a probe means damage
+        return None
+
+
+def _why_unreadable(con: Any, w: WriterInfo, seg: Segment) -> str:
+    """Why a segment cannot be read as it is, in one short line."""
+    if not seg.path.is_file():
+        return "not a readable file"
+    columns = SPAN_COLUMNS if seg.table == "spans" else SAMPLE_COLUMNS
+    try:
+        for sql in segment_selects(w, seg.table, columns, [seg]):
+            _probe(con, sql, seg.table)
+    except Exception as exc:  # noqa: BLE001 - the reason, in DuckDB's words, shortened to one line
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        line = re.sub(r'^[A-Za-z ]*Error: | in file "[^"]*"', "", line).strip().rstrip(".")
+        return line[:200]
+    return "unreadable"

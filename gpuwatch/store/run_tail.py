@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,11 @@ class _SampleRow(msgspec.Struct):
 
 _SPAN_ROWS = msgspec.json.Decoder(list[_SpanRow])
 _SAMPLE_ROWS = msgspec.json.Decoder(list[_SampleRow])
+_ROW: dict[str, msgspec.json.Decoder[Any]] = {
+    "spans": msgspec.json.Decoder(_SpanRow),
+    "samples": msgspec.json.Decoder(_SampleRow),
+}
+"""One row at a time: how a damaged segment's intact lines are read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +96,9 @@ class TailBatch:
     samples: dict[str, np.ndarray] = field(default_factory=dict)
     """New samples of the metrics asked for: `rank`, `pid`, `device_index`, `metric`, `t_ns`, `value` (NaN
     where NULL)."""
+    skipped: tuple[str, ...] = ()
+    """What of the run cannot be read (a lost run marker, unreadable writer records), one line each; damage
+    to a writer's segments is a note of that writer instead."""
 
     @property
     def new_rows(self) -> int:
@@ -131,8 +139,10 @@ class RunTail:
         sample_metrics: which sample metrics to return (None: no samples).
 
     `poll()` raises RunDirUsageError while the path is missing or not a run directory (the caller decides
-    whether to wait), RunDirError for a run of another schema version or an unreadable segment (no cursor
-    moves, so the next poll retries).
+    whether to wait), RunDirError for a run of another schema version (no cursor moves). A damaged run is
+    followed as far as it is intact, as `RunReader` reads it: a writer whose record cannot be read is left
+    out (`TailBatch.skipped`), a damaged segment gives its intact lines (JSON lines) or nothing (Parquet),
+    and a note of its writer says so.
     """
 
     def __init__(self, run_dir: str | Path, *, sample_metrics: tuple[str, ...] | None = None) -> None:
@@ -144,12 +154,19 @@ class RunTail:
         self._con: Any = None
         self._listing: dict[str, list[str]] = {}
         self._parsed: dict[str, dict[str, Segment | None]] = {}
+        self._skipped: dict[str, str] = {}  # writer folder -> why its record cannot be read
+        self._damage: dict[str, dict[str, dict[str, Any]]] = {}  # writer folder -> notes on its segments
+        self._lines_read: dict[Path, int] = {}  # a salvaged segment's lines, good and bad, for the cursor
 
     def poll(self) -> TailBatch:
         marker = read_run_marker(self.run_dir)
         for attempt in range(3):
             try:
-                return self._poll(marker["run_id"])
+                batch = self._poll(marker["run_id"])
+                skipped = ((marker["recovered"],) if "recovered" in marker else ()) + tuple(
+                    f"skipped writer folder {name}: {why}" for name, why in sorted(self._skipped.items())
+                )
+                return replace(batch, skipped=skipped) if skipped else batch
             except _Vanished as gone:  # a writer compacted small segments between listing and reading
                 if attempt == 2:
                     raise RunDirError(f"cannot read segment {gone.path}: it keeps vanishing") from None
@@ -183,8 +200,15 @@ class RunTail:
         # only now, when every read succeeded: a failed one leaves every cursor where it was
         self._anchor = anchor
         for r, table, n in done:
+            n = self._lines_read.pop(r.segment.path, n)
             self._advance(r.writer.folder.name, table, r.segment, r.skip_rows + n)
+        if self._damage:
+            writers = tuple(self._with_damage(w) for w in writers)
         return TailBatch(run_id, writers, anchor, moved, tuple(chunks), self._samples(samples))
+
+    def _with_damage(self, w: WriterInfo) -> WriterInfo:
+        notes = self._damage.get(w.folder.name)
+        return replace(w, notes={**w.notes, **notes}) if notes else w
 
     def close(self) -> None:
         if self._con is not None:
@@ -203,7 +227,12 @@ class RunTail:
             key = (st.st_mtime_ns, st.st_size)
             known = self._writers.get(folder.name)
             if known is None or known[0] != key:
-                known = (key, read_writer(folder))
+                try:
+                    known = (key, read_writer(folder))
+                except RunDirError as exc:  # damaged, or another schema: that writer is left out
+                    self._skipped[folder.name] = str(exc)
+                    continue
+                self._skipped.pop(folder.name, None)
                 self._writers[folder.name] = known
             out.append(known[1])
         return out
@@ -269,20 +298,42 @@ class RunTail:
             return self._read_parquet(r, table)
         except FileNotFoundError:  # compacted away between listing and reading: list again
             raise _Vanished(r.segment.path) from None
-        except (OSError, msgspec.DecodeError) as exc:
-            raise RunDirError(f"cannot read segment {r.segment.path}: {exc}") from None
+        except (OSError, RunDirError) as exc:  # damaged (a directory, unreadable, broken Parquet): skipped
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._note_damage(r, f"damaged, skipped ({why})")
+            columns = SPAN_COLUMNS if table == "spans" else SAMPLE_COLUMNS
+            return _columns([], columns)
+
+    def _note_damage(self, r: _Read, message: str) -> None:
+        notes = self._damage.setdefault(r.writer.folder.name, {})
+        notes[f"segment {r.segment.path.name}"] = {
+            "message": message,
+            "count": 1,
+            "t_unix_ns": time.time_ns(),
+        }
 
     def _read_jsonl(self, r: _Read, table: str) -> dict[str, np.ndarray]:
         lines = r.segment.path.read_bytes().rstrip(b"\n").split(b"\n")[r.skip_rows :]
         lines = [line for line in lines if line]
         doc = b"[" + b",".join(lines) + b"]"
+        try:
+            rows = (_SAMPLE_ROWS if table == "samples" else _SPAN_ROWS).decode(doc)
+        except msgspec.MsgspecError:  # a damaged segment, or one of another schema: its intact lines
+            rows = []
+            for line in lines:
+                try:
+                    rows.append(_ROW[table].decode(line))
+                except msgspec.MsgspecError:
+                    pass
+            self._lines_read[r.segment.path] = len(lines)
+            bad = len(lines) - len(rows)
+            self._note_damage(r, f"damaged, only its intact lines read ({bad} of {len(lines)} lines skipped)")
         if table == "samples":
-            samples = _SAMPLE_ROWS.decode(doc)
+            samples = rows
             out = _columns(samples, SAMPLE_COLUMNS)
             out["t_ns"] += r.writer.offset_ns
             return out
-        spans = _SPAN_ROWS.decode(doc)
-        out = _columns(spans, SPAN_COLUMNS)
+        out = _columns(rows, SPAN_COLUMNS)
         out["start_ns"] += r.writer.offset_ns
         out["end_ns"] += r.writer.offset_ns
         return out

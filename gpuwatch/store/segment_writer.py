@@ -22,6 +22,7 @@ from gpuwatch.records import (
     NULL_INT,
     NULLABLE_INT_COLUMNS,
     SAMPLE_COLUMNS,
+    SCHEMA_VERSION,
     SPAN_COLUMNS,
     Run,
     Sample,
@@ -198,6 +199,7 @@ class SegmentWriter:
             self.folder / WRITER_FILE,
             {
                 **run,
+                "schema_version": SCHEMA_VERSION,  # readers skip a writer of another record schema
                 "status": self._status,
                 "updated_at_unix_ns": time.time_ns(),
                 "dropped_spans": self.dropped_spans,

@@ -119,6 +119,7 @@ class RunFollower:
         self._known: dict[str, WriterInfo] = {}
         self._ckpt_end: dict[int, int] = {}
         self._said_ended = False
+        self._said_skipped: set[str] = set()
         self._views: dict[int | None, LiveView] = {}
         self._analyses: dict[int | None, _Analysis] = {}
         self.analyses = 0
@@ -145,6 +146,10 @@ class RunFollower:
             events.extend(self._add_chunk(chunk))
         self.gauges.add(batch.samples)
         events.extend(self._writer_events(batch))  # after the spans: a closed writer's end is their end
+        for line in batch.skipped:  # a damaged run: what of it cannot be read, said once
+            if line not in self._said_skipped:
+                self._said_skipped.add(line)
+                events.append(RunEvent(None, None, f"skipped: {line}"))
         self.writers = batch.writers
         if self.ended and not self._said_ended:
             self._said_ended = True
