@@ -275,7 +275,7 @@ def compute_rank_budget(
 
     masks_union = [iv.union(start[m], end[m]) for _, m in sets]
     bounds = [step_s, step_e] + [a for u in masks_union for a in u]
-    points = np.unique(np.concatenate(bounds)) if step_s.size else np.zeros(0, dtype=np.int64)
+    points = iv.unique_sorted(np.concatenate(bounds)) if step_s.size else np.zeros(0, dtype=np.int64)
     seg_cat = np.full(max(points.size - 1, 0), CAT_INDEX[Category.UNATTRIBUTED.value], dtype=np.int64)
     left = points[:-1]
     decided = np.zeros(left.size, dtype=bool)
@@ -398,7 +398,7 @@ def _evidence(
         if not hit.any():
             continue
         hit_idx = idx[hit]
-        uniq, first, inverse = np.unique(codes[hit_idx], return_index=True, return_inverse=True)
+        uniq, first, inverse = iv.unique_first_inverse(codes[hit_idx])
         sums = np.bincount(inverse, weights=got[hit].astype(np.float64))
         counts = np.bincount(inverse)
         # largest first; equal times by name, so the evidence does not depend on row order

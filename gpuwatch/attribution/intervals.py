@@ -64,6 +64,34 @@ def measure_before(iv: IntervalSet, t: np.ndarray) -> np.ndarray:
     return np.where(idx >= 0, before[safe] + partial, 0)
 
 
+def unique_sorted(values: np.ndarray) -> np.ndarray:
+    """The distinct values, ascending. numpy 2's `np.unique` hashes: 12 s for two million int64 boundaries on
+    this machine against 0.14 s for a sort and a neighbour comparison (the engine's hot path)."""
+    if values.size == 0:
+        return values
+    s = np.sort(values)
+    keep = np.empty(s.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(s[1:], s[:-1], out=keep[1:])
+    return s[keep]
+
+
+def unique_first_inverse(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`np.unique(values, return_index=True, return_inverse=True)` by a stable sort (see `unique_sorted`):
+    the distinct values ascending, the index of each one's first occurrence, and each value's position."""
+    if values.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return values, empty, empty
+    order = np.argsort(values, kind="stable")
+    s = values[order]
+    new = np.empty(s.size, dtype=bool)
+    new[0] = True
+    np.not_equal(s[1:], s[:-1], out=new[1:])
+    inverse = np.empty(s.size, dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return s[new], order[new], inverse
+
+
 def overlap(iv: IntervalSet, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Length of each [start, end) that lies inside the set."""
     return np.maximum(measure_before(iv, ends) - measure_before(iv, starts), 0)
@@ -73,7 +101,7 @@ def subtract(a: IntervalSet, b: IntervalSet) -> IntervalSet:
     """The part of `a` not covered by `b`."""
     if a[0].size == 0 or b[0].size == 0:
         return a
-    points = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
+    points = unique_sorted(np.concatenate([a[0], a[1], b[0], b[1]]))
     left, right = points[:-1], points[1:]
     keep = covered(a, left) & ~covered(b, left)
     return union(left[keep], right[keep])
@@ -82,7 +110,7 @@ def subtract(a: IntervalSet, b: IntervalSet) -> IntervalSet:
 def intersect(a: IntervalSet, b: IntervalSet) -> IntervalSet:
     if a[0].size == 0 or b[0].size == 0:
         return EMPTY
-    points = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
+    points = unique_sorted(np.concatenate([a[0], a[1], b[0], b[1]]))
     left, right = points[:-1], points[1:]
     keep = covered(a, left) & covered(b, left)
     return union(left[keep], right[keep])

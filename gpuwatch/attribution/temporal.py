@@ -93,7 +93,7 @@ def _is_hta_compute(name: str) -> bool:
 def _hta_compute(cols: SpanColumns, idx: np.ndarray) -> np.ndarray:
     """Which of the device spans `idx` HTA counts as computation, deciding once per distinct name."""
     codes = name_codes(cols)[idx]
-    uniq, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    uniq, first, inverse = iv.unique_first_inverse(codes)
     names = cols.name[idx[first]]
     verdict = np.array([_is_hta_compute(str(n)) for n in names.tolist()], dtype=bool)
     return verdict[inverse] if uniq.size else np.zeros(0, dtype=bool)
