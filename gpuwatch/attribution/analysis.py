@@ -183,7 +183,8 @@ def _notes(writers: list[WriterInfo]) -> list[str]:
         who = f"rank {w.run.rank} (pid {w.run.pid})"
         facts = []
         if w.dropped_spans or w.dropped_samples:
-            facts.append(f"queue full, dropped {w.dropped_spans} spans and {w.dropped_samples} samples")
+            why = "queue full or writes failed" if "writer_error" in w.notes else "queue full"
+            facts.append(f"{why}, dropped {w.dropped_spans} spans and {w.dropped_samples} samples")
         for key, note in sorted(w.notes.items()):
             count = note.get("count", 1)
             more = f" (x{count})" if count > 1 else ""

@@ -47,8 +47,15 @@ class Segment:
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to `path` so that a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except OSError:
+        try:  # no half-written temp file left behind (a full disk)
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
 
 
 def new_run_id() -> str:

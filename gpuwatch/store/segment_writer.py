@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -78,6 +79,7 @@ class SegmentWriter:
         self._notes: dict[str, dict[str, Any]] = {}
         self._meta_extra: dict[str, Any] = {}
         self._seq = 0
+        self._compact_after = 0  # after a failed compaction, the next try waits for more segments
         self._lock = threading.Lock()  # one flush at a time (background thread vs close())
         self._stop = threading.Event()
         self._status = "running"
@@ -136,14 +138,22 @@ class SegmentWriter:
 
     # ---- flushing ------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Write everything queued so far (called by the thread, by close(), and by signal handlers)."""
+        """Write everything queued so far (called by the thread, by close(), and by signal handlers).
+
+        Never raises for the file system: a segment that cannot be written (disk full, a read-only or
+        removed run directory) drops its records, counted, with one `writer_error` note (its count says
+        how many flushes failed); the queue is emptied either way, so memory stays bounded."""
         with self._lock:
             self._flush_table("spans", self._spans, _SPAN_FIELDS)
             self._flush_table("samples", self._samples, _SAMPLE_FIELDS)
-            self._write_writer_file()
+            try:
+                self._write_writer_file()
+            except OSError as exc:  # the counts and notes land with the next flush that can write
+                self._failed("writer.json", exc)
 
     def close(self, status: str = "ended") -> None:
-        """Stop the thread, write what is left and mark the writer ended. Safe to call twice."""
+        """Stop the thread, write what is left and mark the writer ended. Safe to call twice; never raises
+        for the file system (see `flush`)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=max(5.0, 3 * self.flush_interval_s))
@@ -172,23 +182,59 @@ class SegmentWriter:
         self._seq += 1
         name = segment_name(table, self._seq, self._seq, "jsonl")
         tmp = self.folder / f".{name}.tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(b"\n".join(lines))
-            fh.write(b"\n")
-        os.replace(tmp, self.folder / name)
-        self._maybe_compact(table)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(b"\n".join(lines))
+                fh.write(b"\n")
+            os.replace(tmp, self.folder / name)
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            if table == "spans":
+                self.dropped_spans += len(lines)
+            else:
+                self.dropped_samples += len(lines)
+            self._failed(name, exc)
+            return
+        try:
+            self._maybe_compact(table)
+        except OSError as exc:  # the small segments stay, all readable: only the compaction waits
+            self._compact_after = self._seq + COMPACT_EVERY
+            self.note("writer_compaction", f"merging small segments failed, retried later: {_why(exc)}")
+
+    def _failed(self, what: str, exc: OSError) -> None:
+        """One note for every write that failed (its count grows), and one line on stderr the first time:
+        when the run directory itself cannot be written, the note cannot reach it."""
+        first = "writer_error" not in self._notes
+        self.note(
+            "writer_error",
+            f"cannot write {what} in {self.folder}: {_why(exc)}; records dropped and counted, training goes on",
+        )
+        if first:
+            try:
+                print(
+                    f"gpuwatch: cannot write the run ({_why(exc)}): records are dropped and counted",
+                    file=sys.stderr,
+                )
+            except Exception:  # noqa: BLE001 - a closed stderr is no reason to fail
+                pass
 
     def _maybe_compact(self, table: str) -> None:
+        if self._seq < self._compact_after:
+            return
         small = [s for s in list_segments(self.folder, table) if s.fmt == "jsonl" and s.first == s.last]
         if len(small) < COMPACT_EVERY:
             return
         first, last = small[0].first, small[-1].last
         name = segment_name(table, first, last, "jsonl")
         tmp = self.folder / f".{name}.tmp"
-        with open(tmp, "wb") as out:
-            for seg in small:
-                out.write(seg.path.read_bytes())
-        os.replace(tmp, self.folder / name)
+        try:
+            with open(tmp, "wb") as out:
+                for seg in small:
+                    out.write(seg.path.read_bytes())
+            os.replace(tmp, self.folder / name)
+        except OSError:
+            _unlink_quietly(tmp)
+            raise
         for seg in small:  # readers now prefer the wider segment; the small ones can go
             seg.path.unlink(missing_ok=True)
 
@@ -207,6 +253,17 @@ class SegmentWriter:
                 "notes": self._notes,
             },
         )
+
+
+def _why(exc: OSError) -> str:
+    return f"{exc.strerror} (errno {exc.errno})" if exc.strerror else repr(exc)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _sql_str(path: Path) -> str:
