@@ -6,11 +6,12 @@
 
 One line per assertion (PASS/FAIL/SKIP, the figure, the expected range), then a JSON file (`--out`) of every
 figure, every command with its exit code, time and stderr tail, and the profiler trace beside it for an HTA
-comparison elsewhere. The checks (benchmarks/gpu_proof_checks.py) run their programs
-(benchmarks/gpu_proof_programs.py), the reference trainer and the `gpuwatch` CLI as child processes with
-timeouts, each check on its own: a failing check does not stop the others. Designed to finish in under
-8 minutes on one H200; a watchdog stops everything at `--limit-s` (default 540 s = 9 min), kills the
-children's process groups and still writes the figures it has.
+comparison elsewhere. The checks (gpu_proof_checks.py, gpu_proof_trainer_checks.py, on gpu_proof_ctx.py)
+run their programs (gpu_proof_programs.py), the reference trainer and the `gpuwatch` CLI as child
+processes with timeouts, each check on its own: a failing check does not stop the others. Designed to
+finish in under 8 minutes on one H200; every timeout is clipped to `--limit-s` (default 540 s = 9 min),
+where a watchdog also stops the proof itself, kills every child with its descendants and still writes the
+figures it has.
 
 What it needs on the GPU machine: the working tree (no network), a Python with torch (CUDA), numpy,
 pillow, rich, nvidia-ml-py — and the wheels that machine lacks, carried in a folder and installed by
@@ -49,7 +50,8 @@ for _p in (str(ROOT), str(HERE)):
         sys.path.insert(0, _p)
 
 import gpu_proof_programs as programs  # noqa: E402
-from gpu_proof_checks import CHECKS, PID, Check, CheckFailed, Ctx, Line, Out  # noqa: E402
+from gpu_proof_checks import CHECKS  # noqa: E402
+from gpu_proof_ctx import PID, Check, CheckFailed, Ctx, Line, Out  # noqa: E402
 
 LIMIT_S = 540.0
 """The proof stops itself here (9 minutes), whatever is running."""

@@ -1,34 +1,48 @@
-"""The checks of `gpu_proof.py`: each one plans the commands it runs, runs them, and asserts on the figures.
+"""The checks of `gpu_proof.py` that exercise gpuwatch's own GPU paths (the trainer's are in
+`gpu_proof_trainer_checks.py`), and the list of all checks in the order they run.
 
-A check is a `plan(ctx) -> Plan` (every reference trainer, `gpuwatch` and child-program command line it
+Each check is a `plan(ctx) -> Plan` (every reference trainer, `gpuwatch` and child-program command line it
 will run, so the dry run can parse each with the real argument parsers) and a `run(ctx, plan, out)` that
-runs them through `Ctx` (subprocesses with timeouts, killed as a group) and reports one `Line` per
-assertion through `Out`. Every figure also goes into `out.figures`, which becomes the JSON file.
-
-Rehearsal (`--cpu`): every check runs on the CPU at small sizes; a line then only says whether its figure
-was produced (RAN) or not (FAIL), and lines that only a GPU can produce say N/A.
+runs them through `Ctx` and reports one line per assertion through `Out`; every figure also goes into
+`out.figures`, which becomes the JSON file.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-PROGRAMS = Path(__file__).resolve().with_name("gpu_proof_programs.py")
-PID = "{pid}"
-"""Stands for the target's process id in a planned `gpuwatch attach` command line."""
+from gpu_proof_ctx import (
+    PID,
+    ROOT,
+    Check,
+    CheckFailed,
+    Ctx,
+    Out,
+    Plan,
+    evidence_names,
+    hook_errors,
+    last_line,
+    near,
+    on_gpu,
+    steady_share,
+)
+from gpu_proof_trainer_checks import (
+    plan_decode,
+    plan_fsdp2,
+    plan_trainer1,
+    plan_trainer2,
+    run_decode,
+    run_fsdp2,
+    run_trainer1,
+    run_trainer2,
+)
 
 WATCH_MODULES = (
     "gpuwatch.capture.watch",
@@ -37,277 +51,6 @@ WATCH_MODULES = (
 )
 SUMMARY_MODULES = ("duckdb", "msgspec", "numpy", "gpuwatch.attribution.summary", "gpuwatch.store.run_reader")
 TRAINER_MODULES = ("PIL", "reference_trainer.train", "reference_trainer.launch")
-
-
-class CheckFailed(Exception):
-    """A step of a check could not produce its figures; the message is one line."""
-
-
-@dataclass(frozen=True, slots=True)
-class Line:
-    check: str
-    name: str
-    status: str
-    """PASS, FAIL, SKIP (a documented reason, e.g. HTA absent), RAN or N/A (rehearsal on the CPU)."""
-    figure: str
-    expected: str
-
-    def text(self) -> str:
-        return f"{self.status:<4}  {self.name:<30} {self.figure}   [expected: {self.expected}]"
-
-
-@dataclass(slots=True)
-class Plan:
-    """What a check will run; the dry run parses every command line with the real parsers."""
-
-    trainer: dict[str, list[str]] = field(default_factory=dict)
-    """role -> `python -m reference_trainer` arguments."""
-    cli: dict[str, list[str]] = field(default_factory=dict)
-    """role -> `gpuwatch` arguments (`{pid}` stands for a process id known only when it runs)."""
-    programs: dict[str, list[str]] = field(default_factory=dict)
-    """role -> `gpu_proof_programs.py` arguments (kind first; `--out` and `--device` are added)."""
-    pyspy: bool = False
-
-
-@dataclass(slots=True)
-class Proc:
-    argv: list[str]
-    rc: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-
-def last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].strip()[:300] if lines else "(no output)"
-
-
-class Ctx:
-    """Where a check runs: the device, the work folder, the clock, and every child process (for the
-    watchdog, which kills their process groups)."""
-
-    def __init__(
-        self,
-        *,
-        device: str,
-        work: Path,
-        artifacts: Path,
-        env: dict[str, str],
-        deadline: float,
-        pyspy: str | None,
-        rehearsal: bool = False,
-    ) -> None:
-        self.device = device
-        self.rehearsal = rehearsal
-        self.work = work
-        self.data_root = work / "data"
-        self.artifacts = artifacts
-        self.env = env
-        self.deadline = deadline
-        self.pyspy = pyspy
-        self.missing: dict[str, str] = {}
-        """Modules that do not import here (found by the env check), with the reason."""
-        self.optional: dict[str, bool] = {}
-        """Optional modules (HTA, GPU JPEG decoders) and whether they import (found by the env check)."""
-        self.procs: set[subprocess.Popen[str]] = set()
-        self.log: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        self._n = 0
-
-    # ---- processes ---------------------------------------------------------------------------------
-    def time_left(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def start(self, argv: list[str]) -> subprocess.Popen[str]:
-        """Start a child in its own process group (stdout piped, stderr to a log file)."""
-        self._n += 1
-        err = open(self.work / f"child-{self._n:03d}.stderr", "w+")  # noqa: SIM115 (closed in wait)
-        proc = subprocess.Popen(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env=self.env,
-            cwd=ROOT,
-            start_new_session=True,
-        )
-        proc.stderr_file = err  # type: ignore[attr-defined]
-        with self._lock:
-            self.procs.add(proc)
-        return proc
-
-    def kill(self, proc: subprocess.Popen[str]) -> None:
-        """SIGKILL a child, its process group and every descendant: torchrun's ranks and attach's py-spy
-        run in sessions of their own, and would otherwise keep the pipes open and the GPU busy."""
-        for pid in [proc.pid, *descendants(proc.pid)]:
-            for kill in (os.killpg, os.kill):
-                try:
-                    kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-    def wait(self, proc: subprocess.Popen[str], argv: list[str], timeout_s: float, t0: float) -> Proc:
-        """Wait for a started child (killing its group at the timeout or the global deadline)."""
-        timeout = max(1.0, min(timeout_s, self.time_left() - 3))
-        timed_out = False
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self.kill(proc)
-            try:
-                out, _ = proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:  # something unkillable holds the pipe: stop reading it
-                out = ""
-                if proc.stdout is not None:
-                    proc.stdout.close()
-                proc.wait(timeout=15)
-        finally:
-            with self._lock:
-                self.procs.discard(proc)
-        err_file = proc.stderr_file  # type: ignore[attr-defined]
-        err_file.seek(0)
-        err = err_file.read()
-        err_file.close()
-        result = Proc(argv, proc.returncode, out or "", err, time.monotonic() - t0)
-        self.log.append(
-            {
-                "argv": [str(a) for a in argv],
-                "rc": result.rc,
-                "seconds": round(result.seconds, 2),
-                "stderr_tail": err[-3000:],
-            }
-        )
-        if timed_out:
-            raise CheckFailed(f"{short(argv)} timed out after {timeout:.0f} s: {last_line(err)}")
-        return result
-
-    def run(self, argv: list[str], *, timeout_s: float, check: bool = True) -> Proc:
-        t0 = time.monotonic()
-        result = self.wait(self.start(argv), argv, timeout_s, t0)
-        if check and result.rc != 0:
-            raise CheckFailed(f"{short(argv)} exited {result.rc}: {last_line(result.stderr)}")
-        return result
-
-    # ---- the three kinds of command ------------------------------------------------------------------
-    def trainer_argv(self, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "reference_trainer", *args]
-
-    def gpuwatch_argv(self, args: list[str]) -> list[str]:
-        return [sys.executable, "-m", "gpuwatch", *args]
-
-    def program_argv(self, args: list[str], out: Path) -> list[str]:
-        return [sys.executable, str(PROGRAMS), *args, "--out", str(out), "--device", self.device]
-
-    def program(self, args: list[str], *, timeout_s: float) -> dict[str, Any]:
-        """Run a child program; its figures."""
-        self._n += 1
-        out = self.work / f"{args[0]}-{self._n:03d}.json"
-        self.run(self.program_argv(args, out), timeout_s=timeout_s)
-        return dict(json.loads(out.read_text()))
-
-    def summary(self, run_dir: Path | str, *, timeout_s: float = 120) -> Any:
-        """The typed Summary of a run, through `gpuwatch summary --json` as a user gets it."""
-        from gpuwatch.attribution.summary import Summary
-
-        proc = self.run(self.gpuwatch_argv(["summary", "--json", str(run_dir)]), timeout_s=timeout_s)
-        return Summary.from_json(json.loads(proc.stdout))
-
-
-def descendants(root: int) -> list[int]:
-    """Every live descendant of a process, from /proc (read before killing: orphans lose their parent)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def short(argv: list[str]) -> str:
-    text = " ".join(str(a) for a in argv[1:6] if a)
-    return text.replace(str(ROOT) + "/", "")
-
-
-class Out:
-    """Lines of one check, printed as they come, and its figures."""
-
-    def __init__(self, check: str, rehearsal: bool, emit: Callable[[Line], None]) -> None:
-        self.check = check
-        self.rehearsal = rehearsal
-        self.emit = emit
-        self.lines: list[Line] = []
-        self.figures: dict[str, Any] = {}
-
-    def line(self, name: str, ok: bool | None, figure: str, expected: str, *, gpu_only: bool = False) -> bool:
-        """One assertion; `ok` None: the figure could not be measured."""
-        if self.rehearsal:
-            status = "N/A" if gpu_only else ("FAIL" if ok is None else "RAN")
-        else:
-            status = "PASS" if ok else "FAIL"
-        self.add(Line(self.check, f"{self.check}.{name}", status, figure, expected))
-        return bool(ok)
-
-    def skip(self, name: str, figure: str, reason: str) -> None:
-        self.add(Line(self.check, f"{self.check}.{name}", "SKIP", figure, reason))
-
-    def fail(self, name: str, figure: str, expected: str) -> None:
-        self.add(Line(self.check, f"{self.check}.{name}", "FAIL", figure, expected))
-
-    def add(self, line: Line) -> None:
-        self.lines.append(line)
-        self.emit(line)
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def near(a: float, b: float, tol: float) -> bool:
-    return abs(a - b) <= tol
-
-
-def hook_errors(summary: Any) -> list[str]:
-    return [n for n in summary.notes if "hook failed" in n]
-
-
-def steady_share(rank: Any, category: str, indices: list[int]) -> tuple[float, float]:
-    """(percent of wall time in `category`, wall ms) over the per-step rows `indices`."""
-    ps = rank.per_step
-    wall = sum(ps.wall_ms[i] for i in indices)
-    cat = ps.category(category)
-    return 100.0 * sum(cat[i] for i in indices) / wall, wall
-
-
-def all_steps(rank: Any) -> int:
-    """Steps of a rank, warm-up steps (left out of its budget) included."""
-    w = rank.warmup
-    return int(rank.steps) + (w.steps if w is not None and not w.included else 0)
-
-
-def evidence_names(rank: Any, category: str) -> list[str]:
-    return [e.name for e in rank.evidence if e.category == category]
-
-
-def median_ms(rank: Any) -> float:
-    return float(rank.step_time_ms.median)
-
-
-def on_gpu(ctx: Ctx, gpu: Any, cpu: Any) -> Any:
-    return gpu if ctx.device == "cuda" else cpu
-
-
-def trainer_common(ctx: Ctx, steps: int) -> list[str]:
-    return ["--device", ctx.device, "--steps", str(steps), "--data-dir", str(ctx.data_root)]
 
 
 # ---------------------------------------------------------------------------------------------- env, data
@@ -668,245 +411,7 @@ def run_overhead(ctx: Ctx, plan: Plan, out: Out) -> None:
     )
 
 
-# ---------------------------------------------------------------------------------------------- trainer
-
-
-def plan_trainer1(ctx: Ctx) -> Plan:
-    steps = on_gpu(ctx, 12, 4)
-    runs = ctx.work / "runs"
-    common = trainer_common(ctx, steps)
-    return Plan(
-        trainer={
-            "naive": ["--preset", "naive", *common, "--run-dir", str(runs / "t1-naive")],
-            "fixed": ["--preset", "fixed", *common, "--run-dir", str(runs / "t1-fixed")],
-            # only when the GPU decode breaks the fixed run: the other figures are still measured
-            "fixed_cpu_decode": ["--preset", "fixed", "--no-gpu-decode", *common, "--run-dir", str(runs / "t1-fixed-cpu")],
-        }
-    )  # fmt: skip
-
-
-def run_dir_of(argv: list[str]) -> Path:
-    return Path(argv[argv.index("--run-dir") + 1])
-
-
-def run_trainer1(ctx: Ctx, plan: Plan, out: Out) -> None:
-    ctx.run(ctx.trainer_argv(plan.trainer["naive"]), timeout_s=200)
-    fixed_key, gpu_decode_error = "fixed", None
-    try:
-        fixed = ctx.run(ctx.trainer_argv(plan.trainer["fixed"]), timeout_s=200)
-    except CheckFailed as exc:  # most likely the GPU decode: measure the rest with the CPU decode
-        fixed_key, gpu_decode_error = "fixed_cpu_decode", str(exc)
-        fixed = ctx.run(ctx.trainer_argv(plan.trainer[fixed_key]), timeout_s=200)
-    sums = {k: ctx.summary(run_dir_of(plan.trainer[k])) for k in ("naive", fixed_key)}
-    steps = int(plan.trainer["naive"][plan.trainer["naive"].index("--steps") + 1])
-    n, f = sums["naive"].rank(0), sums[fixed_key].rank(0)
-    out.figures.update(
-        {k: {"budget_pct": s.rank(0).budget_pct.to_json(), "median_step_ms": median_ms(s.rank(0)),
-             "mode": s.rank(0).mode, "steps": all_steps(s.rank(0)), "notes": list(s.notes)} for k, s in sums.items()}
-    )  # fmt: skip
-    modes = {k: s.rank(0).mode for k, s in sums.items()}
-    out.line(
-        "ran",
-        all(all_steps(s.rank(0)) == steps for s in sums.values()) and set(modes.values()) == {"device"},
-        f"steps {all_steps(n)}/{all_steps(f)} of {steps}, modes {modes}",
-        f"{steps} steps each, device mode (bf16 autocast on the GPU)",
-    )
-    speedup = median_ms(n) / median_ms(f)
-    out.line(
-        "speedup",
-        speedup >= 2.0,
-        f"{speedup:.2f}x (median step {median_ms(n):.0f} -> {median_ms(f):.0f} ms, {fixed_key})",
-        ">= 2x, fixed over naive",
-    )
-    nc, fc = n.budget_pct.get("compute"), f.budget_pct.get("compute")
-    out.line("compute_share", fc > nc, f"naive {nc:.1f}% -> fixed {fc:.1f}%", "fixed above naive")
-    idle = n.budget_pct.get("data_loading") + n.budget_pct.get("cpu_preprocessing")
-    out.line(
-        "naive_input_bound", idle >= 50, f"data_loading + cpu_preprocessing {idle:.1f}%", ">= 50% in naive"
-    )
-    expected = "fixed decodes on the GPU (torchvision/nvImageCodec), cpu_preprocessing < 5%"
-    if gpu_decode_error:
-        out.fail("gpu_decode", f"the fixed preset failed: {gpu_decode_error}", expected)
-    else:
-        said = [ln for ln in fixed.stderr.splitlines() if "[trainer]" in ln and ", decode " in ln]
-        where = said[0].split(", decode ")[1].split(";")[0] if said else "no trainer line"
-        pre = f.budget_pct.get("cpu_preprocessing")
-        out.line(
-            "gpu_decode",
-            where.startswith("gpu:") and pre < 5.0,
-            f"decode {where}; fixed cpu_preprocessing {pre:.1f}%",
-            expected,
-            gpu_only=True,
-        )
-    errors = [e for s in sums.values() for e in hook_errors(s)]
-    out.line("no_hook_errors", not errors, "; ".join(errors) or "none", "no hook failed")
-
-
-def plan_decode(ctx: Ctx) -> Plan:
-    return Plan(programs={"decode": ["decode", "--data-dir", str(ctx.data_root)]})
-
-
-def run_decode(ctx: Ctx, plan: Plan, out: Out) -> None:
-    doc = ctx.program(plan.programs["decode"], timeout_s=120)
-    out.figures.update(doc)
-    if doc.get("decoder") is None:
-        out.line(
-            "matches_cpu",
-            None,
-            "no GPU JPEG decoder imports (torchvision, nvImageCodec or TorchCodec)",
-            "one present",
-            gpu_only=True,
-        )
-        return
-    diff = doc["mean_abs_diff"]
-    out.line(
-        "matches_cpu",
-        diff < 0.12 and doc["shape_gpu"] == doc["shape_cpu"] and doc["device"].startswith("cuda"),
-        f"{doc['decoder']} on {doc['device']}: mean |gpu - cpu| {diff:.4f}, shape {doc['shape_gpu']}",
-        "< 0.12 (same crop/flip/jitter, another resampler), same shape",
-        gpu_only=True,
-    )
-
-
-def plan_fsdp2(ctx: Ctx) -> Plan:
-    runs = ctx.work / "runs"
-    common = ["--preset", "fixed", "--no-gpu-decode", "--grad-sync", "fsdp2", "--checkpoint", "async"]
-    common += ["--checkpoint-every", "3", "--log-every", "1", *trainer_common(ctx, 6)]
-    first = runs / "fsdp2"
-    return Plan(
-        trainer={
-            "first": [*common, "--run-dir", str(first)],
-            "resumed": [
-                *common,
-                "--run-dir",
-                str(runs / "fsdp2-resumed"),
-                "--resume",
-                str(first / "trainer" / "checkpoints" / "step-000003"),
-            ],
-        }
-    )
-
-
-def losses(run_dir: Path) -> dict[int, float]:
-    out = {}
-    for line in (run_dir / "trainer" / "metrics-rank0.jsonl").read_text().splitlines():
-        doc = json.loads(line)
-        if doc.get("event") == "step" and doc.get("loss") is not None:
-            out[int(doc["step"])] = float(doc["loss"])
-    return out
-
-
-def run_fsdp2(ctx: Ctx, plan: Plan, out: Out) -> None:
-    first, resumed = run_dir_of(plan.trainer["first"]), run_dir_of(plan.trainer["resumed"])
-    ctx.run(ctx.trainer_argv(plan.trainer["first"]), timeout_s=200)
-    ckpts = sorted(p.name for p in (first / "trainer" / "checkpoints").glob("step-*"))
-    ctx.run(ctx.trainer_argv(plan.trainer["resumed"]), timeout_s=200)
-    s_first, s_res = ctx.summary(first), ctx.summary(resumed)
-    r1, r2 = s_first.rank(0), s_res.rank(0)
-    a, b = losses(first), losses(resumed)
-    out.figures.update(
-        checkpoints=ckpts, losses_first=a, losses_resumed=b, budget_pct=r1.budget_pct.to_json()
-    )
-    out.line(
-        "trained",
-        all_steps(r1) == 6 and all_steps(r2) == 3 and r1.mode == "device" and "step-000003" in ckpts,
-        f"{all_steps(r1)} + {all_steps(r2)} resumed steps, mode {r1.mode}, checkpoints {ckpts}",
-        "6 steps, DCP async_save checkpoints kept, 3 steps resumed from step-000003, device mode",
-    )
-    common = sorted(set(a) & set(b))
-    rel = [abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for k in common]
-    out.line(
-        "resume_loss",
-        bool(rel) and rel[0] <= 1e-4 and max(rel) <= 2e-2,
-        f"steps {common}: relative |diff| {', '.join(f'{r:.1e}' for r in rel) or 'none'}",
-        "first resumed step <= 1e-4 (same weights, same noise), later <= 2e-2",
-    )
-    named = [n for n in evidence_names(r1, "checkpoint_io") if "async_save" in n or "dcp" in n.lower()]
-    out.line(
-        "async_save_seen",
-        bool(named) or r1.budget_pct.get("checkpoint_io") < 1.0,
-        f"checkpoint_io {r1.budget_pct.get('checkpoint_io'):.1f}%, evidence {named[:2] or 'none'}",
-        "the async saves named, or off the critical path (< 1%)",
-    )
-
-
-def plan_trainer2(ctx: Ctx) -> Plan:
-    steps = on_gpu(ctx, 10, 4)
-    runs = ctx.work / "runs"
-    common = ["--nproc", "2", "--dist-backend", "gloo", *trainer_common(ctx, steps)]
-    return Plan(
-        trainer={
-            "naive": ["--preset", "naive", *common, "--run-dir", str(runs / "t2-naive")],
-            # workers decode, so the batches come pinned and are copied non_blocking
-            "fixed": ["--preset", "fixed", "--no-gpu-decode", *common, "--run-dir", str(runs / "t2-fixed")],
-        },
-        programs={"inspect_fixed": ["inspect", "--run-dir", str(runs / "t2-fixed")],
-                  "inspect_naive": ["inspect", "--run-dir", str(runs / "t2-naive")]},
-    )  # fmt: skip
-
-
-def run_trainer2(ctx: Ctx, plan: Plan, out: Out) -> None:
-    for argv in plan.trainer.values():
-        ctx.run(ctx.trainer_argv(argv), timeout_s=240)
-    sums = {name: ctx.summary(run_dir_of(argv)) for name, argv in plan.trainer.items()}
-    steps = int(plan.trainer["naive"][plan.trainer["naive"].index("--steps") + 1])
-    n, f = sums["naive"], sums["fixed"]
-    out.figures.update(
-        {k: {"ranks": [{"budget_pct": r.budget_pct.to_json(), "median_step_ms": median_ms(r), "mode": r.mode,
-                        "steps": all_steps(r)} for r in s.ranks],
-             "straggler": None if s.straggler is None else s.straggler.rank} for k, s in sums.items()}
-    )  # fmt: skip
-    shape = {k: [(r.rank, all_steps(r), r.mode) for r in s.ranks] for k, s in sums.items()}
-    out.line(
-        "ran",
-        all(
-            [(r, st, m) for r, st, m in v] == [(0, steps, "device"), (1, steps, "device")]
-            for v in shape.values()
-        ),
-        f"(rank, steps, mode): {shape}",
-        f"2 ranks on one GPU over gloo, {steps} steps each, device mode",
-    )
-    out.line(
-        "manager_named",
-        n.straggler is not None and n.straggler.rank == 0,
-        f"naive: ranks wait for rank {None if n.straggler is None else n.straggler.rank}",
-        "rank 0 (the manager node)",
-    )
-
-    def mean(s: Any, cat: str) -> float:
-        return statistics.mean(r.budget_pct.get(cat) for r in s.ranks)
-
-    ns, fs = mean(n, "sync"), mean(f, "sync")
-    out.line(
-        "sync_share", fs < ns, f"sync naive {ns:.1f}% -> fixed {fs:.1f}% (mean of ranks)", "fixed below naive"
-    )
-    speedup = max(median_ms(r) for r in n.ranks) / max(median_ms(r) for r in f.ranks)
-    out.line("speedup", speedup >= 1.5, f"{speedup:.2f}x", ">= 1.5x, fixed (DDP) over naive (manager node)")
-    fixed_copies = ctx.program(plan.programs["inspect_fixed"], timeout_s=120)["memcpy"]
-    naive_copies = ctx.program(plan.programs["inspect_naive"], timeout_s=120)["memcpy"]
-    out.figures.update(memcpy_fixed=fixed_copies, memcpy_naive=naive_copies)
-    out.line(
-        "pinned_copies",
-        fixed_copies["non_blocking"] >= steps
-        and naive_copies["non_blocking"] == 0
-        and naive_copies["blocking"] > 0,
-        f"fixed {fixed_copies}, naive {naive_copies}",
-        "fixed: non_blocking copies from pinned batches; naive: blocking ones only",
-        gpu_only=True,
-    )
-
-
 # ---------------------------------------------------------------------------------------------- the list
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    title: str
-    plan: Callable[[Ctx], Plan]
-    run: Callable[[Ctx, Plan, Out], None]
-    requires: tuple[str, ...]
-    """Modules it imports (here or in its children): a missing one fails the check without running it."""
 
 
 CHECKS: tuple[Check, ...] = (
