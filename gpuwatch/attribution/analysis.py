@@ -167,7 +167,7 @@ def _warmup_notes(budgets: list[RankBudget]) -> list[str]:
         fate = (
             "kept in the budget (--include-warmup)"
             if w.included
-            else "left out of the budget (gpuwatch summary --include-warmup keeps them)"
+            else f"left out of the budget (gpuwatch summary --include-warmup keeps {'it' if w.step_ids.size == 1 else 'them'})"
         )
         out.append(
             f"rank {b.rank}: warm-up {steps} {ids}: {total_ms:.1f} ms, up to {ratio:.1f}x the median step "
