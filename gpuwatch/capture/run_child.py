@@ -2,8 +2,8 @@
 training call.
 
 The launcher (`capture/launcher.py`) puts `capture/bootstrap/` first on PYTHONPATH and the run's settings in
-the environment; the `sitecustomize.py` there calls `install()` as the interpreter starts. Which processes
-are watched:
+the environment; the `sitecustomize.py` there waits for torch and calls `loaded()`. Which processes are
+watched:
 
 - not a launcher: `torchrun`, `python -m torch.distributed.run` / `.launch` (the elastic agent) get nothing;
 - not a descendant of a watched process: a watched process puts its pid in `GPUWATCH_RUN_WATCHED_PID`, so
@@ -13,7 +13,8 @@ are watched:
   A process that never makes one (an `mp.spawn` parent waiting for its ranks, a helper that only imports
   torch) is never watched and writes nothing.
 
-Cheap until then: `install()` adds one import hook that waits for `torch`; when torch has loaded, two
+Cheap until then: a process that never imports torch never imports gpuwatch. When torch has loaded, the
+modules a watch needs are imported (so the first training call pays only the watch's start) and two
 trip-wires (class attributes replaced by a wrapper) wait for the first training call. The first to fire
 removes both, starts the watch (`auto_steps.RunWatcher`, which also finds the steps), and the call goes on
 through the watch's own hooks, so it is timed too.
@@ -21,7 +22,6 @@ through the watch's own hooks, so it is timed too.
 
 from __future__ import annotations
 
-import importlib.abc
 import json
 import os
 import sys
@@ -92,6 +92,7 @@ def is_launcher(argv: Sequence[str]) -> bool:
 class _State:
     def __init__(self) -> None:
         self.lock = threading.RLock()
+        self.armed: bool | None = None
         self.decided = False
         self.pid = os.getpid()
         self.watcher: Any = None
@@ -103,23 +104,32 @@ class _State:
 _STATE = _State()
 
 
-def install() -> None:
-    """Called by the bootstrap `sitecustomize` in every Python process of the job; never raises."""
+def loaded(name: str, module: Any) -> None:
+    """Called by the bootstrap `sitecustomize` once `torch` or `gpuwatch.capture.watch` has finished loading
+    in a process of the job: arm the trip-wires, or let a script's own watch join. Never raises."""
     try:
-        if os.environ.get(ENV_WATCHED) or is_launcher(getattr(sys, "orig_argv", sys.argv)):
+        if not _armed():
             return
-        config = json.loads(os.environ[ENV_OPTIONS])
-        _STATE.run_dir = str(config["run_dir"])
-        _STATE.options = dict(config.get("watch") or {})
-        hooks = {"torch": _arm_tripwires, "gpuwatch.capture.watch": _set_watch_hook}
-        for name, callback in list(hooks.items()):
-            if name in sys.modules:
-                callback(sys.modules[name])
-                del hooks[name]
-        if hooks:
-            sys.meta_path.insert(0, _AfterImport(hooks))
+        if name == "torch":
+            _arm_tripwires(module)
+        else:
+            module._RUN_HOOK = _join_user_watch
     except Exception as exc:
         _say(f"not watching this process ({type(exc).__name__}: {exc})")
+
+
+def _armed() -> bool:
+    """Is this process a candidate: not torch's launcher, settings readable (decided once)."""
+    state = _STATE
+    if state.armed is None:
+        state.armed = False
+        if is_launcher(getattr(sys, "orig_argv", sys.argv)) or os.environ.get(ENV_WATCHED):
+            return False
+        config = json.loads(os.environ[ENV_OPTIONS])
+        state.run_dir = str(config["run_dir"])
+        state.options = dict(config.get("watch") or {})
+        state.armed = True
+    return state.armed
 
 
 def _say(message: str) -> None:
@@ -127,48 +137,6 @@ def _say(message: str) -> None:
         print(f"gpuwatch run: {message}", file=sys.stderr, flush=True)
     except Exception:
         pass
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback once a named module has finished loading (then forgets the name)."""
-
-    def __init__(self, callbacks: dict[str, Callable[[Any], None]]) -> None:
-        self.callbacks = callbacks
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
-        callback = self.callbacks.get(fullname)
-        if callback is None:
-            return None
-        for finder in sys.meta_path:  # the spec the import would have found without us
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        loader: Any = spec.loader
-        exec_module = getattr(loader, "exec_module", None)
-        if exec_module is None:
-            return spec
-
-        # wrap this spec's own loader instance: `importlib.util.find_spec` (no import) leaves no trace
-        def exec_then_call(module: Any) -> None:
-            exec_module(module)
-            try:
-                del loader.exec_module
-            except AttributeError:
-                pass
-            if self.callbacks.pop(fullname, None) is not None:
-                if not self.callbacks and self in sys.meta_path:
-                    sys.meta_path.remove(self)
-                try:
-                    callback(module)
-                except Exception as exc:
-                    _say(f"not watching this process ({type(exc).__name__}: {exc})")
-
-        loader.exec_module = exec_then_call
-        return spec
 
 
 # ---- the trip-wires -----------------------------------------------------------------------------------
@@ -241,10 +209,6 @@ def _in_dataloader_worker() -> bool:
 
 
 # ---- the script's own gpuwatch.watch() ----------------------------------------------------------------
-def _set_watch_hook(watch_module: Any) -> None:
-    watch_module._RUN_HOOK = _join_user_watch
-
-
 def _join_user_watch(user: Any) -> bool:
     """`Watcher.start` asks this first: the script's own watch joins this process's run watch (True)."""
     if getattr(user, "is_run_watch", False):

@@ -131,8 +131,7 @@ def test_a_process_that_never_imports_torch_loads_nothing_and_writes_nothing(tmp
     )
     proc = _python_with_bootstrap(tmp_path, code, armed=True)
     assert proc.returncode == 0, proc.stderr
-    loaded = json.loads(proc.stdout)
-    assert set(loaded) <= {"gpuwatch", "gpuwatch.capture", "gpuwatch.capture.run_child"}, loaded
+    assert json.loads(proc.stdout) == []  # not even gpuwatch: the bootstrap waits for torch
     assert not (tmp_path / "run").exists()
 
 
