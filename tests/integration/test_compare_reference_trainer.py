@@ -65,9 +65,8 @@ def test_naive_to_fixed_passes_and_shows_the_recovered_compute_share(runs: dict[
     md = render_markdown(cmp)
     improved = md.split("**Improved:** ")[1].split("\n")[0]
     assert "compute share" in improved and f"{compute.cand:.1f}%" in improved
-    assert {"cpu_preprocessing", "data_loading"} <= {
-        c.metric for c in cmp.job_checks() if c.outcome is Outcome.IMPROVED
-    }
+    # data loading and sync shrink by less than 5% of the naive run's long step: shown, not "improved"
+    assert "cpu_preprocessing" in {c.metric for c in cmp.job_checks() if c.outcome is Outcome.IMPROVED}
 
 
 def test_fixed_to_naive_fails_naming_every_regressed_category(runs: dict[str, list[Summary]]) -> None:
@@ -76,7 +75,8 @@ def test_fixed_to_naive_fails_naming_every_regressed_category(runs: dict[str, li
     assert NAIVE_CAUSES <= regressed(cmp), {
         c.metric: (round(c.change, 1), c.outcome.value) for c in cmp.job_checks()
     }
-    assert "compute_share" in regressed(cmp)
+    # CPU-only runs: compute's share is shown, and marked worse beyond the spread, but gated only when asked
+    assert cmp.job_check("compute_share").outcome is Outcome.NOT_GATED
     grown = {(e.category, e.name) for e in cmp.evidence}
     assert ("checkpoint_io", "torch.save") in grown
     assert any(c == "data_loading" and "num_workers=0" in n for c, n in grown), grown
