@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gpuwatch.attribution.summary import Summary
@@ -23,11 +24,13 @@ def render_summary(summary: Summary, console: Any = None) -> None:
     """Print a run's Summary as tables: budget per rank, steps, the rank others wait for, advice."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.padding import Padding
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console()
+    summary = Summary.from_json(_printable(summary.to_json()))  # names are data: no terminal escapes
     console.print(Text(f"gpuwatch run {summary.run_id}  ({summary.run_dir})", style="bold"))
 
     budget = Table(
@@ -73,7 +76,7 @@ def render_summary(summary: Summary, console: Any = None) -> None:
 
     st = summary.straggler
     if st:
-        doing = ", ".join(f"{k} {v:.0f} ms" for k, v in st.doing_ms[:3])
+        doing = ", ".join(f"{escape(k)} {v:.0f} ms" for k, v in st.doing_ms[:3])  # names are data, not markup
         console.print(
             f"[bold]Ranks wait for rank {st.rank}[/bold]: {st.caused_wait_ms:.0f} ms of waiting "
             f"({st.share_pct:.0f}% of all), over {st.matched_collectives} matched collectives; "
@@ -98,9 +101,26 @@ def render_summary(summary: Summary, console: Any = None) -> None:
         console.print(Text(f"note: {note}", style="yellow"))
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(value: Any) -> Any:
+    """Every string of a summary document with its control characters shown as U+FFFD: a kernel or tag
+    name from a trace must not move the cursor, clear the screen or retitle the terminal (rich passes ESC
+    through)."""
+    if isinstance(value, str):
+        return _CONTROL.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
 def _stage_table(summary: Summary) -> Any:
     """Per stage and rank: steps, median step time and the budget (% of the stage's step wall time)."""
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Time budget per stage (% of the stage's step wall time)", box=box.SIMPLE_HEAD)
@@ -111,7 +131,9 @@ def _stage_table(summary: Summary) -> Any:
     for stage in summary.stages:
         for r in stage.ranks:
             cells = [_pct_cell(r.budget_pct.get(c.value), c.value) for c in CATEGORIES]
-            table.add_row(stage.stage, str(r.rank), str(r.steps), f"{r.step_time_ms.median:.1f}", *cells)
+            table.add_row(
+                escape(stage.stage), str(r.rank), str(r.steps), f"{r.step_time_ms.median:.1f}", *cells
+            )
     return table
 
 

@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import events, on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -281,7 +282,7 @@ class TopApp(App[None]):
         banner = self.query_one("#banner", Static)
         text = self.error or (self.waiting if self.view is None else None)
         banner.set_class(bool(text), "-shown")
-        banner.update(text or "")
+        banner.update(Text(text or ""))  # a path or a message, never markup ("runs/[exp1]")
 
     def _render_all(self) -> None:
         self._render_live()

@@ -3,6 +3,7 @@ resize, and it never reads the run itself."""
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,19 @@ from gpuwatch.tui import render as r
 from gpuwatch.tui.follower import LiveView, RankLive, RunEvent
 from gpuwatch.tui.gauges import ProcRow
 from gpuwatch.tui.messages import RankPicked
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: Text) -> Text:
+    """Names from traces and jobs are data: a control character is drawn as U+FFFD, never written to the
+    terminal (an escape sequence in a kernel or stage name would move the cursor or retitle the window)."""
+    plain = text.plain
+    if not _CONTROL.search(plain):
+        return text
+    out = text.copy()
+    out.plain = _CONTROL.sub("\ufffd", plain)  # same length: the styles' spans stay where they were
+    return out
 
 
 class Panel(Static):
@@ -45,7 +59,7 @@ class Panel(Static):
 
     def _draw(self) -> None:
         assert self._model is not None
-        text = self.build(max(self.content_size.width, 20), *self._model)
+        text = _printable(self.build(max(self.content_size.width, 20), *self._model))
         if self._drawn is not None and text == self._drawn:
             return
         lines = text.plain.count("\n")
