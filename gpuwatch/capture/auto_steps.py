@@ -98,6 +98,12 @@ class RunWatcher(Watcher):
             self._thread = threading.Thread(target=self._detect_loop, name="gpuwatch-steps", daemon=True)
             self._thread.start()
             self.writer.set_meta(run={"trigger": self.trigger})
+            mp = sys.modules.get("multiprocessing")
+            if mp is not None and mp.parent_process() is not None:
+                # a forked multiprocessing child ends with os._exit (no atexit): close with its finalizers
+                from multiprocessing.util import Finalize
+
+                Finalize(None, self.close, exitpriority=100)
         except Exception as exc:
             ctx.hook_error("run_steps", exc)
         return self

@@ -152,6 +152,8 @@ def _arm_tripwires(torch: Any) -> None:
         except Exception:  # an optional collector that cannot load here: the watch notes it when it starts
             pass
 
+    if _STATE.decided:  # the script's own gpuwatch.watch() came first and decided already
+        return
     _tripwire(dataloader.DataLoader, "_get_iterator", "DataLoader iteration")
     autograd = torch.autograd
     if "_engine_run_backward" in vars(autograd):
@@ -182,10 +184,11 @@ def start_watch(trigger: str) -> Any:
         if state.decided:
             return state.watcher if state.pid == os.getpid() else None
         state.decided = True
+        state.pid = os.getpid()  # a rank forked before its parent decided decides for itself
         for restore in state.restore:
             restore()
         state.restore.clear()
-        if state.pid != os.getpid() or _in_dataloader_worker():
+        if _in_dataloader_worker():
             return None
         os.environ[ENV_WATCHED] = str(os.getpid())  # inherited by workers and helpers: they stay unwatched
         try:

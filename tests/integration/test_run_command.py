@@ -79,8 +79,10 @@ def test_a_helper_that_never_trains_is_not_watched(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ranks_from_torch_multiprocessing_spawn_are_watched_not_their_parent(tmp_path: Path) -> None:
-    proc = gpuwatch_run(tmp_path / "run", PY, TARGETS, "spawn_ranks", "--steps", "8")
+@pytest.mark.parametrize("case", ["spawn_ranks", "fork_ranks"])
+def test_ranks_a_script_starts_itself_are_watched_not_their_parent(tmp_path: Path, case: str) -> None:
+    """torch.multiprocessing.spawn, and multiprocessing's fork of a parent that has imported torch."""
+    proc = gpuwatch_run(tmp_path / "run", PY, TARGETS, case, "--steps", "8")
     assert proc.returncode == 0, proc.stderr
     found = writers(tmp_path / "run")
     assert sorted(w["rank"] for w in found) == [0, 1]  # the mp.spawn parent never trains: no writer

@@ -7,6 +7,7 @@ Cases:
   crash         the same loop, raising RuntimeError after N steps
   spawn_ranks   torch.multiprocessing.spawn of 2 gloo ranks, each training N steps with DDP; the parent only
                 waits (it must not be watched)
+  fork_ranks    the same 2 ranks as forked multiprocessing.Process children of a parent that imported torch
   spawn_workers the loop with DataLoader(num_workers=1, multiprocessing_context="spawn")
   helper        imports torch and does tensor math, never trains (must not be watched)
 """
@@ -64,7 +65,7 @@ def _rank(rank: int, world: int, port: str, steps: int) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("case", choices=["train", "crash", "spawn_ranks", "spawn_workers", "helper"])
+    p.add_argument("case", choices=["train", "crash", "spawn_ranks", "fork_ranks", "spawn_workers", "helper"])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--exit-code", type=int, default=0)
     args = p.parse_args()
@@ -78,7 +79,8 @@ def main() -> int:
     if args.case == "spawn_workers":
         train(args.steps, workers=1, context="spawn")
         return 0
-    if args.case == "spawn_ranks":
+    if args.case in ("spawn_ranks", "fork_ranks"):
+        import multiprocessing
         import socket
 
         import torch.multiprocessing as mp
@@ -86,8 +88,18 @@ def main() -> int:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])
-        mp.spawn(_rank, args=(2, port, args.steps), nprocs=2, join=True)
-        return 0
+        if args.case == "spawn_ranks":
+            mp.spawn(_rank, args=(2, port, args.steps), nprocs=2, join=True)
+            return 0
+        ranks = [
+            multiprocessing.get_context("fork").Process(target=_rank, args=(r, 2, port, args.steps))
+            for r in range(2)
+        ]
+        for proc in ranks:
+            proc.start()
+        for proc in ranks:
+            proc.join()
+        return max(proc.exitcode or 0 for proc in ranks)
     a = torch.randn(64, 64)
     print(float((a @ a).sum()), flush=True)
     return 0
