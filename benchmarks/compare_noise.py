@@ -44,13 +44,15 @@ NAIVE_CAUSES = {"data_loading", "cpu_preprocessing", "sync", "checkpoint_io"}
 
 
 def peer_alarms(base: Summary, cand: Summary, th: Thresholds) -> set[str]:
-    """The summary-diff gate: budget_pct averaged over ranks, same limits, no noise model."""
+    """The summary-diff gate: budget_pct averaged over ranks, same limits (and, like ours, compute share
+    gated on device runs only), no noise model."""
 
     def share(s: Summary, c: str) -> float:
         return sum(r.budget_pct.get(c) for r in s.ranks) / len(s.ranks)
 
     out = set()
-    if share(base, "compute") - share(cand, "compute") > th.compute_drop_pp:
+    compute_limit = th.compute_drop_limit(all(r.mode == "device" for r in base.ranks))
+    if compute_limit is not None and share(base, "compute") - share(cand, "compute") > compute_limit:
         out.add("compute_share")
     for c in th.category_increase_pp:
         if share(cand, c) - share(base, c) > th.category_limit(c):
