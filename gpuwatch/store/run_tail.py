@@ -106,11 +106,11 @@ class TailBatch:
 
 
 class _Vanished(Exception):
-    """A listed segment was gone when read (compaction replaced it): the poll starts over."""
+    """A listed segment was gone when read (compaction replaced it): its writer is listed again."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(str(path))
-        self.path = path
+    def __init__(self, writer: str) -> None:
+        super().__init__(writer)
+        self.writer = writer
 
 
 @dataclass
@@ -160,18 +160,11 @@ class RunTail:
 
     def poll(self) -> TailBatch:
         marker = read_run_marker(self.run_dir)
-        for attempt in range(3):
-            try:
-                batch = self._poll(marker["run_id"])
-                skipped = ((marker["recovered"],) if "recovered" in marker else ()) + tuple(
-                    f"skipped writer folder {name}: {why}" for name, why in sorted(self._skipped.items())
-                )
-                return replace(batch, skipped=skipped) if skipped else batch
-            except _Vanished as gone:  # a writer compacted small segments between listing and reading
-                if attempt == 2:
-                    raise RunDirError(f"cannot read segment {gone.path}: it keeps vanishing") from None
-                time.sleep(0.02)
-        raise AssertionError("unreachable")
+        batch = self._poll(marker["run_id"])
+        skipped = ((marker["recovered"],) if "recovered" in marker else ()) + tuple(
+            f"skipped writer folder {name}: {why}" for name, why in sorted(self._skipped.items())
+        )
+        return replace(batch, skipped=skipped) if skipped else batch
 
     def _poll(self, run_id: str) -> TailBatch:
         self._listing = {}  # each writer folder is listed once per poll, for both tables
@@ -180,31 +173,45 @@ class RunTail:
             return TailBatch(run_id, (), self._anchor or 0, 0, ())
         anchor = min(w.run.started_at_unix_ns for w in found)
         moved = 0 if self._anchor is None else self._anchor - anchor
+        self._anchor = anchor
         writers = tuple(_with_offset(w, w.run.started_at_unix_ns - anchor) for w in found)
-        tables = ("spans", "samples") if self.sample_metrics else ("spans",)
-        done: list[tuple[_Read, str, int]] = []
         chunks: list[SpanChunk] = []
         samples: list[dict[str, np.ndarray]] = []
-        for table in tables:
-            for r in self._plan(writers, table):
-                cols = self._read(r, table)
-                n = len(cols["t_ns" if table == "samples" else "start_ns"])
-                done.append((r, table, n))
-                if not n:
+        for table in ("spans", "samples") if self.sample_metrics else ("spans",):
+            for _ in range(5):
+                try:
+                    self._read_table(writers, table, chunks, samples)
+                except _Vanished as gone:  # compacted between listing and reading: list that writer again
+                    self._listing.pop(gone.writer, None)
+                    time.sleep(0.01)
                     continue
-                if table == "spans":
-                    key = (FMT_ORDER[r.segment.fmt], r.order_first)
-                    chunks.append(SpanChunk(r.writer.folder.name, key, SpanColumns(**cols)))
-                else:
-                    samples.append(cols)
-        # only now, when every read succeeded: a failed one leaves every cursor where it was
-        self._anchor = anchor
-        for r, table, n in done:
-            n = self._lines_read.pop(r.segment.path, n)
-            self._advance(r.writer.folder.name, table, r.segment, r.skip_rows + n)
+                break
         if self._damage:
             writers = tuple(self._with_damage(w) for w in writers)
         return TailBatch(run_id, writers, anchor, moved, tuple(chunks), self._samples(samples))
+
+    def _read_table(
+        self,
+        writers: tuple[WriterInfo, ...],
+        table: str,
+        chunks: list[SpanChunk],
+        samples: list[dict[str, np.ndarray]],
+    ) -> None:
+        """Read the table's new segments in order, moving each cursor as soon as its segment is in: a
+        catch-up of thousands of segments that meets a compaction keeps what it has read."""
+        for r in self._plan(writers, table):
+            cols = self._read(r, table)
+            n = len(cols["t_ns" if table == "samples" else "start_ns"])
+            self._advance(
+                r.writer.folder.name, table, r.segment, r.skip_rows + self._lines_read.pop(r.segment.path, n)
+            )
+            if not n:
+                continue
+            if table == "spans":
+                key = (FMT_ORDER[r.segment.fmt], r.order_first)
+                chunks.append(SpanChunk(r.writer.folder.name, key, SpanColumns(**cols)))
+            else:
+                samples.append(cols)
 
     def _with_damage(self, w: WriterInfo) -> WriterInfo:
         notes = self._damage.get(w.folder.name)
@@ -297,7 +304,7 @@ class RunTail:
                 return self._read_jsonl(r, table)
             return self._read_parquet(r, table)
         except FileNotFoundError:  # compacted away between listing and reading: list again
-            raise _Vanished(r.segment.path) from None
+            raise _Vanished(r.writer.folder.name) from None
         except (OSError, RunDirError) as exc:  # damaged (a directory, unreadable, broken Parquet): skipped
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._note_damage(r, f"damaged, skipped ({why})")

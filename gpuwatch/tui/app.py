@@ -112,6 +112,8 @@ class TopApp(App[None]):
         self.ended = False
         self.events_shown = 0
         self.views_drawn = 0
+        self.refreshes = 0
+        """Refresh ticks done: the run polled for new segments and the window's view brought up to date."""
         self.notices: deque[str] = deque(maxlen=20)
         """How many views were drawn (what `benchmarks/top_follow.py` counts as refreshes)."""
         self._wake = threading.Event()
@@ -183,6 +185,7 @@ class TopApp(App[None]):
                     try:
                         result = follower.poll()
                         view = follower.view(self.window_steps)
+                        self.refreshes += 1
                     except GpuwatchError as exc:
                         self.post_message(ReadFailed(str(exc)))
                     except Exception as exc:  # a bug of ours: said on screen, and following goes on

@@ -367,12 +367,11 @@ class RunFollower:
                 continue
             shown.update(ids[pick].tolist())
             t0, t1 = int(starts[pick].min()), int(ends[pick].max())
-            s, e = data.spans.get("start_ns"), data.spans.get("end_ns")
-            kind = data.spans.get("kind")
-            inside = (e > t0) & (s < t1)
+            rows = data.rows_overlapping(t0, t1)
+            s, kind = data.spans.get("start_ns")[rows], data.spans.get("kind")[rows]
             # step markers of steps outside the window that touch its edges must not join it
             outside_step = (kind == SpanKind.STEP.value) & ((s < t0) | (s >= t1))
-            out[rank] = data.columns(np.flatnonzero(inside & ~outside_step))
+            out[rank] = data.columns(rows[~outside_step])
         if not shown:
             return out, "no steps yet", True
         from_start = all(t[0].size == 0 or int(t[0][0]) >= first for t in tables.values())
