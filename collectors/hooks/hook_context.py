@@ -31,6 +31,9 @@ ACTIVE: HookContext | None = None
 
 MAX_PENDING_GAPS = 8192
 """Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
+SLOW_HOOK_NS = 50_000_000
+"""A hook whose own work (not the call it wraps) holds the training thread longer than this is noted
+(`hook_slow:<hook>`): gpuwatch's code should take microseconds there."""
 IN_COLLECTIVE = "in_collective"
 """Per-thread flag: a hooked collective is running (its inner calls belong to it)."""
 IN_DATA_LOADING = "in_data_loading"
@@ -245,6 +248,18 @@ class HookContext:
             if tb is not None:  # where it broke, for a bug report
                 at = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}"
             self.sink.note(f"hook_error:{where}", f"{where} hook failed and was skipped: {exc!r}{at}")
+        except Exception:
+            pass
+
+    def slow_hook(self, where: str, own_ns: int) -> None:
+        """Record a hook whose own work held the training thread past `SLOW_HOOK_NS` (the first time with
+        its duration; later times are counted by the sink); never raises."""
+        try:
+            self.sink.note(
+                f"hook_slow:{where}",
+                f"{where} hook held the training thread {own_ns / 1e6:.1f} ms in gpuwatch's own code "
+                f"(over {SLOW_HOOK_NS / 1e6:.0f} ms): the job waited for it",
+            )
         except Exception:
             pass
 

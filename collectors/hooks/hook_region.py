@@ -7,15 +7,17 @@
 
 In all three a failure of gpuwatch's own code is noted once (`HookContext.hook_error`) and never reaches the
 job: when opening a region fails, the call runs unhooked; the job's own exceptions pass through untouched.
+Their own work (not the wrapped call) past `SLOW_HOOK_NS` is noted too (`HookContext.slow_hook`).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from collectors.hooks import hook_context as hc
-from collectors.hooks.hook_context import HookContext
+from collectors.hooks.hook_context import SLOW_HOOK_NS, HookContext
 
 R = TypeVar("R")
 
@@ -57,6 +59,7 @@ def call_in_region(
         What `original` returned; its exceptions propagate unchanged.
     """
     start_ns, outer = 0, False
+    own = time.perf_counter_ns()
     try:
         state = before() if before is not None else None
         if state is not UNHOOKED:
@@ -67,6 +70,9 @@ def call_in_region(
     except Exception as exc:
         ctx.hook_error(where, exc)
         state = UNHOOKED
+    own = time.perf_counter_ns() - own
+    if own > SLOW_HOOK_NS:
+        ctx.slow_hook(where, own)
     if state is UNHOOKED:  # outside the try: the job's own exception is never taken for the hook's
         return original(*args, **kwargs)
     result = None
@@ -74,12 +80,16 @@ def call_in_region(
         result = original(*args, **kwargs)
         return result
     finally:
+        own = time.perf_counter_ns()
         try:
             if flag:
                 ctx.set_flag(flag, outer)
             finish(start_ns, state, result)
         except Exception as exc:
             ctx.hook_error(where, exc)
+        own = time.perf_counter_ns() - own
+        if own > SLOW_HOOK_NS:
+            ctx.slow_hook(where, own)
 
 
 def call_then_emit(
@@ -97,10 +107,14 @@ def call_then_emit(
     """
     start_ns = ctx.now_ns()
     result = original(*args, **kwargs)
+    own = time.perf_counter_ns()
     try:
         emit(start_ns, result)
     except Exception as exc:
         ctx.hook_error(where, exc)
+    own = time.perf_counter_ns() - own
+    if own > SLOW_HOOK_NS:
+        ctx.slow_hook(where, own)
     return result
 
 
@@ -114,10 +128,14 @@ def guarded_hook(where: str) -> Callable[[Callable[..., None]], Callable[..., No
             ctx = hc.current()
             if ctx is None:
                 return
+            own = time.perf_counter_ns()
             try:
                 body(owner, ctx, *hook_args)
             except Exception as exc:
                 ctx.hook_error(where, exc)
+            own = time.perf_counter_ns() - own
+            if own > SLOW_HOOK_NS:
+                ctx.slow_hook(where, own)
 
         hook.__name__ = body.__name__
         hook.__doc__ = body.__doc__

@@ -1,4 +1,5 @@
-"""Never hurt the job: cheap import, identical training results, and a readable run after SIGKILL / SIGTERM."""
+"""Never hurt the job: cheap import, identical training results, a readable run after SIGKILL / SIGTERM (one
+rank, and two gloo ranks killed at random moments), and every hook raising or slow in turn."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, cli_env, run_cli
 
 PROGRAM = ROOT / "tests" / "support" / "planted_trainer.py"
@@ -170,3 +172,68 @@ def test_sigterm_with_the_default_action_still_terminates_by_the_signal(tmp_path
     ]
     steps, status, _ = recorded_steps(tmp_path / "run")
     assert status == "terminated" and steps == max(s for s, _ in progress) + 1
+
+
+def test_each_hook_raising_or_slow_leaves_training_bit_identical_and_is_one_note(tmp_path: Path) -> None:
+    """Every hook in turn (DataLoader, forward, backward, optimizer, checkpoint, collective) made to raise, then
+    to be slow (tests/support/hook_faults.py), in one process that also trains bare from the same seed
+    (tests/support/fault_trainer.py --fault-matrix, a one-rank gloo group for the collective): the loss of
+    every step is bit-identical to the bare run's, and the summary holds exactly one note for the fault."""
+    from hook_faults import HOOKS, MODES
+
+    from gpuwatch.attribution.summary import load_summary
+
+    program = ROOT / "tests" / "support" / "fault_trainer.py"
+    result = tmp_path / "result.json"
+    args = [
+        sys.executable,
+        str(program),
+        "--fault-matrix",
+        "--gloo-single",
+        "--steps",
+        "30",
+        "--step-ms",
+        "1",
+    ]
+    proc = subprocess.run(
+        [*args, "--run-dir", str(tmp_path / "runs"), "--result", str(result)],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads(result.read_text())
+    bare = runs.pop("bare")["losses"]
+    assert len(bare) == 30 and set(runs) == {f"{h}:{m}" for h in HOOKS for m in MODES}
+    for spec, got in runs.items():
+        hook, mode = spec.split(":")
+        assert got["losses"] == bare, spec  # bit-identical training
+        key = f"hook_{'error' if mode == 'raise' else 'slow'}:{hook}"
+        assert key in got["notes"], (spec, got["notes"])
+        assert [k for k in got["notes"] if k.startswith("hook_error")] == (
+            [key] if mode == "raise" else []
+        ), spec
+        if mode == "slow":  # its first three calls were slow; another hook may be noted on a busy host
+            assert got["notes"][key]["count"] == 3, got["notes"]
+        notes = load_summary(tmp_path / "runs" / spec.replace(":", "-"), use_cache=False).notes
+        assert len([n for n in notes if key in n]) == 1, (spec, notes)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", range(2))
+def test_two_gloo_ranks_sigkilled_at_a_random_moment(tmp_path: Path, trial: int) -> None:
+    """Both ranks of a watched 2-rank gloo job SIGKILLed 1-4 s in (tests/support/kill_trials.py; 50 such
+    trials: benchmarks/kill_soak.py): the run is readable, and each rank holds every step it logged more than
+    one flush interval (+ a busy host's slack) before the kill, and none it did not log."""
+    import random
+
+    from kill_trials import FLUSH_INTERVAL_S, kill_trial
+
+    got = kill_trial(tmp_path, random.Random(1500 + trial))
+    assert got.readable, got.error
+    for rank in got.ranks:
+        assert rank.logged > 0 and rank.recorded > 0, got
+        assert rank.recorded <= rank.logged + 1, got  # the step in progress may have been written
+        assert rank.lost_s <= FLUSH_INTERVAL_S + 0.75, got
