@@ -162,7 +162,14 @@ PRIORITY: tuple[Category, ...] = (
     Category.COMPUTE,
     Category.HOST_OVERHEAD,
 )
-_RANK = {c: i for i, c in enumerate(PRIORITY)}
+_RANK = {c: i for i, c in enumerate((*PRIORITY, Category.UNATTRIBUTED))}
+
+WAITING = StackRule(Category.UNATTRIBUTED, label="waiting on another thread (lock, event, queue, future)")
+"""A stack no rule names whose innermost frame blocks on another thread of the process: the thread has
+nothing of its own there. The engine does not count it as host activity, so what that other thread does
+(a collective: sync) or nothing (unattributed) explains the time, not host_overhead."""
+_WAIT_FRAME = re.compile(r"(^|/)(threading\.py|queue\.py|selectors\.py|concurrent/futures/_base\.py)$")
+_WAIT_FUNCTION = re.compile(r"^(wait|join|_wait_for_tstate_lock|get|select|result|acquire|as_completed)$")
 
 LOADER_WORK_RULES: list[StackRule] = [
     StackRule(
@@ -252,6 +259,12 @@ def _by_priority(rules: Iterable[StackRule | None]) -> StackRule | None:
     return best
 
 
+def _is_wait(filename: str, function: str) -> bool:
+    return bool(
+        _WAIT_FRAME.search(filename.replace("\\", "/")) and _WAIT_FUNCTION.match(function.rsplit(".", 1)[-1])
+    )
+
+
 def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
     """The winning rule for a whole stack of (filename, function) frames, **innermost frame first**; None if
     none match. `function` may be the bare name or the qualified one (`Normalize.__call__`).
@@ -263,7 +276,10 @@ def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
     _check_tables()
     matched: list[tuple[StackRule | None, StackRule | None]] = []
     loader_at = -1
+    innermost: tuple[str, str] | None = None
     for filename, function in frames:
+        if innermost is None:
+            innermost = (filename, function)
         rule, work = _frame_rules(filename, function)
         if rule is not None and rule.decisive:
             return rule
@@ -271,7 +287,10 @@ def classify_stack(frames: Iterable[tuple[str, str]]) -> StackRule | None:
             loader_at = len(matched)
         matched.append((rule, work))
     if loader_at < 0:
-        return _by_priority(rule for rule, _ in matched)
+        best = _by_priority(rule for rule, _ in matched)
+        if best is None and innermost is not None and _is_wait(*innermost):
+            return WAITING
+        return best
     under = matched[:loader_at]
     best = _by_priority(
         [rule for rule, _ in matched[loader_at:]] + [r for r, _ in under if r and r.category == Category.SYNC]

@@ -6,7 +6,9 @@ Consumes the `StackInterval`s of `PySpyRecorder` (every thread of the target and
   `Span(kind="stack_sample", category=...)` on it (consecutive intervals of the same label are merged),
 - finds steps (`collectors.pyspy.step_detect`) and emits `Span(kind="step")` on it once confident,
 - sums what DataLoader worker processes spend their time on (spans on the worker pids with category None,
-  so the engine never mistakes a worker for the training thread; the category is kept in `attrs`).
+  so the engine never mistakes a worker for the training thread; the category is kept in `attrs`),
+- emits the collectives other threads of the training process run (sync spans on their own tids): while
+  the training thread only waits for them, the engine counts that time as sync.
 """
 
 from __future__ import annotations
@@ -220,6 +222,7 @@ class AttachStacks:
         self._h_stack: list[tuple[Frame, ...]] = []
         self._h_cat: list[str | None] = []
         self._intern: dict[tuple[Frame, ...], tuple[Frame, ...]] = {}
+        self._helper_tids: dict[ThreadKey, int] = {}
         self._marker: LoopMarker | None = None
         self._last_boundary: int | None = None
 
@@ -310,6 +313,12 @@ class AttachStacks:
                 self._h_cat.append(cat)
                 self._extend(tr.tid, tr.pid, iv, cat, label, None, emitted)
                 continue
+            if iv.pid == tr.pid:  # another thread of the training process: only its collectives matter
+                cat, label = self.classifier.classify(iv.frames)
+                if cat == Category.SYNC.value:
+                    attrs = {"role": "helper_thread"}
+                    self._extend(self._helper_tid(iv.pid, iv.thread_id), tr.pid, iv, cat, label, attrs, None)
+                continue
             worker = self.classifier.classify_worker(iv.frames)
             if worker is None:
                 continue
@@ -362,12 +371,21 @@ class AttachStacks:
         if emitted is not None:
             emitted.append(span)
 
+    def _helper_tid(self, pid: int, thread_id: int) -> int:
+        tid = self._helper_tids.get((pid, thread_id))
+        if tid is None:
+            found = self.resolve_thread(pid, thread_id)
+            tid = found[0] if found is not None else thread_id & 0x7FFFFFFF
+            self._helper_tids[(pid, thread_id)] = tid
+        return tid
+
     def _flush_pending(self) -> None:
         tr = self.training
         emitted: list[Span] = []
+        helpers = set(self._helper_tids.values())
         for tid, pend in list(self._pending.items()):
             is_training = tr is not None and tid == tr.tid
-            pid = tr.pid if is_training and tr is not None else tid
+            pid = tr.pid if (is_training or tid in helpers) and tr is not None else tid
             self._emit(tid, pid, pend, emitted if is_training else None)
         self._pending.clear()
         if emitted and self.on_training_spans is not None:

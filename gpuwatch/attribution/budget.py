@@ -12,8 +12,10 @@ Refinements (README.md, "The time budget"):
 - Preprocessing inside a DataLoader wait (a loader without workers runs the Dataset on the training thread):
   a cpu_preprocessing span nested in a data_loading span of the same thread is cpu_preprocessing.
 - Communication on other threads: time the rules leave unattributed (the training thread has nothing of its
-  own) while a collective of the same process runs on another of its threads is sync. The HTA-compatible
-  view (temporal.py) does not count it, as HTA does not.
+  own: no span, or only spans that say "unattributed", such as a stack sampler's "waiting on another
+  thread") while a collective of the same process runs on another of its threads is sync, and so is the
+  whole of such a wait that a collective overlaps. The HTA-compatible view (temporal.py) does not count
+  it, as HTA does not.
 - Warm-up: leading steps much slower than the rest (`warmup.py`) are left out of the budget and reported on
   their own (`RankBudget.warmup`), unless `include_warmup`.
 
@@ -241,6 +243,9 @@ def compute_rank_budget(
     if mode == "device":  # threads that launch device work (the autograd thread runs backward launches)
         host_tids |= set(np.unique(cols.tid[(kind == SpanKind.RUNTIME.value) & ~is_device]).tolist())
     on_host = ~is_device & np.isin(cols.tid, list(host_tids)) & ~kind_in(kind, _NOT_ACTIVITY)
+    # a span that says "unattributed" (a thread blocked on another thread: stack samplers) is no activity
+    waiting = on_host & (cols.category == Category.UNATTRIBUTED.value)
+    on_host &= ~waiting
 
     cat = cols.category
     start, end = cols.start_ns, cols.end_ns
@@ -271,7 +276,7 @@ def compute_rank_budget(
     add(Category.HOST_OVERHEAD, on_host)
     # last: the training thread has nothing of its own, a collective of the process runs on another thread
     other_set = len(sets)
-    add(Category.SYNC, _other_thread_collectives(cols, tid, host_tids, is_device))
+    add(Category.SYNC, _other_thread_collectives(cols, tid, host_tids, is_device, waiting))
 
     masks_union = [iv.union(start[m], end[m]) for _, m in sets]
     bounds = [step_s, step_e] + [a for u in masks_union for a in u]
@@ -353,10 +358,12 @@ def _nested(cols: SpanColumns, inner: np.ndarray, outer: np.ndarray) -> np.ndarr
 
 
 def _other_thread_collectives(
-    cols: SpanColumns, tid: int, host_tids: set[int], is_device: np.ndarray
+    cols: SpanColumns, tid: int, host_tids: set[int], is_device: np.ndarray, waiting: np.ndarray
 ) -> np.ndarray:
     """Host spans of collectives (sync, not a runtime call) on threads of the training thread's process
-    other than the threads the budget reads: gloo's communication threads, a job's helper threads."""
+    other than the threads the budget reads (gloo's communication threads, a job's helper threads), and
+    the training threads' waits on another thread (`waiting`) that such a collective overlaps: the whole
+    wait, hand-off to and from the helper thread included, is waiting for that communication."""
     own = cols.tid == tid
     pids = np.unique(cols.pid[own & ~is_device]) if own.any() else np.zeros(0, dtype=np.int64)
     mask = (
@@ -367,6 +374,11 @@ def _other_thread_collectives(
     )
     if pids.size:
         mask &= np.isin(cols.pid, pids)
+    if mask.any() and waiting.any():
+        region = iv.union(cols.start_ns[mask], cols.end_ns[mask])
+        idx = np.flatnonzero(waiting)
+        mask = mask.copy()
+        mask[idx[iv.overlap(region, cols.start_ns[idx], cols.end_ns[idx]) > 0]] = True
     return mask
 
 

@@ -173,3 +173,24 @@ def test_interval_arithmetic_matches_brute_force(seed: int) -> None:
     got = iv.overlap(a, q_s, q_e)
     want = [int(ma[s : min(e, T_MAX)].sum()) for s, e in zip(q_s.tolist(), q_e.tolist())]
     assert got.tolist() == want
+
+
+def test_a_wait_on_another_threads_collective_is_sync() -> None:
+    """The training thread blocked on a helper thread ("unattributed" stack samples: waiting) while the helper
+    runs an all-reduce: the whole wait is sync; a wait that no collective overlaps stays unattributed, and
+    neither is host activity."""
+    spans = [
+        dict(kind="step", tid=TRAIN, start=0, end=1000, category=None, step=0),
+        dict(kind="phase", tid=TRAIN, start=0, end=300, category="compute"),
+        dict(kind="stack_sample", tid=TRAIN, start=300, end=700, category="unattributed"),  # waits for OTHER
+        dict(kind="collective", tid=OTHER, start=320, end=690, category="sync"),  # hand-off on either side
+        dict(
+            kind="stack_sample", tid=TRAIN, start=700, end=900, category="unattributed"
+        ),  # waits, no collective
+        dict(kind="stack_sample", tid=TRAIN, start=900, end=1000, category=None),  # its own Python
+    ]
+    budget = compute_rank_budget(0, to_columns(spans, np.random.default_rng(0)))
+    got = dict(zip([c.value for c in CATEGORIES], budget.step_category_ns[0].tolist(), strict=True))
+    assert got["compute"] == 300 and got["sync"] == 400 and got["unattributed"] == 200
+    assert got["host_overhead"] == 100
+    assert budget.other_thread_sync_ns is not None and budget.other_thread_sync_ns.tolist() == [400]
