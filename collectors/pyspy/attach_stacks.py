@@ -261,7 +261,7 @@ class AttachStacks:
                 continue  # a worker's dataset code is never the training loop
             if cat == Category.COMPUTE.value:
                 compute[key] += iv.end_unix_ns - iv.start_unix_ns
-            if cat is not None:
+            if cat is not None and cat != Category.UNATTRIBUTED.value:  # waiting is not being busy
                 busy[key] += iv.end_unix_ns - iv.start_unix_ns
         if compute:
             self.training = self._make_thread(
