@@ -316,7 +316,7 @@ class AttachStacks:
             if iv.pid == tr.pid:  # another thread of the training process: only its collectives matter
                 cat, label = self.classifier.classify(iv.frames)
                 if cat == Category.SYNC.value:
-                    attrs = {"role": "helper_thread"}
+                    attrs: dict[str, Any] = {"role": "helper_thread"}
                     self._extend(self._helper_tid(iv.pid, iv.thread_id), tr.pid, iv, cat, label, attrs, None)
                 continue
             worker = self.classifier.classify_worker(iv.frames)
