@@ -12,7 +12,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="serve a run's metrics to a fleet monitoring system (Prometheus)",
-        description="Export a run to another system while it grows.",
+        description="Export a run to another system while it grows. Targets: prometheus.",
+        epilog="exit codes: 0 stopped (Ctrl-C), 1 cannot listen, 2 not a run directory or an unknown target",
     )
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     prom = targets.add_parser(
