@@ -1,4 +1,4 @@
-"""The `gpuwatch` command line: one subcommand per module in `gpuwatch/commands/`.
+"""The `gpuwatch` command line: one subcommand per module beside this one in `gpuwatch/cli/`.
 
 Exit codes: 0 success, 1 runtime failure (corrupt trace, unreadable run, target gone), 2 usage or
 configuration error (bad flag, missing path), 130 interrupted. Errors are one line on stderr; stdout
@@ -39,6 +39,8 @@ Typical use:
   gpuwatch report runs/exp1 -o report.html               # the same as one offline HTML file to share
   gpuwatch attach 12345 --duration 30 --out runs/live    # a running trainer, no code change
   gpuwatch top runs/exp1                                 # live dashboard of a run being written
+  gpuwatch run -- python train.py                        # watch a job in-process, no code change
+  gpuwatch compare base.json runs/exp1 --junit out.xml   # CI gate: fail on an efficiency regression
   in Python: with gpuwatch.watch("runs/exp1") as gw: ... gw.step()   # around your training loop
 """
 
