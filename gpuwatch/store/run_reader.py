@@ -7,6 +7,7 @@ recorded their own wall-clock anchors line up.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -143,20 +144,22 @@ class RunReader:
         return QueryResult(self, sql, params or [])
 
     def _fetch(self, sql: str, params: list[Any], how: str) -> Any:
-        for attempt in range(4):
+        vanished_tries = damage_tries = 0
+        while True:
             try:
                 return getattr(self.connection().execute(sql, params), how)()
             except Exception as exc:  # duckdb.IOException when a compacted small segment vanished
                 vanished = "No files found" in str(exc) or "No such file" in str(exc)
-                if vanished and attempt < 2:
-                    time.sleep(0.05)
+                if vanished and vanished_tries < 10:  # writers compact while we read: list again
+                    vanished_tries += 1
+                    time.sleep(0.01 * vanished_tries)
                     self._con.close()
                     self._con = None
-                elif attempt < 3 and self._find_damage():
+                elif damage_tries < 2 and self._find_damage():
+                    damage_tries += 1
                     self._create_views()
                 else:
                     raise RunDirError(f"cannot read run {self.run_dir}: {str(exc).splitlines()[0]}") from None
-        raise AssertionError("unreachable")
 
     def _find_damage(self) -> bool:
         """Probe each writer's segments; leave out (or salvage) the ones that fail. True when any was new."""
@@ -175,6 +178,8 @@ class RunReader:
                             or _rows(probe, self._writer_selects_of(w, seg), table) is not None
                         ):
                             continue
+                        if not os.path.lexists(seg.path):
+                            continue  # compacted away meanwhile (a live writer), not damaged
                         found = True
                         why = _why_unreadable(probe, w, seg)
                         if seg.fmt == "jsonl" and seg.path not in self._salvaged and seg.path.is_file():

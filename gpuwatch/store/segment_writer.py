@@ -44,6 +44,10 @@ _SPAN_FIELDS = tuple(name for name, _ in SPAN_COLUMNS)
 _SAMPLE_FIELDS = tuple(name for name, _ in SAMPLE_COLUMNS)
 COMPACT_EVERY = 64
 """Merge this many small segments of a table into one, so hour-long runs stay a few hundred files."""
+RETIRE_AFTER_S = 60.0
+"""The small segments a compaction replaced are deleted this long after it, not at once: a reader that
+listed them just before still finds them (with 8 writers compacting, a long query over every segment
+would otherwise keep missing a file deleted under it, and retry forever)."""
 
 
 class SegmentWriter:
@@ -80,6 +84,8 @@ class SegmentWriter:
         self._meta_extra: dict[str, Any] = {}
         self._seq = 0
         self._compact_after = 0  # after a failed compaction, the next try waits for more segments
+        self._retired: list[tuple[float, list[Path]]] = []  # (when, small segments a compaction replaced)
+        self.retire_after_s = RETIRE_AFTER_S
         self._lock = threading.Lock()  # one flush at a time (background thread vs close())
         self._stop = threading.Event()
         self._status = "running"
@@ -150,6 +156,8 @@ class SegmentWriter:
                 self._write_writer_file()
             except OSError as exc:  # the counts and notes land with the next flush that can write
                 self._failed("writer.json", exc)
+            if self._retired:
+                self._delete_retired(everything=self._status != "running")
 
     def close(self, status: str = "ended") -> None:
         """Stop the thread, write what is left and mark the writer ended. Safe to call twice; never raises
@@ -235,8 +243,20 @@ class SegmentWriter:
         except OSError:
             _unlink_quietly(tmp)
             raise
-        for seg in small:  # readers now prefer the wider segment; the small ones can go
-            seg.path.unlink(missing_ok=True)
+        # readers now prefer the wider segment; the small ones go once a reader that listed them just
+        # before is surely done (listing skips them meanwhile: the wide one covers them)
+        self._retired.append((time.monotonic(), [seg.path for seg in small]))
+        self._delete_retired()
+
+    def _delete_retired(self, everything: bool = False) -> None:
+        now, keep = time.monotonic(), []
+        for when, paths in self._retired:
+            if everything or now - when >= self.retire_after_s:
+                for path in paths:
+                    _unlink_quietly(path)
+            else:
+                keep.append((when, paths))
+        self._retired = keep
 
     def _write_writer_file(self) -> None:
         run = run_to_json(self.run)
