@@ -89,6 +89,7 @@ def test_summary_top_and_report_read_while_eight_writers_write(
                     failures.append(f"summary: {exc}")
             except Exception as exc:  # noqa: BLE001 - any crash of a reader is the failure we look for
                 failures.append(f"summary crashed: {type(exc).__name__}: {exc}")
+            stop.wait(0.2)  # a user re-running `gpuwatch summary`, not a spin (two shared cores)
 
     tail = RunTail(run)
 
@@ -109,7 +110,7 @@ def test_summary_top_and_report_read_while_eight_writers_write(
                 failures.append(f"top crashed: {type(exc).__name__}: {exc}")
             if last:
                 return
-            time.sleep(0.05)
+            time.sleep(0.1)  # top's refresh pace
 
     deadline = time.monotonic() + 300
     while len(list(run.glob("rank*/spans-*"))) < WRITERS or len(list(run.glob("rank*"))) < WRITERS:
