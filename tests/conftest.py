@@ -137,3 +137,75 @@ def shared_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
         return cache[name]
 
     return get
+
+
+# ---- the suite's own hygiene: no test may leave processes behind or change pytest's CPU priority ----------
+# Orphans (a torchrun killed before its ranks, a daemon a child started) are re-parented to pytest rather than
+# to init, so they can be found, killed and reaped after their module: one leaked job otherwise burns the
+# shared cores for the rest of the suite and turns every later timing-sensitive test into a flake.
+_PR_SET_CHILD_SUBREAPER = 36
+if sys.platform == "linux":
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _children() -> dict[int, str]:
+    """pid -> command of every live (non-zombie) child of this process, read from /proc."""
+    me, kids = os.getpid(), {}
+    try:
+        entries = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return kids
+    for entry in entries:
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            if int(fields[1]) != me or fields[0] == "Z":
+                continue
+            kids[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:160]
+        except (OSError, IndexError, ValueError):
+            continue
+    return kids
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_processes() -> Any:
+    before = set(_children())
+    yield
+    leaked = {pid: cmd for pid, cmd in _children().items() if pid not in before}
+    for pid in leaked:
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
+    if leaked:
+        import warnings
+
+        warnings.warn(
+            f"the module left processes running (killed now): {sorted(leaked.values())}", stacklevel=1
+        )
+
+
+def _cpu_priority() -> tuple[int, int]:
+    return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_priority_unchanged() -> Any:
+    """pytest's thread keeps its CPU priority: a test (or the API it calls) that lowers it would run every
+    later test, and every process they start, at SCHED_IDLE."""
+    before = _cpu_priority()
+    yield
+    after = _cpu_priority()
+    if after != before:
+        try:  # the rest of the suite must not pay for it (root may raise it back)
+            os.sched_setscheduler(0, before[0], os.sched_param(0))
+            os.setpriority(os.PRIO_PROCESS, 0, before[1])
+        except OSError:
+            pass
+        pytest.fail(f"the test changed pytest's CPU priority (policy, nice) from {before} to {after}")

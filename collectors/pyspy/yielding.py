@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -45,6 +50,28 @@ def lowest_priority() -> str:
     except (OSError, AttributeError):
         pass
     return how
+
+
+def call_lowered(fn: Callable[[], T]) -> T:
+    """Run `fn` in a short-lived thread at the lowest priority (see `lowest_priority`) and return its result;
+    threads `fn` starts inherit that priority. The calling thread keeps its own: a library caller (or the
+    test runner) that calls `attach()` must not find its thread at SCHED_IDLE afterwards, which an
+    unprivileged process could not undo."""
+    box: dict[str, Any] = {}
+
+    def body() -> None:
+        lowest_priority()
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=body, name="gpuwatch-lowered", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
 
 
 def lower_process(pid: int) -> str:

@@ -348,11 +348,14 @@ def attach(
     recorder.start()  # from this thread, still at normal priority: py-spy starts with an accurate clock
     if workers is not None:
         workers.start()
-    if opts.yield_cpu:  # this thread and what it starts from now on: the /proc and NVML samplers
-        from collectors.pyspy.yielding import lowest_priority
+    if (
+        opts.yield_cpu
+    ):  # the /proc and NVML samplers' threads at the lowest priority; the caller's keeps its own
+        from collectors.pyspy.yielding import call_lowered
 
-        lowest_priority()
-    samplers = _start_system_samplers(opts, anchor, rank, writer)
+        samplers = call_lowered(lambda: _start_system_samplers(opts, anchor, rank, writer))
+    else:
+        samplers = _start_system_samplers(opts, anchor, rank, writer)
     next_progress = t0 + progress_every_s
     try:
         while not recorder.done.is_set() and not stop.is_set():

@@ -58,13 +58,16 @@ def main() -> None:
     p.add_argument("--run-dir", default=None)
     p.add_argument("--steps", type=int, default=0)
     p.add_argument("--late-ms", type=float, default=40.0)
+    p.add_argument(
+        "--layers", type=int, default=12, help="Linear+Tanh pairs: the compute per step (~1.3 ms each)"
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(rank)
     layers: list[torch.nn.Module] = []
-    for _ in range(12):
+    for _ in range(args.layers):
         layers += [torch.nn.Linear(384, 384), torch.nn.Tanh()]
     model = torch.nn.Sequential(*layers).requires_grad_(False)
     x = torch.randn(384, 384)

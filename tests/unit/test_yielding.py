@@ -1,0 +1,57 @@
+"""The lowest-priority helpers of attach (collectors/pyspy/yielding.py), on the real scheduler of this machine."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from collectors.pyspy.yielding import RateGovernor, call_lowered, share_uncertainty_pp
+
+
+def priority() -> tuple[int, int]:
+    return os.sched_getscheduler(0), os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def test_call_lowered_lowers_the_work_and_what_it_starts_but_never_the_caller() -> None:
+    before = priority()
+    seen: dict[str, tuple[int, int]] = {}
+
+    def work() -> str:
+        seen["work"] = priority()
+        child = threading.Thread(target=lambda: seen.__setitem__("child", priority()))
+        child.start()
+        child.join()
+        return "done"
+
+    assert call_lowered(work) == "done"
+    assert priority() == before  # the caller (here: pytest's thread) keeps its priority
+    lowest = {os.SCHED_IDLE} if hasattr(os, "SCHED_IDLE") else {os.SCHED_OTHER}
+    assert seen["work"][0] in lowest and seen["work"][1] == 19
+    assert seen["child"] == seen["work"]  # threads started there inherit it (the /proc and NVML samplers)
+
+
+def test_call_lowered_raises_the_works_error_in_the_caller() -> None:
+    def fail() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        call_lowered(fail)
+
+
+def test_governor_keeps_the_rate_inside_the_budget_and_climbs_back() -> None:
+    gov = RateGovernor(asked_hz=100, budget_cores=0.05)
+    assert gov.after_run(cpu_s=0.2, wall_s=2.0) == 50  # 10% of a core against 5%: half the rate
+    assert gov.after_run(cpu_s=0.01, wall_s=0.2) == 50  # a start-up dominated run does not move it
+    assert gov.after_run(cpu_s=0.02, wall_s=2.0) == 63  # 1%: under half the budget, up by a quarter
+    for _ in range(5):
+        gov.after_run(cpu_s=0.02, wall_s=2.0)
+    assert gov.rate_hz == 100  # never above what was asked
+
+
+def test_share_uncertainty_follows_the_number_of_stretches_and_the_interval() -> None:
+    # 24 stretches at 10 ms in 10 s: 100 * 0.01 * sqrt(24/6) / 10 = 0.2 pp
+    assert share_uncertainty_pp(24, 0.01, 10.0) == pytest.approx(0.2)
+    assert share_uncertainty_pp(24, 0.04, 10.0) == pytest.approx(0.8)
+    assert share_uncertainty_pp(0, 0.01, 10.0) == 0.0
