@@ -30,18 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gpuwatch
 from reference_trainer.config.presets import FIXES
 
-CATEGORIES = (
-    "compute",
-    "data_loading",
-    "cpu_preprocessing",
-    "sync",
-    "checkpoint_io",
-    "memcpy",
-    "host_overhead",
-    "unattributed",
-)
+CATEGORIES = tuple(c.value for c in gpuwatch.Category)
+"""The budget categories as `gpuwatch summary --json` names them, compute first."""
 FIX_CATEGORY = {
     "data": "data_loading",
     "decode": "cpu_preprocessing",
