@@ -401,6 +401,14 @@ def _kept_section(path: Path) -> str:
     return ""
 
 
+def add_run_arguments(p: argparse.ArgumentParser, *, out: str, out_help: str) -> None:
+    """What every driver of reference-trainer runs takes: ranks, steps, where the runs go, extra trainer flags."""
+    p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
+    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    p.add_argument("--out", default=out, help=f"{out_help} (default {out})")
+    p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m reference_trainer.ablation",
@@ -408,11 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpuwatch measured (step time, compute share, each idle category, utilization recovered).",
         epilog="exit codes: 0 ok, 1 a run failed or --check found a broken promise, 2 bad arguments",
     )
-    p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
-    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
-    p.add_argument(
-        "--out", default="runs/ablation", help="where the run directories go (default runs/ablation)"
-    )
+    add_run_arguments(p, out="runs/ablation", out_help="where the run directories go")
     p.add_argument(
         "--only", action="append", default=[], help="only these configurations (naive, +data, ...)"
     )
@@ -434,7 +438,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--preset", default="fixed", help="the preset of the --source-mix comparison (default fixed)"
     )
-    p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
     args = p.parse_args(argv)
     extra = [a for a in args.trainer_args if a != "--"]
     out = Path(args.out)
