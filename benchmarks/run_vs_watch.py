@@ -24,17 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import gpuwatch
+
 ROOT = Path(__file__).resolve().parents[1]
-CATEGORIES = (
-    "compute",
-    "data_loading",
-    "cpu_preprocessing",
-    "sync",
-    "checkpoint_io",
-    "memcpy",
-    "host_overhead",
-    "unattributed",
-)
+CATEGORIES = tuple(c.value for c in gpuwatch.Category)
+"""The budget categories as `gpuwatch summary --json` names them, compute first."""
 
 
 def one(mode: str, preset: str, args: argparse.Namespace, tmp: Path, tag: str) -> dict[int, dict[str, float]]:

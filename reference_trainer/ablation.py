@@ -30,18 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gpuwatch
 from reference_trainer.config.presets import FIXES
 
-CATEGORIES = (
-    "compute",
-    "data_loading",
-    "cpu_preprocessing",
-    "sync",
-    "checkpoint_io",
-    "memcpy",
-    "host_overhead",
-    "unattributed",
-)
+CATEGORIES = tuple(c.value for c in gpuwatch.Category)
+"""The budget categories as `gpuwatch summary --json` names them, compute first."""
 FIX_CATEGORY = {
     "data": "data_loading",
     "decode": "cpu_preprocessing",
@@ -408,6 +401,14 @@ def _kept_section(path: Path) -> str:
     return ""
 
 
+def add_run_arguments(p: argparse.ArgumentParser, *, out: str, out_help: str) -> None:
+    """What every driver of reference-trainer runs takes: ranks, steps, where the runs go, extra trainer flags."""
+    p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
+    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
+    p.add_argument("--out", default=out, help=f"{out_help} (default {out})")
+    p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m reference_trainer.ablation",
@@ -415,11 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpuwatch measured (step time, compute share, each idle category, utilization recovered).",
         epilog="exit codes: 0 ok, 1 a run failed or --check found a broken promise, 2 bad arguments",
     )
-    p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
-    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
-    p.add_argument(
-        "--out", default="runs/ablation", help="where the run directories go (default runs/ablation)"
-    )
+    add_run_arguments(p, out="runs/ablation", out_help="where the run directories go")
     p.add_argument(
         "--only", action="append", default=[], help="only these configurations (naive, +data, ...)"
     )
@@ -441,7 +438,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--preset", default="fixed", help="the preset of the --source-mix comparison (default fixed)"
     )
-    p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
     args = p.parse_args(argv)
     extra = [a for a in args.trainer_args if a != "--"]
     out = Path(args.out)
@@ -467,28 +463,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{result.budget_pct['compute']:.1f}% ({time.monotonic() - t0:.0f} s)"
         )
     table = markdown_table(results)
-    if args.json:
-        json.dump(
-            [
-                {
-                    "configuration": r.config.name,
-                    "run_dir": str(r.run_dir),
-                    "median_step_ms": r.median_step_ms,
-                    "budget_pct": r.budget_pct,
-                    "compute_pct_by_rank": r.compute_pct_by_rank,
-                    "straggler_rank": r.straggler_rank,
-                }
-                for r in results
-            ],
-            sys.stdout,
-            indent=1,
-        )
-        sys.stdout.write("\n")
-    else:
-        print(table)
-        print()
-        for line in fix_lines(results):
-            print(line)
+    docs = [
+        {
+            "configuration": r.config.name,
+            "run_dir": str(r.run_dir),
+            "median_step_ms": r.median_step_ms,
+            "budget_pct": r.budget_pct,
+            "compute_pct_by_rank": r.compute_pct_by_rank,
+            "straggler_rank": r.straggler_rank,
+        }
+        for r in results
+    ]
+    _print_results(args, table, docs, fix_lines(results))
     failures = check(results) if args.check else []
     if args.markdown:
         cmd = "python -m reference_trainer.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -498,6 +484,25 @@ def main(argv: list[str] | None = None) -> int:
             _markdown_doc(table, results, cmd.strip(), args, failures, loads) + kept
         )
         _progress(f"wrote {args.markdown}")
+    return _verdict(args, failures)
+
+
+def _print_results(
+    args: argparse.Namespace, table: str, docs: list[dict[str, Any]], lines: list[str]
+) -> None:
+    """The configurations as one JSON list with --json, else the table and what the lines under it say."""
+    if args.json:
+        json.dump(docs, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print(table)
+        print()
+        for line in lines:
+            print(line)
+
+
+def _verdict(args: argparse.Namespace, failures: list[str]) -> int:
+    """Say each broken promise (and, with --check, that all hold); the exit status: 1 when one broke."""
     for f in failures:
         _progress(f"FAILED: {f}")
     if args.check and not failures:
@@ -517,30 +522,20 @@ def _main_source_mix(args: argparse.Namespace, out: Path, extra: list[str], argv
         mixes.append(m)
         _progress(f"{i}/2 {config.name}: sync waiting {m.wait_pct:.1f}% ({time.monotonic() - t0:.0f} s)")
     table = mix_table(mixes)
-    if args.json:
-        json.dump(
-            [
-                {
-                    "configuration": m.result.config.name,
-                    "run_dir": str(m.result.run_dir),
-                    "median_step_ms": m.result.median_step_ms,
-                    "budget_pct": m.result.budget_pct,
-                    "sync_wait_ms_per_step": m.wait_ms_per_step,
-                    "sync_wait_pct": m.wait_pct,
-                    "straggler_rank": m.result.straggler_rank,
-                    "tag_cause": m.tag_cause,
-                }
-                for m in mixes
-            ],
-            sys.stdout,
-            indent=1,
-        )
-        sys.stdout.write("\n")
-    else:
-        print(table)
-        print()
-        for line in mix_lines(mixes):
-            print(line)
+    docs = [
+        {
+            "configuration": m.result.config.name,
+            "run_dir": str(m.result.run_dir),
+            "median_step_ms": m.result.median_step_ms,
+            "budget_pct": m.result.budget_pct,
+            "sync_wait_ms_per_step": m.wait_ms_per_step,
+            "sync_wait_pct": m.wait_pct,
+            "straggler_rank": m.result.straggler_rank,
+            "tag_cause": m.tag_cause,
+        }
+        for m in mixes
+    ]
+    _print_results(args, table, docs, mix_lines(mixes))
     failures = mix_check(mixes) if args.check else []
     if args.markdown:
         cmd = (
@@ -550,11 +545,7 @@ def _main_source_mix(args: argparse.Namespace, out: Path, extra: list[str], argv
         )
         _write_section(Path(args.markdown), _mix_section(table, mixes, cmd, args, failures))
         _progress(f"wrote {args.markdown}")
-    for f in failures:
-        _progress(f"FAILED: {f}")
-    if args.check and not failures:
-        _progress("all promises hold")
-    return 1 if failures else 0
+    return _verdict(args, failures)
 
 
 def _markdown_doc(

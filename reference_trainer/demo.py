@@ -16,6 +16,7 @@ from pathlib import Path
 from reference_trainer.ablation import (
     CATEGORIES,
     Config,
+    add_run_arguments,
     gpuwatch_summary,
     read_result,
     run_config,
@@ -44,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpuwatch says about each.",
         epilog="exit codes: 0 ok, 1 a run failed",
     )
-    p.add_argument("--nproc", type=int, default=2, help="ranks per run (default 2)")
-    p.add_argument("--steps", type=int, default=40, help="steps per run (default 40)")
-    p.add_argument("--out", default="runs/demo", help="where the two run directories go (default runs/demo)")
-    p.add_argument("trainer_args", nargs=argparse.REMAINDER, help="after --: extra reference_trainer flags")
+    add_run_arguments(p, out="runs/demo", out_help="where the two run directories go")
     args = p.parse_args(argv)
     extra = [a for a in args.trainer_args if a != "--"]
     out = Path(args.out)

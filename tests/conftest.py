@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,24 @@ def run_cli(*args: str | os.PathLike[str], timeout: float = 120.0) -> subprocess
         stdin=subprocess.DEVNULL,
         cwd=ROOT,
     )
+
+
+def run_program(
+    args: Sequence[str | os.PathLike[str]], *, cwd: str | os.PathLike[str], timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
+    """A program (`python -c CODE`, a planted trainer, torchrun ...) run to its end in a fresh process with the
+    command line's environment, its output captured."""
+    return subprocess.run(
+        [*map(str, args)], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def summary_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """`gpuwatch summary --json RUN_DIR` through the real command line; fails the test if the command fails."""
+    proc = run_cli("summary", run_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
 
 
 class ListSink:

@@ -116,6 +116,8 @@ RULES: list[Rule] = [
 
 @dataclass(frozen=True, slots=True)
 class Recommendation:
+    """A change to make, with the evidence that triggered it (as `Summary.recommendations` holds it)."""
+
     category: str
     rank: int | None
     """The rank it applies to, None when it applies to every rank."""

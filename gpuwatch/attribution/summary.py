@@ -22,6 +22,7 @@ from gpuwatch.attribution.budget import RankBudget
 from gpuwatch.attribution.cross_rank import RankSyncSplit
 from gpuwatch.attribution.overview import ROLES as OVERVIEW_ROLES
 from gpuwatch.attribution.overview import OverviewBreakdown
+from gpuwatch.attribution.recommendations import Recommendation
 from gpuwatch.attribution.step_labels import groups as label_groups
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import CATEGORIES
@@ -276,20 +277,6 @@ class TagValueSummary:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RecommendationItem:
-    """A change to make, with the evidence that triggered it."""
-
-    category: str
-    rank: int | None
-    """None when the advice applies to every rank."""
-    title: str
-    evidence: str
-    change: str
-    pct: float
-    """The category's share of step time that triggered the rule, percent."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Summary:
     """What gpuwatch says about a run: per-rank budgets, the rank others wait for, what to change."""
 
@@ -297,7 +284,7 @@ class Summary:
     run_dir: str
     ranks: tuple[RankSummary, ...]
     straggler: StragglerSummary | None
-    recommendations: tuple[RecommendationItem, ...]
+    recommendations: tuple[Recommendation, ...]
     notes: tuple[str, ...]
     savings: tuple[Saving, ...] = ()
     """What-if per idle category, largest first (`savings_of`)."""
@@ -357,7 +344,7 @@ class Summary:
                     ),
                 ),
                 recommendations=tuple(
-                    RecommendationItem(**{f.name: r.get(f.name) for f in fields(RecommendationItem)})
+                    Recommendation(**{f.name: r.get(f.name) for f in fields(Recommendation)})
                     for r in doc.get("recommendations", [])
                 ),
                 notes=tuple(str(n) for n in doc.get("notes", [])),
@@ -450,17 +437,7 @@ def summarize(analysis: RunAnalysis) -> Summary:
                 text=s.tag_cause.text(),
             ),
         ),
-        recommendations=tuple(
-            RecommendationItem(
-                category=r.category,
-                rank=r.rank,
-                title=r.title,
-                evidence=r.evidence,
-                change=r.change,
-                pct=r.pct,
-            )
-            for r in analysis.recommendations
-        ),
+        recommendations=tuple(analysis.recommendations),
         notes=tuple(analysis.notes),
         savings=savings_of(ranks),
         stages=stages,

@@ -10,6 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.cli.arguments import CommandText, pid, positive_float, sample_rate
+
 EPILOG = """\
 exit codes: 0 ok (also when the target exits while attached: the run is kept), 1 no permission / Python
 version py-spy cannot read / py-spy missing or failing, 2 no such process / not a Python process / bad flag.
@@ -25,53 +27,24 @@ Examples:
 """
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
+TEXT = CommandText(
+    help="diagnose a running trainer by its pid, with no code change (py-spy, NVML, /proc)",
+    description="Sample a running Python training process with py-spy (non-blocking), find its training "
+    "thread, classify what that thread does into the time budget (data loading, CPU preprocessing, sync, "
+    "checkpoint I/O, compute), detect its steps, say what its DataLoader workers spend their time on, and "
+    "write a run directory while sampling, so `gpuwatch summary RUN_DIR` works during and after. Stops "
+    "at --duration, on Ctrl-C, or when the target exits; then prints the report.",
+    epilog=EPILOG,
+    as_written=True,
+)
 
 
-def _pid(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a process id: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"not a process id: {text}")
-    return value
-
-
-def _rate(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of samples per second: {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be 1-1000 samples per second, not {value}")
-    return value
-
-
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "attach",
-        help="diagnose a running trainer by its pid, with no code change (py-spy, NVML, /proc)",
-        description="Sample a running Python training process with py-spy (non-blocking), find its training "
-        "thread, classify what that thread does into the time budget (data loading, CPU preprocessing, sync, "
-        "checkpoint I/O, compute), detect its steps, say what its DataLoader workers spend their time on, and "
-        "write a run directory while sampling, so `gpuwatch summary RUN_DIR` works during and after. Stops "
-        "at --duration, on Ctrl-C, or when the target exits; then prints the report.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("pid", type=_pid, metavar="PID", help="process id of the running trainer (one rank)")
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pid", type=pid, metavar="PID", help="process id of the running trainer (one rank)")
     p.add_argument(
         "--duration",
         "-d",
-        type=_positive_float,
+        type=positive_float,
         metavar="S",
         help="seconds to sample (default: until Ctrl-C)",
     )
@@ -79,7 +52,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--rate",
         "-r",
-        type=_rate,
+        type=sample_rate,
         default=100,
         metavar="HZ",
         help="samples per second per thread (default 100)",
@@ -98,7 +71,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--worker-rate",
-        type=_rate,
+        type=sample_rate,
         default=None,
         metavar="HZ",
         help="samples per second of the DataLoader workers, by a second py-spy (default: a tenth of --rate, "
@@ -129,7 +102,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--chunk",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="S",
         help="seconds per py-spy run: how far the run directory lags behind (default 2)",

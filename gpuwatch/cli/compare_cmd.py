@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.cli.arguments import CommandText, finite_nonnegative
 from gpuwatch.errors import UsageError
 
 EPILOG = """\
@@ -32,23 +33,24 @@ exit codes: 0 pass, 1 regression, 2 usage error, runs that cannot be compared, o
 """
 
 
-def add_parser(sub: Any) -> None:
+TEXT = CommandText(
+    help="compare a candidate run with a baseline: fail CI on an efficiency regression, not on noise",
+    description="Compare two runs (run directories or `gpuwatch summary --json` files) step by step: "
+    "step time, compute share and every idle category, each with a bootstrap interval over the steps "
+    "both runs share. A check fails only when its change is past its limit and beyond the runs' own "
+    "step-to-step spread; the verdict names what regressed, by how much, and the regions that grew.",
+    epilog=EPILOG,
+    as_written=True,
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from reports.compare.model import DEFAULT_MIN_STEPS, DEFAULT_WARMUP_STEPS
 
-    p = sub.add_parser(
-        "compare",
-        help="compare a candidate run with a baseline: fail CI on an efficiency regression, not on noise",
-        description="Compare two runs (run directories or `gpuwatch summary --json` files) step by step: "
-        "step time, compute share and every idle category, each with a bootstrap interval over the steps "
-        "both runs share. A check fails only when its change is past its limit and beyond the runs' own "
-        "step-to-step spread; the verdict names what regressed, by how much, and the regions that grew.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     p.add_argument("base", metavar="BASE", help="baseline: a run directory or a summary --json file")
     p.add_argument("cand", metavar="CAND", help="candidate: a run directory or a summary --json file")
-    p.add_argument("--max-step-time-increase", type=_nonneg, metavar="PCT", default=None)
-    p.add_argument("--max-compute-drop", type=_nonneg, metavar="PP", default=None)
+    p.add_argument("--max-step-time-increase", type=finite_nonnegative, metavar="PCT", default=None)
+    p.add_argument("--max-compute-drop", type=finite_nonnegative, metavar="PP", default=None)
     p.add_argument(
         "--max-increase",
         action="append",
@@ -125,7 +127,7 @@ def _thresholds(args: argparse.Namespace, thresholds_cls: Any) -> Any:
             raise UsageError(
                 f"--max-increase {item!r}: unknown category {name!r}; one of {', '.join(IDLE_CATEGORIES)}"
             )
-        limits[name] = _nonneg(value)
+        limits[name] = finite_nonnegative(value)
     if args.min_steps < 2:
         raise UsageError("--min-steps must be at least 2 (a spread needs two steps)")
     if args.warmup_steps < 0:
@@ -142,16 +144,6 @@ def _thresholds(args: argparse.Namespace, thresholds_cls: Any) -> Any:
         confidence=args.confidence,
         seed=args.seed,
     )
-
-
-def _nonneg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
-    return value
 
 
 def _write(path: Path, text: str, flag: str) -> None:

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+
+from gpuwatch.cli.arguments import CommandText
+
+TEXT = CommandText(
+    help="write a run into one DuckDB file (runs, spans, samples, steps, budget)",
+    description="Write every segment of a run directory into one DuckDB file, with the documented "
+    "relations runs, spans, samples, steps (a view), budget (one row per step and rank, as `gpuwatch "
+    "summary` counts it) and gpuwatch_meta; open it with any DuckDB client or `gpuwatch sql FILE`.",
+    epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory or bad output path",
+)
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "consolidate",
-        help="write a run into one DuckDB file (runs, spans, samples, steps, budget)",
-        description="Write every segment of a run directory into one DuckDB file, with the documented "
-        "relations runs, spans, samples, steps (a view), budget (one row per step and rank, as `gpuwatch "
-        "summary` counts it) and gpuwatch_meta; open it with any DuckDB client or `gpuwatch sql FILE`.",
-        epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory or bad output path",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from watch, attach, run or import)")
     p.add_argument("-o", "--out", required=True, metavar="FILE", help="the .duckdb file to write (replaced)")
 

@@ -5,26 +5,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+
+from gpuwatch.cli.arguments import CommandText, add_command
+
+TEXT = CommandText(
+    help="serve a run's metrics to a fleet monitoring system (Prometheus)",
+    description="Export a run to another system while it grows. Targets: prometheus.",
+    epilog="exit codes: 0 stopped (Ctrl-C), 1 cannot listen, 2 not a run directory or an unknown target",
+)
+
+PROMETHEUS_TEXT = CommandText(
+    help="serve /metrics for Prometheus (and Grafana): budget ratios, step time, steps, drops per rank",
+    description="Serve /metrics for a run while it is written: gpuwatch_budget_ratio{rank,category} (0-1, "
+    "over the last --window-steps steps), gpuwatch_step_time_seconds{rank}, gpuwatch_steps_total{rank}, "
+    "gpuwatch_records_dropped_total{rank}. Values are those of `gpuwatch summary --json` (per_step) over "
+    "the same steps. Listens on loopback unless --host says otherwise; runs until interrupted.",
+    epilog="exit codes: 0 stopped (Ctrl-C), 1 cannot listen, 2 not a run directory",
+)
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "export",
-        help="serve a run's metrics to a fleet monitoring system (Prometheus)",
-        description="Export a run to another system while it grows. Targets: prometheus.",
-        epilog="exit codes: 0 stopped (Ctrl-C), 1 cannot listen, 2 not a run directory or an unknown target",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
-    prom = targets.add_parser(
-        "prometheus",
-        help="serve /metrics for Prometheus (and Grafana): budget ratios, step time, steps, drops per rank",
-        description="Serve /metrics for a run while it is written: gpuwatch_budget_ratio{rank,category} (0-1, "
-        "over the last --window-steps steps), gpuwatch_step_time_seconds{rank}, gpuwatch_steps_total{rank}, "
-        "gpuwatch_records_dropped_total{rank}. Values are those of `gpuwatch summary --json` (per_step) over "
-        "the same steps. Listens on loopback unless --host says otherwise; runs until interrupted.",
-        epilog="exit codes: 0 stopped (Ctrl-C), 1 cannot listen, 2 not a run directory",
-    )
+    prom = add_command(targets, "prometheus", PROMETHEUS_TEXT)
     prom.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (read while it is written)")
     prom.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     prom.add_argument("--port", type=int, default=9464, help="TCP port (default 9464; 0: any free port)")

@@ -6,17 +6,19 @@ import argparse
 import sys
 from typing import Any
 
+from gpuwatch.cli.arguments import CommandText
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "import",
-        help="import PyTorch profiler (Kineto) traces into a run directory",
-        description="Import PyTorch profiler (Kineto) Chrome traces - .json or .json.gz, files or directories "
-        "of per-rank files - into a gpuwatch run directory, then read it with `gpuwatch summary`. The rank "
-        "comes from the trace's distributedInfo, else from 'rank<N>' in the file name. Events of unknown "
-        "kinds are skipped and counted (shown with --verbose).",
-        epilog="exit codes: 0 ok, 1 corrupt or unreadable trace, 2 missing path / empty directory / --out in use",
-    )
+TEXT = CommandText(
+    help="import PyTorch profiler (Kineto) traces into a run directory",
+    description="Import PyTorch profiler (Kineto) Chrome traces - .json or .json.gz, files or directories "
+    "of per-rank files - into a gpuwatch run directory, then read it with `gpuwatch summary`. The rank "
+    "comes from the trace's distributedInfo, else from 'rank<N>' in the file name. Events of unknown "
+    "kinds are skipped and counted (shown with --verbose).",
+    epilog="exit codes: 0 ok, 1 corrupt or unreadable trace, 2 missing path / empty directory / --out in use",
+)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="trace files or directories holding them")
     p.add_argument("--out", "-o", required=True, metavar="RUN_DIR", help="run directory to create")
     p.add_argument("--verbose", "-v", action="store_true", help="list skipped event kinds per file")

@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any
 
+from gpuwatch.cli.arguments import add_command
 from gpuwatch.errors import EXIT_RUNTIME, EXIT_USAGE, GpuwatchError
 
 COMMANDS: dict[str, str] = {
@@ -27,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "sql": "gpuwatch.cli.sql_cmd",
     "export": "gpuwatch.cli.export_cmd",
 }
-"""Subcommand name -> module with `add_parser(subparsers)` and `run(args) -> int`."""
+"""Subcommand name -> module with `TEXT` (its `CommandText`), `add_arguments(parser)` and `run(args) -> int`."""
 
 EPILOG = """\
 exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 130 interrupted.
@@ -65,8 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gpuwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for module in COMMANDS.values():
-        importlib.import_module(module).add_parser(sub)
+    for name, module in COMMANDS.items():
+        command = importlib.import_module(module)
+        command.add_arguments(add_command(sub, name, command.TEXT))
     return parser
 
 

@@ -3,41 +3,32 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from gpuwatch.cli.arguments import CommandText, price
 
 DEFAULT_PRICE_USD = (
     2.50  # the same as reports.html.report_data.DEFAULT_GPU_HOUR_PRICE_USD (checked by a test)
 )
 
 
-def _price(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"a price per GPU-hour is a number >= 0, not {text!r}")
-    return value
+TEXT = CommandText(
+    help="one offline HTML file: where the time went, what it costs, what to change",
+    description="Write a self-contained HTML report of a run (from watch, attach or import): compute "
+    "share, median step time and what the idle time costs; the speed-up if each cause of idle time went "
+    "away; the time budget per step and per rank, with the rank others wait for; a timeline of a few "
+    "representative steps; NVML and /proc time series when the run has them; recommendations with their "
+    "evidence; HTA's temporal breakdown and the TensorBoard plugin's Overview. plotly.js is inside the "
+    "file: it opens offline, on any machine. With two runs, the report shows them side by side with "
+    "deltas (candidate minus base).",
+    epilog="exit codes: 0 ok, 1 unreadable or empty run / cannot write FILE, 2 not a run directory or a "
+    "bad option",
+)
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "report",
-        help="one offline HTML file: where the time went, what it costs, what to change",
-        description="Write a self-contained HTML report of a run (from watch, attach or import): compute "
-        "share, median step time and what the idle time costs; the speed-up if each cause of idle time went "
-        "away; the time budget per step and per rank, with the rank others wait for; a timeline of a few "
-        "representative steps; NVML and /proc time series when the run has them; recommendations with their "
-        "evidence; HTA's temporal breakdown and the TensorBoard plugin's Overview. plotly.js is inside the "
-        "file: it opens offline, on any machine. With two runs, the report shows them side by side with "
-        "deltas (candidate minus base).",
-        epilog="exit codes: 0 ok, 1 unreadable or empty run / cannot write FILE, 2 not a run directory or a "
-        "bad option",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN", help="a run directory (the base run when CAND is given)")
     p.add_argument(
         "cand", metavar="CAND", nargs="?", help="a second run directory: write a diff report of RUN -> CAND"
@@ -50,7 +41,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--gpu-hour-price",
-        type=_price,
+        type=price,
         default=DEFAULT_PRICE_USD,
         metavar="USD",
         help=f"price of one GPU-hour, for what idle time costs (default: {DEFAULT_PRICE_USD:.2f})",

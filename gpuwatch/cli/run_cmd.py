@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.cli.arguments import CommandText, hz, positive_float
+
 EPILOG = """\
 exit codes: the command's own (a command killed by a signal: gpuwatch ends by the same signal); 2 command
 not found, not a Python command, a Python that cannot load gpuwatch, an unwritable or non-empty run
@@ -28,25 +30,15 @@ Examples:
   gpuwatch summary runs/ddp                                        # during the run, or after
 """
 
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
-
-
-def _hz(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"must be 0-1000 per second, not {text}")
-    return value
+TEXT = CommandText(
+    usage="%(prog)s [OPTIONS] -- COMMAND [ARGS...]",
+    help="run a Python training job with the in-process watch in every rank, no code change",
+    description="Start a Python training command (python train.py, python -m pkg, torchrun ..., a "
+    "script that spawns its own ranks) with gpuwatch's in-process collectors in every process that "
+    "trains, into one run directory; `gpuwatch summary RUN_DIR` works while it runs and after.",
+    epilog=EPILOG,
+    as_written=True,
+)
 
 
 def parse_steps(text: str) -> list[int]:
@@ -63,17 +55,7 @@ def parse_steps(text: str) -> list[int]:
     return [first, last + 1]
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "run",
-        usage="%(prog)s [OPTIONS] -- COMMAND [ARGS...]",
-        help="run a Python training job with the in-process watch in every rank, no code change",
-        description="Start a Python training command (python train.py, python -m pkg, torchrun ..., a "
-        "script that spawns its own ranks) with gpuwatch's in-process collectors in every process that "
-        "trains, into one run directory; `gpuwatch summary RUN_DIR` works while it runs and after.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", "-o", metavar="RUN_DIR", help="run directory (default: runs/run-TIME)")
     p.add_argument(
         "--profile-steps",
@@ -83,21 +65,21 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--sample-hz",
-        type=_hz,
+        type=hz,
         default=None,
         metavar="HZ",
         help="stack samples per second of the training thread where no hook covers it (default 50; 0 = off)",
     )
     p.add_argument(
         "--system-interval",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="S",
         help="seconds between NVML and /proc samples (default 1)",
     )
     p.add_argument(
         "--flush-interval",
-        type=_positive_float,
+        type=positive_float,
         default=None,
         metavar="S",
         help="seconds between writes of the run: at most what a killed rank loses (default 1)",

@@ -8,21 +8,22 @@ import json
 import sys
 from typing import Any
 
+from gpuwatch.cli.arguments import CommandText
 from gpuwatch.errors import RunDirError, UsageError
 
+TEXT = CommandText(
+    help="run SQL over a run (relations runs, spans, samples, steps, budget)",
+    description="Run one SQL query over a run directory (also while it is written) or a file from "
+    "`gpuwatch consolidate`. Relations: runs, spans, samples, steps, budget, gpuwatch_meta (columns "
+    "documented in gpuwatch/store/consolidate.py and the README). Times are integer nanoseconds on the "
+    "run's timeline.",
+    epilog='example: gpuwatch sql runs/exp1 "SELECT rank, avg(data_loading_ns) / 1e6 AS data_ms FROM '
+    'budget GROUP BY rank"\nexit codes: 0 ok, 1 unreadable run, 2 not a run or a bad query',
+    as_written=True,
+)
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "sql",
-        help="run SQL over a run (relations runs, spans, samples, steps, budget)",
-        description="Run one SQL query over a run directory (also while it is written) or a file from "
-        "`gpuwatch consolidate`. Relations: runs, spans, samples, steps, budget, gpuwatch_meta (columns "
-        "documented in gpuwatch/store/consolidate.py and the README). Times are integer nanoseconds on the "
-        "run's timeline.",
-        epilog='example: gpuwatch sql runs/exp1 "SELECT rank, avg(data_loading_ns) / 1e6 AS data_ms FROM '
-        'budget GROUP BY rank"\nexit codes: 0 ok, 1 unreadable run, 2 not a run or a bad query',
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run directory or a consolidated .duckdb file")
     p.add_argument("query", metavar="SQL", help="the query (one statement)")
     out = p.add_mutually_exclusive_group()

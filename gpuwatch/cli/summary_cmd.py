@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+
+from gpuwatch.cli.arguments import CommandText
+
+TEXT = CommandText(
+    help="where each step's time went on every rank, and what to change",
+    description="Analyse a run directory (also while it is still being written): the time budget per "
+    "rank (compute, data_loading, cpu_preprocessing, sync, checkpoint_io, memcpy, host_overhead, "
+    "unattributed; summing to 100%% of step wall time), step times, HTA's idle/compute/non-compute view, "
+    "the rank others wait for, and recommendations with their evidence.",
+    epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory",
+)
 
 
-def add_parser(sub: Any) -> None:
-    p = sub.add_parser(
-        "summary",
-        help="where each step's time went on every rank, and what to change",
-        description="Analyse a run directory (also while it is still being written): the time budget per "
-        "rank (compute, data_loading, cpu_preprocessing, sync, checkpoint_io, memcpy, host_overhead, "
-        "unattributed; summing to 100%% of step wall time), step times, HTA's idle/compute/non-compute view, "
-        "the rank others wait for, and recommendations with their evidence.",
-        epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (from watch, attach or import)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
     p.add_argument("--rank", type=int, action="append", metavar="N", help="only these ranks (repeatable)")

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gpuwatch.cli.arguments import CommandText, pid, positive_int, refresh_s, sample_rate
+
 EPILOG = """\
 keys: p pause, r choose rank, w window (last N steps / whole run), e HTML report, q quit, ? help.
 
@@ -30,50 +32,31 @@ Examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return value
+TEXT = CommandText(
+    help="live dashboard: every rank's time budget, step by step, while the job trains",
+    description="Follow a run directory while it is written (watch, attach, `gpuwatch run`) or replay a "
+    "finished one: per rank the budget over the last N steps (or the whole run) and its trend, step "
+    "time, the rank the others wait for and what it is doing, what to change, GPU (NVML) or process "
+    "(/proc) gauges, and an event log. With --pid, attach to a running trainer first.",
+    epilog=EPILOG,
+    as_written=True,
+)
 
 
-def _refresh(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.05 <= value <= 60:
-        raise argparse.ArgumentTypeError(f"must be between 0.05 and 60 seconds, not {text}")
-    return value
-
-
-def add_parser(sub: Any) -> None:
-    from gpuwatch.cli.attach_cmd import _pid, _rate
-
-    p = sub.add_parser(
-        "top",
-        help="live dashboard: every rank's time budget, step by step, while the job trains",
-        description="Follow a run directory while it is written (watch, attach, `gpuwatch run`) or replay a "
-        "finished one: per rank the budget over the last N steps (or the whole run) and its trend, step "
-        "time, the rank the others wait for and what it is doing, what to change, GPU (NVML) or process "
-        "(/proc) gauges, and an event log. With --pid, attach to a running trainer first.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run directory (it may not exist yet)")
-    p.add_argument("--pid", type=_pid, metavar="PID", help="attach to this running trainer and follow it")
+    p.add_argument("--pid", type=pid, metavar="PID", help="attach to this running trainer and follow it")
     p.add_argument(
         "--out", "-o", metavar="RUN_DIR", help="with --pid: keep the run here (default: a temporary run)"
     )
-    p.add_argument("--rate", type=_rate, default=100, metavar="HZ", help="with --pid: samples per second")
     p.add_argument(
-        "--window", type=_positive_int, default=50, metavar="N", help="steps in the live window (default 50)"
+        "--rate", type=sample_rate, default=100, metavar="HZ", help="with --pid: samples per second"
     )
     p.add_argument(
-        "--refresh", type=_refresh, default=0.5, metavar="S", help="seconds between refreshes (default 0.5)"
+        "--window", type=positive_int, default=50, metavar="N", help="steps in the live window (default 50)"
+    )
+    p.add_argument(
+        "--refresh", type=refresh_s, default=0.5, metavar="S", help="seconds between refreshes (default 0.5)"
     )
 
 

@@ -407,18 +407,7 @@ def _columns(rows: list[Any], columns: tuple[tuple[str, str], ...]) -> dict[str,
 
 
 def _with_offset(w: WriterInfo, offset_ns: int) -> WriterInfo:
-    if w.offset_ns == offset_ns:
-        return w
-    return WriterInfo(
-        folder=w.folder,
-        run=w.run,
-        status=w.status,
-        offset_ns=offset_ns,
-        dropped_spans=w.dropped_spans,
-        dropped_samples=w.dropped_samples,
-        updated_at_unix_ns=w.updated_at_unix_ns,
-        notes=w.notes,
-    )
+    return w if w.offset_ns == offset_ns else replace(w, offset_ns=offset_ns)
 
 
 def _plain(arr: Any) -> np.ndarray:

@@ -306,27 +306,44 @@ def sync_split_figure(summary: Summary) -> Figure | None:
         return None
     y = [f"rank {r.rank}" for r in ranks]
     data = [
-        {
-            "type": "bar",
-            "orientation": "h",
-            "name": name,
-            "y": y,
-            "x": [round(getattr(r.sync_split_pct, key), 3) for r in ranks],
-            "marker": {"color": color},
-            "hovertemplate": f"{name}: %{{x:.1f}}% of step time<extra>%{{y}}</extra>",
-        }
+        rank_bar(
+            name,
+            y,
+            [round(getattr(r.sync_split_pct, key), 3) for r in ranks],
+            color,
+            f"{name}: %{{x:.1f}}% of step time<extra>%{{y}}</extra>",
+        )
         for key, name, color in (
             ("transfer", "transfer (moving data, device syncs)", "#f0b27a"),
             ("wait", "waiting for a slower rank", "#b9472f"),
         )
     ]
+    return rank_shares_figure(data, len(ranks), {"title": {"text": "% of step time"}})
+
+
+def rank_bar(name: str, y: list[str], x: list[float], color: str, hover: str, **more: Any) -> dict[str, Any]:
+    """One part of a per-rank stacked bar: `x[i]` is rank `y[i]`'s value, `hover` its plotly hovertemplate."""
+    return {
+        "type": "bar",
+        "orientation": "h",
+        "name": name,
+        "y": y,
+        "x": x,
+        "marker": {"color": color},
+        **more,
+        "hovertemplate": hover,
+    }
+
+
+def rank_shares_figure(data: list[dict[str, Any]], rows: int, xaxis: dict[str, Any]) -> Figure:
+    """`rank_bar`s stacked, one row per rank (first on top), on a percentage x axis."""
     return {
         "data": data,
         "layout": layout(
             barmode="stack",
-            height=min(1600, 100 + 24 * len(ranks)),
+            height=min(1600, 100 + 24 * rows),
             margin={"l": 90, "r": 20, "t": 30, "b": 40},
-            xaxis={"title": {"text": "% of step time"}, "gridcolor": "#e6e9ee"},
+            xaxis={**xaxis, "gridcolor": "#e6e9ee"},
             yaxis={"autorange": "reversed"},
         ),
     }
@@ -463,27 +480,18 @@ def temporal_figure(summary: Summary) -> Figure | None:
         return None
     y = [f"rank {r.rank}" for r in ranks]
     data = [
-        {
-            "type": "bar",
-            "orientation": "h",
-            "name": label,
-            "y": y,
-            "x": [round(getattr(r.temporal_pct, key), 3) for r in ranks],
-            "marker": {"color": TEMPORAL_COLORS[key]},
-            "hovertemplate": f"{label}: %{{x:.2f}}%<extra>%{{y}}</extra>",
-        }
+        rank_bar(
+            label,
+            y,
+            [round(getattr(r.temporal_pct, key), 3) for r in ranks],
+            TEMPORAL_COLORS[key],
+            f"{label}: %{{x:.2f}}%<extra>%{{y}}</extra>",
+        )
         for key, label in (("compute", "compute"), ("non_compute", "non-compute"), ("idle", "idle"))
     ]
-    return {
-        "data": data,
-        "layout": layout(
-            barmode="stack",
-            height=min(1600, 100 + 24 * len(ranks)),
-            margin={"l": 90, "r": 20, "t": 30, "b": 40},
-            xaxis={"title": {"text": "% of the device window"}, "range": [0, 100], "gridcolor": "#e6e9ee"},
-            yaxis={"autorange": "reversed"},
-        ),
-    }
+    return rank_shares_figure(
+        data, len(ranks), {"title": {"text": "% of the device window"}, "range": [0, 100]}
+    )
 
 
 def overview_figure(summary: Summary) -> Figure | None:
@@ -498,27 +506,18 @@ def overview_figure(summary: Summary) -> Figure | None:
         if not any(values):
             continue
         data.append(
-            {
-                "type": "bar",
-                "orientation": "h",
-                "name": ROLE_LABELS[role],
-                "y": y,
-                "x": values,
-                "marker": {"color": ROLE_COLORS[role]},
-                "customdata": [round(r.overview_pct.avg_step_us / 1e3, 3) for r in ranks],  # type: ignore[union-attr]
-                "hovertemplate": f"{ROLE_LABELS[role]}: %{{x:.2f}}% of %{{customdata:.2f}} ms<extra>%{{y}}</extra>",
-            }
+            rank_bar(
+                ROLE_LABELS[role],
+                y,
+                values,
+                ROLE_COLORS[role],
+                f"{ROLE_LABELS[role]}: %{{x:.2f}}% of %{{customdata:.2f}} ms<extra>%{{y}}</extra>",
+                customdata=[round(r.overview_pct.avg_step_us / 1e3, 3) for r in ranks],  # type: ignore[union-attr]
+            )
         )
-    return {
-        "data": data,
-        "layout": layout(
-            barmode="stack",
-            height=min(1600, 100 + 24 * len(ranks)),
-            margin={"l": 90, "r": 20, "t": 30, "b": 40},
-            xaxis={"title": {"text": "% of the average step"}, "range": [0, 100], "gridcolor": "#e6e9ee"},
-            yaxis={"autorange": "reversed"},
-        ),
-    }
+    return rank_shares_figure(
+        data, len(ranks), {"title": {"text": "% of the average step"}, "range": [0, 100]}
+    )
 
 
 # ---- diff ------------------------------------------------------------------------------------------

@@ -15,10 +15,9 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, summary_json
 from synthetic_run import StepPlan, SyntheticRun, write_synthetic_run
 from textual.pilot import Pilot
 from top_support import finished_synthetic, screen_text, wait_for, watch_run  # noqa: F401 (fixtures)
@@ -71,12 +70,6 @@ async def pick_rank(pilot: Pilot, rank: int) -> None:
 def event_texts(app: TopApp) -> list[str]:
     """Every line the event log holds (the screen shows its newest lines)."""
     return [e.text for e in app.query_one(EventLog).events]
-
-
-def summary_json(run_dir: Path) -> dict[str, Any]:
-    proc = run_cli("summary", run_dir, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def check_whole_run_equals_summary(run_dir: Path) -> None:

@@ -14,12 +14,11 @@ import json
 import select
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from attach_support import run_window, truth_pct
-from conftest import ROOT, cli_env, run_cli
+from attach_support import run_window, steps_truth, truth_pct
+from conftest import ROOT, cli_env, run_cli, run_program
 
 PROGRAM = ROOT / "tests" / "support" / "helper_thread_collectives.py"
 TOLERANCE_PP = 5.0
@@ -59,26 +58,14 @@ def check(name: str, got: dict[str, float], want: dict[str, float]) -> None:
 @pytest.mark.slow
 def test_watch_counts_the_wait_for_a_helper_threads_collective_as_sync(tmp_path: Path) -> None:
     truth, run = tmp_path / "truth.jsonl", tmp_path / "run"
-    proc = subprocess.run(
-        torchrun("--truth", truth, "--run-dir", run, "--steps", "40"),
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_program(
+        torchrun("--truth", truth, "--run-dir", run, "--steps", "40"), cwd=tmp_path, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = run_cli("summary", run, "--json")
     assert summary.returncode == 0, summary.stderr
     rank0 = {r["rank"]: r for r in json.loads(summary.stdout)["ranks"]}[0]
-    kept = set(rank0["per_step"]["step"])
-    total: Counter[str] = Counter()
-    for line in truth.read_text().splitlines():
-        doc = json.loads(line)
-        if doc["step"] in kept:
-            for name, a, b in doc["phases"]:
-                total[name] += b - a
-    want = {name: 100.0 * ns / total["step"] for name, ns in total.items()}
+    want = steps_truth(truth, set(rank0["per_step"]["step"]))
     check("watch", rank0["budget_pct"], want)
     assert any(e["category"] == "sync" and e["name"] == "dist.all_reduce" for e in rank0["evidence"])
 

@@ -12,12 +12,11 @@ import json
 import select
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
-from attach_support import run_window, truth_pct
+from attach_support import run_window, steps_truth, truth_pct
 from conftest import ROOT, cli_env, run_cli
 
 PROGRAM = ROOT / "tests" / "support" / "planted_imagefolder.py"
@@ -41,17 +40,6 @@ def measured(doc: dict[str, float]) -> dict[str, float]:
         "cpu_preprocessing": doc.get("decode", 0.0) + doc.get("transform", 0.0) + doc.get("collate", 0.0),
         "compute": doc.get("compute", 0.0),
     }
-
-
-def steps_truth(path: Path, steps: set[int]) -> dict[str, float]:
-    """Share of the given steps' wall time each measured phase took, percent."""
-    total: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
-        doc = json.loads(line)
-        if doc["step"] in steps:
-            for name, a, b in doc["phases"]:
-                total[name] += b - a
-    return {name: 100.0 * ns / total["step"] for name, ns in total.items()}
 
 
 def check(name: str, got: dict[str, float], want: dict[str, float], tolerance: float) -> None:

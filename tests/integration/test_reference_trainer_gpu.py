@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference_trainer_support import gpuwatch_json, run_trainer, shared_data_root
+from conftest import summary_json
+from reference_trainer_support import run_trainer, shared_data_root
 
 from reference_trainer.data import (
     EncodedSample,
@@ -40,6 +41,6 @@ def test_fixed_preset_trains_on_the_gpu_under_gpuwatch(tmp_path) -> None:
         ["--preset", "fixed", "--device", "cuda", "--nproc", "1", "--steps", "6", "--checkpoint-every", "3",
          "--data-dir", str(shared_data_root()), "--run-dir", str(run_dir)]
     )  # fmt: skip
-    doc = gpuwatch_json(run_dir)
+    doc = summary_json(run_dir)
     assert doc["ranks"][0]["mode"] == "device"  # compute measured on the device
     assert doc["ranks"][0]["steps"] == 6

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from reference_trainer_support import ROOT, gpuwatch_json, shared_data_root, trainer_env, trainer_records
+from conftest import summary_json
+from reference_trainer_support import ROOT, shared_data_root, trainer_env, trainer_records
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +39,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProces
 @pytest.fixture(scope="module")
 def runs(demo: subprocess.CompletedProcess[str]) -> dict[str, tuple[Path, dict]]:
     out = demo.out_dir  # type: ignore[attr-defined]
-    return {preset: (out / preset, gpuwatch_json(out / preset)) for preset in ("naive", "fixed")}
+    return {preset: (out / preset, summary_json(out / preset)) for preset in ("naive", "fixed")}
 
 
 def test_demo_prints_what_gpuwatch_says_about_each_run(demo: subprocess.CompletedProcess[str]) -> None:

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from reference_trainer_support import ROOT, gpuwatch_json, run_trainer, shared_data_root, trainer_env
+from conftest import summary_json
+from reference_trainer_support import ROOT, run_trainer, shared_data_root, trainer_env
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,7 @@ def test_progressive_stages_add_up_and_data_loading_grows_with_resolution(tmp_pa
         ["--progressive", "--steps", "8", "--batch-size", "8", "--reduced-decode", *SMALL,
          "--run-dir", str(run), "--data-dir", str(shared_data_root())]
     )  # fmt: skip
-    doc = gpuwatch_json(run)
+    doc = summary_json(run)
     whole = doc["ranks"][0]
     stages = {g["stage"]: g["ranks"][0] for g in doc["stages"]}
     assert list(stages)[-3:] == ["video_16", "video_32", "video_64"]  # images_32 may all be warm-up
@@ -63,7 +64,7 @@ def test_source_mix_ablation_names_the_source_and_balanced_recovers_waiting(tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]  # --check: source=clips named, a third recovered
     assert "drew source=clips" in ind["tag_cause"]
     assert sum(bal["sync_wait_ms_per_step"].values()) < sum(ind["sync_wait_ms_per_step"].values())
-    doc = gpuwatch_json(Path(ind["run_dir"]))
+    doc = summary_json(Path(ind["run_dir"]))
     assert doc["straggler"]["tag_cause"]["value"] == "clips"
     assert any("source=clips" in r["evidence"] for r in doc["recommendations"] if r["category"] == "sync")
     text = md.read_text()

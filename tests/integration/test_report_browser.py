@@ -141,26 +141,10 @@ def test_a_corpus_of_hostile_names_never_runs(browser: Chromium, tmp_path: Path)
     """The security corpus (tests/support/hostile_names.py: script tags, event handlers, javascript: URLs,
     template injection, markup, escape sequences) as a trace's names and as a watched job's span, stage and
     tag names: each report renders cleanly and nothing planted runs or becomes an element."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import cli_env
     from hostile_names import HOSTILE as CORPUS
-    from hostile_names import WATCHED, hostile_trace
+    from hostile_names import hostile_runs
 
-    imported = tmp_path / "imported"
-    assert run_cli("import", hostile_trace(tmp_path / "rank0.json.gz"), "--out", imported).returncode == 0
-    job = subprocess.run(
-        [sys.executable, "-c", WATCHED, json.dumps(CORPUS)],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert job.returncode == 0, job.stderr
-    for run in (imported, tmp_path / "run"):
+    for run in hostile_runs(tmp_path).values():
         path = report(run, out=tmp_path / f"{run.name}.html")
         page = open_page(browser, path)
         assert_clean_render(page, path)

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from run_support import ROOT, gpuwatch_run, run_env, summary_json
+from conftest import summary_json
+from run_support import ROOT, gpuwatch_run, run_env
 
 from gpuwatch.store.run_dir import WRITER_FILE, list_writer_dirs
 from gpuwatch.store.run_reader import RunReader

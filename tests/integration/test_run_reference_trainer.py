@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import summary_json
 from reference_trainer_support import shared_data_root
-from run_support import budget_at, gpuwatch_run, summary_json
+from run_support import budget_at, gpuwatch_run
 
 pytestmark = pytest.mark.slow
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, cli_env, run_cli
-from hostile_names import HOSTILE, WATCHED, hostile_trace
+from conftest import ROOT, run_cli, run_program
+from hostile_names import HOSTILE, hostile_runs, hostile_trace
 
 from gpuwatch.store.run_reader import RunReader
 
@@ -28,19 +27,7 @@ from gpuwatch.store.run_reader import RunReader
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """An imported run with hostile names, and a watched one with hostile spans, stages and tags."""
-    tmp = tmp_path_factory.mktemp("hostile")
-    imported = tmp / "imported"
-    assert run_cli("import", hostile_trace(tmp / "rank0.json.gz"), "--out", imported).returncode == 0
-    proc = subprocess.run(
-        [sys.executable, "-c", WATCHED, json.dumps(HOSTILE)],
-        cwd=tmp,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return {"imported": imported, "watched": tmp / "run"}
+    return hostile_runs(tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.mark.parametrize("which", ["imported", "watched"])
@@ -149,12 +136,9 @@ def test_paths_in_a_trace_are_never_opened_and_no_socket_unless_asked(tmp_path: 
         ["consolidate", str(run), "-o", str(tmp_path / "run.duckdb")],
         ["sql", str(run), "SELECT count(*) FROM spans"],
     ]
-    proc = subprocess.run(
-        [sys.executable, "-c", AUDIT, str(canary_dir), json.dumps(argv)],
+    proc = run_program(
+        [sys.executable, "-c", AUDIT, canary_dir, json.dumps(argv)],
         cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
         timeout=240,  # a FIFO opened for reading never returns
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -163,14 +147,7 @@ def test_paths_in_a_trace_are_never_opened_and_no_socket_unless_asked(tmp_path: 
 
 
 def test_the_metrics_endpoint_binds_loopback_only_when_asked(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-c", AUDIT, "no-canary", "[]", str(tmp_path / "run")],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_program([sys.executable, "-c", AUDIT, "no-canary", "[]", tmp_path / "run"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sockets = json.loads(proc.stdout.strip().splitlines()[-1])["sockets"]
     binds = [args for event, args in sockets if event == "socket.bind"]

@@ -12,16 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, cli_env, run_cli, run_program
 
 PROGRAM = ROOT / "tests" / "support" / "planted_trainer.py"
 HEAVY = {"torch", "duckdb", "textual", "plotly"}
 
 
 def python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=120
-    )
+    return run_program([sys.executable, "-c", code], cwd=cwd)
 
 
 def test_import_and_a_torch_free_watch_stay_light(tmp_path: Path) -> None:
@@ -195,14 +193,7 @@ def test_each_hook_raising_or_slow_leaves_training_bit_identical_and_is_one_note
         "--step-ms",
         "1",
     ]
-    proc = subprocess.run(
-        [*args, "--run-dir", str(tmp_path / "runs"), "--result", str(result)],
-        cwd=tmp_path,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_program([*args, "--run-dir", tmp_path / "runs", "--result", result], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(result.read_text())
     bare = runs.pop("bare")["losses"]

@@ -91,6 +91,17 @@ def truth_pct(path: Path, window_unix_ns: tuple[int, int], file_suffix: str = ""
     return {name: 100.0 * ns / (w1 - w0) for name, ns in total.items()}
 
 
+def steps_truth(path: Path, steps: set[int]) -> dict[str, float]:
+    """Share (0-100) of the given steps' wall time each measured phase took (the steps whole, no window)."""
+    total: Counter[str] = Counter()
+    for line in path.read_text().splitlines():
+        doc = json.loads(line)
+        if doc["step"] in steps:
+            for name, a, b in doc["phases"]:
+                total[name] += b - a
+    return {name: 100.0 * ns / total["step"] for name, ns in total.items()}
+
+
 def step_starts(path: Path) -> list[int]:
     """Wall-clock start of every step the program measured."""
     return [json.loads(line)["phases"][0][1] for line in path.read_text().splitlines()]

@@ -25,26 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.distributed as dist
-
-
-def allow_ptrace() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-class _NoWatch:
-    def __enter__(self) -> _NoWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def step(self) -> None:
-        pass
+from watch_or_attach import watch_or_attach
 
 
 def reduce_on_helper(t: torch.Tensor) -> torch.Tensor:
@@ -78,14 +59,7 @@ def main() -> None:
     def wall(t: float) -> int:
         return wall0 + int((t - perf0) * 1e9)
 
-    if args.run_dir:
-        import gpuwatch
-
-        watcher = gpuwatch.watch(args.run_dir)
-    else:
-        watcher = _NoWatch()
-        allow_ptrace()
-    with watcher as gw:
+    with watch_or_attach(args.run_dir) as gw:
         step = 0
         t_step = time.perf_counter()
         while not args.steps or step < args.steps:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
+from conftest import run_cli, run_program
 from synthetic_kineto import planted_rank
 
 # Each XSS payload would set window.pwned if it ever ran (the browser test checks that).
@@ -70,3 +72,13 @@ with gpuwatch.watch("run", flush_interval_s=0.1) as gw:
                 sum(j * j for j in range(2000))
         gw.step(stage=H[i % len(H)], tags={"source": H[(i + 1) % len(H)]})
 """
+
+
+def hostile_runs(tmp: Path) -> dict[str, Path]:
+    """An imported run with the corpus as its names, and a watched one (WATCHED) with it as span, stage and tag
+    names, both written under `tmp`."""
+    imported = tmp / "imported"
+    assert run_cli("import", hostile_trace(tmp / "rank0.json.gz"), "--out", imported).returncode == 0
+    proc = run_program([sys.executable, "-c", WATCHED, json.dumps(HOSTILE)], cwd=tmp)
+    assert proc.returncode == 0, proc.stderr
+    return {"imported": imported, "watched": tmp / "run"}

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
+from watch_or_attach import watch_or_attach
 
 PHASES: list[list[object]] = []
 """Phases of the step in progress: [name, start_perf_s, end_perf_s]."""
@@ -164,27 +165,6 @@ def model(classes: int) -> torch.nn.Module:
     )
 
 
-def allow_ptrace() -> None:
-    """Let `gpuwatch attach` (py-spy, not our parent) read this process under Yama's ptrace_scope 1."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-class _NoWatch:
-    def __enter__(self) -> _NoWatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def step(self) -> None:
-        pass
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True)
@@ -220,14 +200,7 @@ def main() -> None:
     def wall(t: float) -> int:
         return wall0 + int((t - perf0) * 1e9)
 
-    if args.run_dir:
-        import gpuwatch
-
-        watcher = gpuwatch.watch(args.run_dir)
-    else:
-        watcher = _NoWatch()
-        allow_ptrace()
-    with watcher as gw:
+    with watch_or_attach(args.run_dir) as gw:
         it = iter(loader)
         step = 0
         t_step = time.perf_counter()

@@ -52,20 +52,6 @@ def shared_data_root() -> Path:
     return root
 
 
-def gpuwatch_json(run_dir: Path) -> dict:
-    """`gpuwatch summary --json RUN_DIR` through the real CLI."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "gpuwatch", "summary", "--json", str(run_dir)],
-        cwd=ROOT,
-        env=trainer_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
-
-
 def trainer_records(run_dir: Path, rank: int, event: str = "step") -> list[dict]:
     """The trainer's own per-step records of one rank (its perf_counter timings)."""
     path = run_dir / "trainer" / f"metrics-rank{rank}.jsonl"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -39,19 +38,6 @@ def gpuwatch_run(
         timeout=timeout_s,
         stdin=subprocess.DEVNULL,
     )
-
-
-def summary_json(run_dir: Path) -> dict:
-    proc = subprocess.run(
-        [sys.executable, "-m", "gpuwatch", "summary", "--json", str(run_dir)],
-        cwd=ROOT,
-        env=run_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 def budget_at(run_dir: Path, rank: int, bounds_unix_ns: list[int]) -> dict[str, float]:

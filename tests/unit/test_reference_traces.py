@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SHARED_TRACES, TRACES, run_cli, shared_trace_path
+from conftest import SHARED_TRACES, TRACES, run_cli, shared_trace_path, summary_json
 from synthetic_kineto import CATEGORIES  # the eight budget categories as the tests know them, not gpuwatch
 
 TEMPORAL = ["idle", "compute", "non_compute"]
@@ -31,12 +30,6 @@ def hta_reference() -> dict[tuple[str, int], dict[str, float]]:
     }
     assert len(ref) >= 3, "the README's HTA table changed shape"
     return ref
-
-
-def summary_json(run: Path) -> dict[str, Any]:
-    proc = run_cli("summary", run, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
