@@ -13,10 +13,11 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from conftest import summary_json
+from conftest import run_cli, summary_json
 from run_support import ROOT, gpuwatch_run, run_env
 
 from gpuwatch.store.run_dir import WRITER_FILE, list_writer_dirs
@@ -173,7 +174,13 @@ def test_signals_go_to_the_job_and_the_summary_works_while_it_runs(
         for line in proc.stdout:
             if line.startswith("step 30"):
                 break
-        live = summary_json(out)  # while the job runs
+        # while the job runs; its writer flushes once a second, so the first steps may not be on disk yet
+        deadline = time.monotonic() + 30
+        while (live_cli := run_cli("summary", out, "--json")).returncode != 0 and time.monotonic() < deadline:
+            assert "no spans yet" in live_cli.stderr, live_cli.stderr
+            time.sleep(0.2)
+        assert live_cli.returncode == 0, live_cli.stderr
+        live = json.loads(live_cli.stdout)
         assert sum(live["ranks"][0]["per_step"]["wall_ms"]) > 0
         assert steps_found(out)[0] >= 20
         assert any("still running" in n for n in live["notes"])
