@@ -19,14 +19,25 @@ class CommandText:
 
     help: str
     """The command's line in `gpuwatch --help`."""
-    description: str
-    """The paragraph under the usage line."""
+    description: str | None
+    """The paragraph under the usage line; None: none."""
     epilog: str
     """After the options: exit codes, examples."""
     usage: str | None = None
     """The usage line; None: argparse writes it from the arguments."""
     as_written: bool = False
     """Keep the line breaks of description and epilog (tables, examples) instead of re-wrapping them."""
+
+    @classmethod
+    def from_doc(
+        cls, doc: str | None, *, help: str, epilog: str, usage: str | None = None, as_written: bool = False
+    ) -> CommandText:
+        """The help texts of a command whose module docstring describes it: the description is the
+        docstring's second paragraph (after the synopsis line), its lines joined into one; None when
+        docstrings are stripped (`python -OO`)."""
+        paragraphs = (doc or "").split("\n\n")
+        description = " ".join(paragraphs[1].split()).replace("%", "%%") if len(paragraphs) > 1 else None
+        return cls(help=help, description=description, epilog=epilog, usage=usage, as_written=as_written)
 
 
 def add_command(sub: Any, name: str, text: CommandText) -> argparse.ArgumentParser:

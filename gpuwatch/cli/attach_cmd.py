@@ -1,4 +1,11 @@
-"""`gpuwatch attach PID [--duration S] [--out RUN_DIR] [--rate HZ] [--thread TID|NAME]`"""
+"""`gpuwatch attach PID [--duration S] [--out RUN_DIR] [--rate HZ] [--thread TID|NAME]`
+
+Sample a running Python training process with py-spy (non-blocking), find its training thread, classify what
+that thread does into the time budget (data loading, CPU preprocessing, sync, checkpoint I/O, compute), detect
+its steps, say what its DataLoader workers spend their time on, and write a run directory while sampling, so
+`gpuwatch summary RUN_DIR` works during and after. Stops at --duration, on Ctrl-C, or when the target exits;
+then prints the report.
+"""
 
 from __future__ import annotations
 
@@ -27,13 +34,9 @@ Examples:
 """
 
 
-TEXT = CommandText(
+TEXT = CommandText.from_doc(
+    __doc__,
     help="diagnose a running trainer by its pid, with no code change (py-spy, NVML, /proc)",
-    description="Sample a running Python training process with py-spy (non-blocking), find its training "
-    "thread, classify what that thread does into the time budget (data loading, CPU preprocessing, sync, "
-    "checkpoint I/O, compute), detect its steps, say what its DataLoader workers spend their time on, and "
-    "write a run directory while sampling, so `gpuwatch summary RUN_DIR` works during and after. Stops "
-    "at --duration, on Ctrl-C, or when the target exits; then prints the report.",
     epilog=EPILOG,
     as_written=True,
 )

@@ -1,4 +1,9 @@
-"""`gpuwatch consolidate RUN_DIR -o run.duckdb`: a run as one DuckDB file any DuckDB client opens."""
+"""`gpuwatch consolidate RUN_DIR -o run.duckdb`: a run as one DuckDB file any DuckDB client opens.
+
+Write every segment of a run directory into one DuckDB file, with the documented relations runs, spans,
+samples, steps (a view), budget (one row per step and rank, as `gpuwatch summary` counts it) and
+gpuwatch_meta; open it with any DuckDB client or `gpuwatch sql FILE`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,9 @@ import sys
 
 from gpuwatch.cli.arguments import CommandText
 
-TEXT = CommandText(
+TEXT = CommandText.from_doc(
+    __doc__,
     help="write a run into one DuckDB file (runs, spans, samples, steps, budget)",
-    description="Write every segment of a run directory into one DuckDB file, with the documented "
-    "relations runs, spans, samples, steps (a view), budget (one row per step and rank, as `gpuwatch "
-    "summary` counts it) and gpuwatch_meta; open it with any DuckDB client or `gpuwatch sql FILE`.",
     epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory or bad output path",
 )
 
