@@ -30,14 +30,16 @@ class CommandText:
 
     @classmethod
     def from_doc(
-        cls, doc: str | None, *, help: str, epilog: str, usage: str | None = None, as_written: bool = False
+        cls, doc: str | None, *, epilog: str, usage: str | None = None, as_written: bool = False
     ) -> CommandText:
-        """The help texts of a command whose module docstring describes it: the description is the
-        docstring's second paragraph (after the synopsis line), its lines joined into one; None when
-        docstrings are stripped (`python -OO`)."""
-        paragraphs = (doc or "").split("\n\n")
-        description = " ".join(paragraphs[1].split()).replace("%", "%%") if len(paragraphs) > 1 else None
-        return cls(help=help, description=description, epilog=epilog, usage=usage, as_written=as_written)
+        """The help texts of a command whose module docstring describes it: its first line is the help line,
+        its second paragraph the description (lines joined into one). Empty when docstrings are stripped
+        (`python -OO`)."""
+        paragraphs = [" ".join(p.split()).replace("%", "%%") for p in (doc or "").split("\n\n")]
+        description = paragraphs[1] if len(paragraphs) > 1 else None
+        return cls(
+            help=paragraphs[0], description=description, epilog=epilog, usage=usage, as_written=as_written
+        )
 
 
 def add_command(sub: Any, name: str, text: CommandText) -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
-"""`gpuwatch sql RUN "SELECT ..."`: SQL over a run directory (live) or a consolidated `.duckdb` file.
+"""run SQL over a run (relations runs, spans, samples, steps, budget)
 
 Run one SQL query over a run directory (also while it is written) or a file from `gpuwatch consolidate`.
 Relations: runs, spans, samples, steps, budget, gpuwatch_meta (columns documented in
 gpuwatch/store/consolidate.py and the README). Times are integer nanoseconds on the run's timeline.
+
+`gpuwatch sql RUN "SELECT ..."`: SQL over a run directory (live) or a consolidated `.duckdb` file.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from gpuwatch.errors import RunDirError, UsageError
 
 TEXT = CommandText.from_doc(
     __doc__,
-    help="run SQL over a run (relations runs, spans, samples, steps, budget)",
     epilog='example: gpuwatch sql runs/exp1 "SELECT rank, avg(data_loading_ns) / 1e6 AS data_ms FROM '
     'budget GROUP BY rank"\nexit codes: 0 ok, 1 unreadable run, 2 not a run or a bad query',
     as_written=True,

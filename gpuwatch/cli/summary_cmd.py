@@ -1,9 +1,11 @@
-"""`gpuwatch summary RUN_DIR [--json]`
+"""where each step's time went on every rank, and what to change
 
 Analyse a run directory (also while it is still being written): the time budget per rank (compute,
 data_loading, cpu_preprocessing, sync, checkpoint_io, memcpy, host_overhead, unattributed; summing to 100% of
 step wall time), step times, HTA's idle/compute/non-compute view, the rank others wait for, and
 recommendations with their evidence.
+
+`gpuwatch summary RUN_DIR [--json]`
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from gpuwatch.cli.arguments import CommandText
 
 TEXT = CommandText.from_doc(
     __doc__,
-    help="where each step's time went on every rank, and what to change",
     epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory",
 )
 
