@@ -173,6 +173,9 @@ SAMPLE_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 """Segment columns of samples, in order, with their SQL types."""
 
+TABLE_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {"spans": SPAN_COLUMNS, "samples": SAMPLE_COLUMNS}
+"""The segment columns of each stored table, by the table's name (a segment's `table`)."""
+
 NULLABLE_INT_COLUMNS: tuple[str, ...] = ("step", "bytes", "correlation", "seq")
 """Integer span columns that may be NULL (None in `Span`)."""
 NULL_INT = -1

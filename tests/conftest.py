@@ -76,6 +76,20 @@ def run_program(
     )
 
 
+def run_dist_api_program(base: Path) -> tuple[Path, Path]:
+    """tests/support/dist_api_program.py as a real 2-rank gloo job under torchrun, `gpuwatch.watch` in each
+    rank: (the run directory, the folder of what the ranks report), both made in `base`."""
+    run_dir, out_dir = base / "run", base / "out"
+    out_dir.mkdir()
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+        str(ROOT / "tests" / "support" / "dist_api_program.py"), str(run_dir), str(out_dir),
+    ]  # fmt: skip
+    proc = run_program(cmd, cwd=base, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, out_dir
+
+
 def summary_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """`gpuwatch summary --json RUN_DIR` through the real command line; fails the test if the command fails."""
     proc = run_cli("summary", run_dir, "--json")

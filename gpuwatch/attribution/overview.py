@@ -40,7 +40,7 @@ import numpy as np
 
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import name_codes
-from gpuwatch.records import Category, SpanColumns, SpanKind
+from gpuwatch.records import DEVICE_KINDS, Category, SpanColumns, SpanKind
 
 ROLES: tuple[str, ...] = (
     "kernel",
@@ -61,12 +61,6 @@ COMM_OP_NAMES: frozenset[str] = frozenset(
     for op in ("broadcast", "reduce", "all_reduce", "all_gather", "reduce_scatter")
 )
 _NATIVE_KINDS = (SpanKind.PHASE.value, SpanKind.USER.value, SpanKind.STACK_SAMPLE.value)
-_DEVICE_WORK = (
-    SpanKind.KERNEL.value,
-    SpanKind.COLLECTIVE.value,
-    SpanKind.MEMCPY.value,
-    SpanKind.MEMSET.value,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +91,7 @@ def overview_breakdown(cols: SpanColumns, *, stretch_steps: bool = False) -> Ove
     names = _NameFacts(cols)
     kind = _KindCodes(cols.kind)
     host = cols.stream < 0
-    work = kind.isin(_DEVICE_WORK) & ~host
+    work = kind.isin(DEVICE_KINDS) & ~host
     rpc = names.rpc
     is_coll = kind.isin([SpanKind.COLLECTIVE.value])
     host_op = kind.isin([SpanKind.CPU_OP.value]) | (is_coll & host & rpc)

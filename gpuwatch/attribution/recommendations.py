@@ -181,7 +181,7 @@ def _make(
                 f"ranks wait for rank {s.rank} ({s.share_pct:.0f}% of all waiting; meanwhile it was: {doing})"
             )
             if s.tag_cause is not None:
-                parts.append(s.tag_cause.text())
+                parts.append(s.tag_cause.text)
     return Recommendation(
         category=rule.category.value,
         rank=rank,

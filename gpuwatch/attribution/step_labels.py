@@ -119,8 +119,10 @@ class TagCause:
     job_share_pct: float
     """Of all waiting in the run, the percent caused by a rank in a step where it drew the value."""
 
+    @property
     def text(self) -> str:
-        """One sentence for the straggler line and the recommendation's evidence."""
+        """One sentence for the straggler line and the recommendation's evidence (in `summary --json`
+        beside the fields)."""
         least = "waits least and " if self.waited_ms_with <= self.waited_ms_without else ""
         return (
             f"rank {self.rank} {least}is waited for most in steps where it drew {self.key}={self.value}: "

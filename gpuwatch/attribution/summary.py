@@ -23,6 +23,7 @@ from gpuwatch.attribution.cross_rank import RankSyncSplit
 from gpuwatch.attribution.overview import ROLES as OVERVIEW_ROLES
 from gpuwatch.attribution.overview import OverviewBreakdown
 from gpuwatch.attribution.recommendations import Recommendation
+from gpuwatch.attribution.step_labels import TagCause
 from gpuwatch.attribution.step_labels import groups as label_groups
 from gpuwatch.errors import RunDirError
 from gpuwatch.records import CATEGORIES
@@ -73,6 +74,19 @@ class StepTimeMs:
     min: float
     max: float
 
+    @classmethod
+    def of(cls, step_ms: np.ndarray) -> StepTimeMs:
+        """The statistics of these step times (ms)."""
+        if not step_ms.size:
+            return cls(median=0.0, mean=0.0, p90=0.0, min=0.0, max=0.0)
+        return cls(
+            median=float(np.median(step_ms)),
+            mean=float(step_ms.mean()),
+            p90=float(np.percentile(step_ms, 90)),
+            min=float(step_ms.min()),
+            max=float(step_ms.max()),
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TemporalPct:
@@ -99,6 +113,15 @@ class EvidenceItem:
     name: str
     total_ms: float
     count: int
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> EvidenceItem:
+        return cls(
+            category=str(doc["category"]),
+            name=str(doc["name"]),
+            total_ms=float(doc["total_ms"]),
+            count=int(doc["count"]),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,31 +240,8 @@ class StragglerSummary:
     doing_ms: tuple[tuple[str, float], ...]
     """(category, milliseconds) of what it did while others waited, largest first."""
     matched_collectives: int
-    tag_cause: TagCauseSummary | None = None
+    tag_cause: TagCause | None = None
     """The tag value in whose steps it is waited for most (`gw.step(tags=...)`); None without tags."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TagCauseSummary:
-    """Which tag value makes the slowest rank slow (`attribution/step_labels.py`, `TagCause`)."""
-
-    rank: int
-    key: str
-    value: str
-    steps_with: int
-    steps_without: int
-    caused_ms_with: float
-    """Mean ms per step the others waited for the rank in steps where it drew `key=value`."""
-    caused_ms_without: float
-    waited_ms_with: float
-    """Mean ms per step the rank itself waited, in those steps."""
-    waited_ms_without: float
-    share_pct: float
-    """Percent of the waiting the rank caused that falls in steps where it drew the value."""
-    job_share_pct: float
-    """Percent of all waiting caused by any rank in a step where it drew the value."""
-    text: str
-    """The sentence the straggler line and the recommendation's evidence say."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -339,8 +339,8 @@ class Summary:
                     matched_collectives=int(s["matched_collectives"]),
                     tag_cause=None
                     if not s.get("tag_cause")
-                    else TagCauseSummary(
-                        **{f.name: type_of(f.type)(s["tag_cause"][f.name]) for f in fields(TagCauseSummary)}
+                    else TagCause(
+                        **{f.name: type_of(f.type)(s["tag_cause"][f.name]) for f in fields(TagCause)}
                     ),
                 ),
                 recommendations=tuple(
@@ -430,12 +430,7 @@ def summarize(analysis: RunAnalysis) -> Summary:
             share_pct=s.share_pct,
             doing_ms=tuple((c, ns / 1e6) for c, ns in s.doing_ns),
             matched_collectives=s.matched_collectives,
-            tag_cause=None
-            if s.tag_cause is None
-            else TagCauseSummary(
-                **{f.name: getattr(s.tag_cause, f.name) for f in fields(TagCauseSummary) if f.name != "text"},
-                text=s.tag_cause.text(),
-            ),
+            tag_cause=s.tag_cause,
         ),
         recommendations=tuple(analysis.recommendations),
         notes=tuple(analysis.notes),
@@ -478,32 +473,36 @@ def _group_rank(
     """One rank's figures over the budget rows in `mask`, computed as `_rank_summary` does for all rows."""
     cat_ns = b.step_category_ns[mask]
     step_ms = b.step_ns[mask] / 1e6
-    n = int(step_ms.size)
-    totals = cat_ns.sum(axis=0)
-    total = float(totals.sum())
-    wall = total or 1.0
-    sync = float(totals[CATEGORY_NAMES.index("sync")])
+    wall = float(cat_ns.sum()) or 1.0
+    sync = float(cat_ns[:, CATEGORY_NAMES.index("sync")].sum())
     wait_ns = float(wait[mask].sum()) if wait is not None and wait.size == mask.size else 0.0
     return GroupRankSummary(
         rank=b.rank,
-        steps=n,
-        step_time_ms=StepTimeMs(
-            median=float(np.median(step_ms)) if n else 0.0,
-            mean=float(step_ms.mean()) if n else 0.0,
-            p90=float(np.percentile(step_ms, 90)) if n else 0.0,
-            min=float(step_ms.min()) if n else 0.0,
-            max=float(step_ms.max()) if n else 0.0,
-        ),
-        budget_pct=CategoryValues(
-            **{c: (100.0 * float(totals[i]) / total if total else 0.0) for i, c in enumerate(CATEGORY_NAMES)}
-        ),
-        budget_ms_per_step=CategoryValues(
-            **{c: float(cat_ns[:, i].mean() / 1e6) if n else 0.0 for i, c in enumerate(CATEGORY_NAMES)}
-        ),
+        steps=int(step_ms.size),
+        step_time_ms=StepTimeMs.of(step_ms),
+        budget_pct=_budget_pct(cat_ns),
+        budget_ms_per_step=_budget_ms_per_step(cat_ns),
         sync_split_pct=SyncSplitPct(
             transfer=100.0 * (sync - wait_ns) / wall if split else 0.0,
             wait=100.0 * wait_ns / wall if split else 0.0,
         ),
+    )
+
+
+def _budget_pct(cat_ns: np.ndarray) -> CategoryValues:
+    """Each category's share of the wall time of these budget rows (steps x categories, ns), percent."""
+    totals = cat_ns.sum(axis=0)
+    total = float(totals.sum())
+    return CategoryValues(
+        **{c: (100.0 * float(totals[i]) / total if total else 0.0) for i, c in enumerate(CATEGORY_NAMES)}
+    )
+
+
+def _budget_ms_per_step(cat_ns: np.ndarray) -> CategoryValues:
+    """Each category's mean milliseconds per step over these budget rows (steps x categories, ns)."""
+    n = len(cat_ns)
+    return CategoryValues(
+        **{c: float(cat_ns[:, i].mean() / 1e6) if n else 0.0 for i, c in enumerate(CATEGORY_NAMES)}
     )
 
 
@@ -550,31 +549,15 @@ def _rank_summary(
     b: RankBudget, t: Any, split: RankSyncSplit | None, overview: OverviewBreakdown | None = None
 ) -> RankSummary:
     step_ms = b.step_ns / 1e6
-    n = int(step_ms.size)
-    totals = b.step_category_ns.sum(axis=0)
-    total = float(totals.sum())
     wall = float(b.step_category_ns.sum()) or 1.0
     return RankSummary(
         rank=b.rank,
         mode=b.mode,
         steps=int(b.step_ids.size),
         steps_from_markers=b.steps_from_markers,
-        step_time_ms=StepTimeMs(
-            median=float(np.median(step_ms)) if n else 0.0,
-            mean=float(step_ms.mean()) if n else 0.0,
-            p90=float(np.percentile(step_ms, 90)) if n else 0.0,
-            min=float(step_ms.min()) if n else 0.0,
-            max=float(step_ms.max()) if n else 0.0,
-        ),
-        budget_pct=CategoryValues(
-            **{c: (100.0 * float(totals[i]) / total if total else 0.0) for i, c in enumerate(CATEGORY_NAMES)}
-        ),
-        budget_ms_per_step=CategoryValues(
-            **{
-                c: float(b.step_category_ns[:, i].mean() / 1e6) if n else 0.0
-                for i, c in enumerate(CATEGORY_NAMES)
-            }
-        ),
+        step_time_ms=StepTimeMs.of(step_ms),
+        budget_pct=_budget_pct(b.step_category_ns),
+        budget_ms_per_step=_budget_ms_per_step(b.step_category_ns),
         temporal_pct=TemporalPct(
             idle=t.idle_pct if t else 0.0,
             compute=t.compute_pct if t else 0.0,
@@ -685,15 +668,7 @@ def _warmup_from_json(w: Mapping[str, Any] | None) -> WarmupSummary | None:
         step_ms=tuple(float(v) for v in w.get("step_ms", ())),
         reference_step_ms=float(w.get("reference_step_ms", 0.0)),
         category_ms=CategoryValues.from_json(w.get("category_ms", {})),
-        evidence=tuple(
-            EvidenceItem(
-                category=str(e["category"]),
-                name=str(e["name"]),
-                total_ms=float(e["total_ms"]),
-                count=int(e["count"]),
-            )
-            for e in w.get("evidence", [])
-        ),
+        evidence=tuple(EvidenceItem.from_json(e) for e in w.get("evidence", [])),
         included=bool(w.get("included", False)),
     )
 
@@ -718,15 +693,7 @@ def _rank_from_json(d: Mapping[str, Any]) -> RankSummary:
             **{f.name: float(d.get("sync_split_pct", {}).get(f.name, 0.0)) for f in fields(SyncSplitPct)}
         ),
         training_tid=int(d.get("training_tid", 0)),
-        evidence=tuple(
-            EvidenceItem(
-                category=str(e["category"]),
-                name=str(e["name"]),
-                total_ms=float(e["total_ms"]),
-                count=int(e["count"]),
-            )
-            for e in d.get("evidence", [])
-        ),
+        evidence=tuple(EvidenceItem.from_json(e) for e in d.get("evidence", [])),
         per_step=None
         if not ps
         else PerStep(
@@ -751,7 +718,7 @@ def _straggler_to_json(s: StragglerSummary) -> dict[str, Any]:
         "matched_collectives": s.matched_collectives,
     }
     if s.tag_cause is not None:
-        doc["tag_cause"] = _plain(s.tag_cause)
+        doc["tag_cause"] = {**_plain(s.tag_cause), "text": s.tag_cause.text}
     return doc
 
 

@@ -19,14 +19,27 @@ class CommandText:
 
     help: str
     """The command's line in `gpuwatch --help`."""
-    description: str
-    """The paragraph under the usage line."""
+    description: str | None
+    """The paragraph under the usage line; None: none."""
     epilog: str
     """After the options: exit codes, examples."""
     usage: str | None = None
     """The usage line; None: argparse writes it from the arguments."""
     as_written: bool = False
     """Keep the line breaks of description and epilog (tables, examples) instead of re-wrapping them."""
+
+    @classmethod
+    def from_doc(
+        cls, doc: str | None, *, epilog: str, usage: str | None = None, as_written: bool = False
+    ) -> CommandText:
+        """The help texts of a command whose module docstring describes it: its first line is the help line,
+        its second paragraph the description (lines joined into one). Empty when docstrings are stripped
+        (`python -OO`)."""
+        paragraphs = [" ".join(p.split()).replace("%", "%%") for p in (doc or "").split("\n\n")]
+        description = paragraphs[1] if len(paragraphs) > 1 else None
+        return cls(
+            help=paragraphs[0], description=description, epilog=epilog, usage=usage, as_written=as_written
+        )
 
 
 def add_command(sub: Any, name: str, text: CommandText) -> argparse.ArgumentParser:

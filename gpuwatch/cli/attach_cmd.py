@@ -1,4 +1,13 @@
-"""`gpuwatch attach PID [--duration S] [--out RUN_DIR] [--rate HZ] [--thread TID|NAME]`"""
+"""diagnose a running trainer by its pid, with no code change (py-spy, NVML, /proc)
+
+Sample a running Python training process with py-spy (non-blocking), find its training thread, classify what
+that thread does into the time budget (data loading, CPU preprocessing, sync, checkpoint I/O, compute), detect
+its steps, say what its DataLoader workers spend their time on, and write a run directory while sampling, so
+`gpuwatch summary RUN_DIR` works during and after. Stops at --duration, on Ctrl-C, or when the target exits;
+then prints the report.
+
+`gpuwatch attach PID [--duration S] [--out RUN_DIR] [--rate HZ] [--thread TID|NAME]`
+"""
 
 from __future__ import annotations
 
@@ -27,16 +36,7 @@ Examples:
 """
 
 
-TEXT = CommandText(
-    help="diagnose a running trainer by its pid, with no code change (py-spy, NVML, /proc)",
-    description="Sample a running Python training process with py-spy (non-blocking), find its training "
-    "thread, classify what that thread does into the time budget (data loading, CPU preprocessing, sync, "
-    "checkpoint I/O, compute), detect its steps, say what its DataLoader workers spend their time on, and "
-    "write a run directory while sampling, so `gpuwatch summary RUN_DIR` works during and after. Stops "
-    "at --duration, on Ctrl-C, or when the target exits; then prints the report.",
-    epilog=EPILOG,
-    as_written=True,
-)
+TEXT = CommandText.from_doc(__doc__, epilog=EPILOG, as_written=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,5 +1,13 @@
-"""`gpuwatch compare BASE CAND`: a CI gate on training efficiency (Markdown, JUnit, JSON; exit 1 on a
-regression, 2 when the runs cannot be compared or there are too few steps to decide)."""
+"""compare a candidate run with a baseline: fail CI on an efficiency regression, not on noise
+
+Compare two runs (run directories or `gpuwatch summary --json` files) step by step: step time, compute share
+and every idle category, each with a bootstrap interval over the steps both runs share. A check fails only
+when its change is past its limit and beyond the runs' own step-to-step spread; the verdict names what
+regressed, by how much, and the regions that grew.
+
+`gpuwatch compare BASE CAND`: a CI gate on training efficiency (Markdown, JUnit, JSON; exit 1 on a
+regression, 2 when the runs cannot be compared or there are too few steps to decide).
+"""
 
 from __future__ import annotations
 
@@ -33,15 +41,7 @@ exit codes: 0 pass, 1 regression, 2 usage error, runs that cannot be compared, o
 """
 
 
-TEXT = CommandText(
-    help="compare a candidate run with a baseline: fail CI on an efficiency regression, not on noise",
-    description="Compare two runs (run directories or `gpuwatch summary --json` files) step by step: "
-    "step time, compute share and every idle category, each with a bootstrap interval over the steps "
-    "both runs share. A check fails only when its change is past its limit and beyond the runs' own "
-    "step-to-step spread; the verdict names what regressed, by how much, and the regions that grew.",
-    epilog=EPILOG,
-    as_written=True,
-)
+TEXT = CommandText.from_doc(__doc__, epilog=EPILOG, as_written=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,4 +1,11 @@
-"""`gpuwatch consolidate RUN_DIR -o run.duckdb`: a run as one DuckDB file any DuckDB client opens."""
+"""write a run into one DuckDB file (runs, spans, samples, steps, budget)
+
+Write every segment of a run directory into one DuckDB file, with the documented relations runs, spans,
+samples, steps (a view), budget (one row per step and rank, as `gpuwatch summary` counts it) and
+gpuwatch_meta; open it with any DuckDB client or `gpuwatch sql FILE`.
+
+`gpuwatch consolidate RUN_DIR -o run.duckdb`: a run as one DuckDB file any DuckDB client opens.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,8 @@ import sys
 
 from gpuwatch.cli.arguments import CommandText
 
-TEXT = CommandText(
-    help="write a run into one DuckDB file (runs, spans, samples, steps, budget)",
-    description="Write every segment of a run directory into one DuckDB file, with the documented "
-    "relations runs, spans, samples, steps (a view), budget (one row per step and rank, as `gpuwatch "
-    "summary` counts it) and gpuwatch_meta; open it with any DuckDB client or `gpuwatch sql FILE`.",
+TEXT = CommandText.from_doc(
+    __doc__,
     epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory or bad output path",
 )
 

@@ -1,4 +1,9 @@
-"""`gpuwatch export prometheus RUN_DIR [--host 127.0.0.1] [--port 9464]`: a run's budget as `/metrics`."""
+"""serve a run's metrics to a fleet monitoring system (Prometheus)
+
+Export a run to another system while it grows. Targets: prometheus.
+
+`gpuwatch export prometheus RUN_DIR [--host 127.0.0.1] [--port 9464]`: a run's budget as `/metrics`.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,8 @@ import time
 
 from gpuwatch.cli.arguments import CommandText, add_command
 
-TEXT = CommandText(
-    help="serve a run's metrics to a fleet monitoring system (Prometheus)",
-    description="Export a run to another system while it grows. Targets: prometheus.",
+TEXT = CommandText.from_doc(
+    __doc__,
     epilog="exit codes: 0 stopped (Ctrl-C), 1 cannot listen, 2 not a run directory or an unknown target",
 )
 

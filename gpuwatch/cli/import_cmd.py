@@ -1,4 +1,12 @@
-"""`gpuwatch import PATH... --out RUN_DIR`"""
+"""import PyTorch profiler (Kineto) traces into a run directory
+
+Import PyTorch profiler (Kineto) Chrome traces - .json or .json.gz, files or directories of per-rank files -
+into a gpuwatch run directory, then read it with `gpuwatch summary`. The rank comes from the trace's
+distributedInfo, else from 'rank<N>' in the file name. Events of unknown kinds are skipped and counted (shown
+with --verbose).
+
+`gpuwatch import PATH... --out RUN_DIR`
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,8 @@ from typing import Any
 
 from gpuwatch.cli.arguments import CommandText
 
-TEXT = CommandText(
-    help="import PyTorch profiler (Kineto) traces into a run directory",
-    description="Import PyTorch profiler (Kineto) Chrome traces - .json or .json.gz, files or directories "
-    "of per-rank files - into a gpuwatch run directory, then read it with `gpuwatch summary`. The rank "
-    "comes from the trace's distributedInfo, else from 'rank<N>' in the file name. Events of unknown "
-    "kinds are skipped and counted (shown with --verbose).",
+TEXT = CommandText.from_doc(
+    __doc__,
     epilog="exit codes: 0 ok, 1 corrupt or unreadable trace, 2 missing path / empty directory / --out in use",
 )
 

@@ -28,7 +28,8 @@ COMMANDS: dict[str, str] = {
     "sql": "gpuwatch.cli.sql_cmd",
     "export": "gpuwatch.cli.export_cmd",
 }
-"""Subcommand name -> module with `TEXT` (its `CommandText`), `add_arguments(parser)` and `run(args) -> int`."""
+"""Subcommand name -> module with `TEXT` (its `CommandText`, mostly from the module docstring: the help line
+first, then the description), `add_arguments(parser)` and `run(args) -> int`."""
 
 EPILOG = """\
 exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 130 interrupted.

@@ -1,4 +1,14 @@
-"""`gpuwatch report RUN [CAND] [-o FILE] [--gpu-hour-price USD]`"""
+"""one offline HTML file: where the time went, what it costs, what to change
+
+Write a self-contained HTML report of a run (from watch, attach or import): compute share, median step time
+and what the idle time costs; the speed-up if each cause of idle time went away; the time budget per step and
+per rank, with the rank others wait for; a timeline of a few representative steps; NVML and /proc time series
+when the run has them; recommendations with their evidence; HTA's temporal breakdown and the TensorBoard
+plugin's Overview. plotly.js is inside the file: it opens offline, on any machine. With two runs, the report
+shows them side by side with deltas (candidate minus base).
+
+`gpuwatch report RUN [CAND] [-o FILE] [--gpu-hour-price USD]`
+"""
 
 from __future__ import annotations
 
@@ -14,15 +24,8 @@ DEFAULT_PRICE_USD = (
 )
 
 
-TEXT = CommandText(
-    help="one offline HTML file: where the time went, what it costs, what to change",
-    description="Write a self-contained HTML report of a run (from watch, attach or import): compute "
-    "share, median step time and what the idle time costs; the speed-up if each cause of idle time went "
-    "away; the time budget per step and per rank, with the rank others wait for; a timeline of a few "
-    "representative steps; NVML and /proc time series when the run has them; recommendations with their "
-    "evidence; HTA's temporal breakdown and the TensorBoard plugin's Overview. plotly.js is inside the "
-    "file: it opens offline, on any machine. With two runs, the report shows them side by side with "
-    "deltas (candidate minus base).",
+TEXT = CommandText.from_doc(
+    __doc__,
     epilog="exit codes: 0 ok, 1 unreadable or empty run / cannot write FILE, 2 not a run directory or a "
     "bad option",
 )

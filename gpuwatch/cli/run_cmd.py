@@ -1,4 +1,11 @@
-"""`gpuwatch run [--out RUN_DIR] [--profile-steps N..M] [watch options] -- COMMAND...`"""
+"""run a Python training job with the in-process watch in every rank, no code change
+
+Start a Python training command (python train.py, python -m pkg, torchrun ..., a script that spawns its own
+ranks) with gpuwatch's in-process collectors in every process that trains, into one run directory; `gpuwatch
+summary RUN_DIR` works while it runs and after.
+
+`gpuwatch run [--out RUN_DIR] [--profile-steps N..M] [watch options] -- COMMAND...`
+"""
 
 from __future__ import annotations
 
@@ -30,12 +37,9 @@ Examples:
   gpuwatch summary runs/ddp                                        # during the run, or after
 """
 
-TEXT = CommandText(
+TEXT = CommandText.from_doc(
+    __doc__,
     usage="%(prog)s [OPTIONS] -- COMMAND [ARGS...]",
-    help="run a Python training job with the in-process watch in every rank, no code change",
-    description="Start a Python training command (python train.py, python -m pkg, torchrun ..., a "
-    "script that spawns its own ranks) with gpuwatch's in-process collectors in every process that "
-    "trains, into one run directory; `gpuwatch summary RUN_DIR` works while it runs and after.",
     epilog=EPILOG,
     as_written=True,
 )

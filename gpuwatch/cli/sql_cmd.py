@@ -1,4 +1,11 @@
-"""`gpuwatch sql RUN "SELECT ..."`: SQL over a run directory (live) or a consolidated `.duckdb` file."""
+"""run SQL over a run (relations runs, spans, samples, steps, budget)
+
+Run one SQL query over a run directory (also while it is written) or a file from `gpuwatch consolidate`.
+Relations: runs, spans, samples, steps, budget, gpuwatch_meta (columns documented in
+gpuwatch/store/consolidate.py and the README). Times are integer nanoseconds on the run's timeline.
+
+`gpuwatch sql RUN "SELECT ..."`: SQL over a run directory (live) or a consolidated `.duckdb` file.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,8 @@ from typing import Any
 from gpuwatch.cli.arguments import CommandText
 from gpuwatch.errors import RunDirError, UsageError
 
-TEXT = CommandText(
-    help="run SQL over a run (relations runs, spans, samples, steps, budget)",
-    description="Run one SQL query over a run directory (also while it is written) or a file from "
-    "`gpuwatch consolidate`. Relations: runs, spans, samples, steps, budget, gpuwatch_meta (columns "
-    "documented in gpuwatch/store/consolidate.py and the README). Times are integer nanoseconds on the "
-    "run's timeline.",
+TEXT = CommandText.from_doc(
+    __doc__,
     epilog='example: gpuwatch sql runs/exp1 "SELECT rank, avg(data_loading_ns) / 1e6 AS data_ms FROM '
     'budget GROUP BY rank"\nexit codes: 0 ok, 1 unreadable run, 2 not a run or a bad query',
     as_written=True,

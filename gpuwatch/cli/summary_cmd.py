@@ -1,4 +1,12 @@
-"""`gpuwatch summary RUN_DIR [--json]`"""
+"""where each step's time went on every rank, and what to change
+
+Analyse a run directory (also while it is still being written): the time budget per rank (compute,
+data_loading, cpu_preprocessing, sync, checkpoint_io, memcpy, host_overhead, unattributed; summing to 100% of
+step wall time), step times, HTA's idle/compute/non-compute view, the rank others wait for, and
+recommendations with their evidence.
+
+`gpuwatch summary RUN_DIR [--json]`
+"""
 
 from __future__ import annotations
 
@@ -8,12 +16,8 @@ import sys
 
 from gpuwatch.cli.arguments import CommandText
 
-TEXT = CommandText(
-    help="where each step's time went on every rank, and what to change",
-    description="Analyse a run directory (also while it is still being written): the time budget per "
-    "rank (compute, data_loading, cpu_preprocessing, sync, checkpoint_io, memcpy, host_overhead, "
-    "unattributed; summing to 100%% of step wall time), step times, HTA's idle/compute/non-compute view, "
-    "the rank others wait for, and recommendations with their evidence.",
+TEXT = CommandText.from_doc(
+    __doc__,
     epilog="exit codes: 0 ok, 1 unreadable or empty run, 2 not a run directory",
 )
 

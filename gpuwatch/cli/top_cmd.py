@@ -1,4 +1,11 @@
-"""`gpuwatch top RUN_DIR` / `gpuwatch top --pid PID [--out RUN_DIR]`: the live dashboard.
+"""live dashboard: every rank's time budget, step by step, while the job trains
+
+Follow a run directory while it is written (watch, attach, `gpuwatch run`) or replay a finished one: per rank
+the budget over the last N steps (or the whole run) and its trend, step time, the rank the others wait for and
+what it is doing, what to change, GPU (NVML) or process (/proc) gauges, and an event log. With --pid, attach
+to a running trainer first.
+
+`gpuwatch top RUN_DIR` / `gpuwatch top --pid PID [--out RUN_DIR]`: the live dashboard.
 
 With `--pid`, this layer starts `attach` (the same sampling as `gpuwatch attach`) in a thread writing a run
 directory, and hands the dashboard that directory: the dashboard itself only ever follows a run directory.
@@ -32,15 +39,7 @@ Examples:
 """
 
 
-TEXT = CommandText(
-    help="live dashboard: every rank's time budget, step by step, while the job trains",
-    description="Follow a run directory while it is written (watch, attach, `gpuwatch run`) or replay a "
-    "finished one: per rank the budget over the last N steps (or the whole run) and its trend, step "
-    "time, the rank the others wait for and what it is doing, what to change, GPU (NVML) or process "
-    "(/proc) gauges, and an event log. With --pid, attach to a running trainer first.",
-    epilog=EPILOG,
-    as_written=True,
-)
+TEXT = CommandText.from_doc(__doc__, epilog=EPILOG, as_written=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

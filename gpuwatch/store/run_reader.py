@@ -20,9 +20,9 @@ from gpuwatch.errors import RunDirError
 from gpuwatch.records import (
     NULL_INT,
     NULLABLE_INT_COLUMNS,
-    SAMPLE_COLUMNS,
     SCHEMA_VERSION,
     SPAN_COLUMNS,
+    TABLE_COLUMNS,
     Run,
     SpanColumns,
 )
@@ -111,7 +111,7 @@ class RunReader:
         return self._con
 
     def _create_views(self) -> None:
-        for table, columns in (("spans", SPAN_COLUMNS), ("samples", SAMPLE_COLUMNS)):
+        for table, columns in TABLE_COLUMNS.items():
             parts = []
             for w in self.writers:
                 parts.extend(self._writer_selects(w, table, columns))
@@ -168,7 +168,7 @@ class RunReader:
         found = False
         probe = duckdb.connect(config={"threads": 1})
         try:
-            for table, columns in (("spans", SPAN_COLUMNS), ("samples", SAMPLE_COLUMNS)):
+            for table, columns in TABLE_COLUMNS.items():
                 for w in self.writers:
                     if _rows(probe, self._writer_selects(w, table, columns), table) is not None:
                         continue  # the common case: one query tells the whole writer is fine
@@ -203,7 +203,7 @@ class RunReader:
         return found
 
     def _writer_selects_of(self, w: WriterInfo, seg: Segment) -> list[str]:
-        columns = SPAN_COLUMNS if seg.table == "spans" else SAMPLE_COLUMNS
+        columns = TABLE_COLUMNS[seg.table]
         return segment_selects(w, seg.table, columns, [seg], salvage=seg.path in self._salvaged)
 
     def _note(self, w: WriterInfo, seg: Segment, message: str) -> None:
@@ -453,7 +453,7 @@ def _why_unreadable(con: Any, w: WriterInfo, seg: Segment) -> str:
     """Why a segment cannot be read as it is, in one short line."""
     if not seg.path.is_file():
         return "not a readable file"
-    columns = SPAN_COLUMNS if seg.table == "spans" else SAMPLE_COLUMNS
+    columns = TABLE_COLUMNS[seg.table]
     try:
         for sql in segment_selects(w, seg.table, columns, [seg]):
             _probe(con, sql, seg.table)

@@ -25,7 +25,14 @@ import msgspec
 import numpy as np
 
 from gpuwatch.errors import RunDirError
-from gpuwatch.records import NULL_INT, NULLABLE_INT_COLUMNS, SAMPLE_COLUMNS, SPAN_COLUMNS, SpanColumns
+from gpuwatch.records import (
+    NULL_INT,
+    NULLABLE_INT_COLUMNS,
+    SAMPLE_COLUMNS,
+    SPAN_COLUMNS,
+    TABLE_COLUMNS,
+    SpanColumns,
+)
 from gpuwatch.store.run_dir import SEGMENT_RE, WRITER_FILE, Segment, list_writer_dirs, read_run_marker
 from gpuwatch.store.run_reader import WriterInfo, read_writer, segment_selects
 
@@ -308,7 +315,7 @@ class RunTail:
         except (OSError, RunDirError) as exc:  # damaged (a directory, unreadable, broken Parquet): skipped
             why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self._note_damage(r, f"damaged, skipped ({why})")
-            columns = SPAN_COLUMNS if table == "spans" else SAMPLE_COLUMNS
+            columns = TABLE_COLUMNS[table]
             return _columns([], columns)
 
     def _note_damage(self, r: _Read, message: str) -> None:
@@ -346,7 +353,7 @@ class RunTail:
         return out
 
     def _read_parquet(self, r: _Read, table: str) -> dict[str, np.ndarray]:
-        columns = SPAN_COLUMNS if table == "spans" else SAMPLE_COLUMNS
+        columns = TABLE_COLUMNS[table]
         (sql,) = segment_selects(r.writer, table, columns, [r.segment])
         select = ", ".join(
             f"coalesce({n}, {NULL_INT}) AS {n}"

@@ -8,6 +8,7 @@ HTML-escaped where plotly would render them (hover text), so `<script>` in a ker
 from __future__ import annotations
 
 import html
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,20 +305,12 @@ def sync_split_figure(summary: Summary) -> Figure | None:
     ranks = [r for r in summary.ranks if r.budget_pct.get("sync") > 0]
     if not ranks:
         return None
-    y = [f"rank {r.rank}" for r in ranks]
-    data = [
-        rank_bar(
-            name,
-            y,
-            [round(getattr(r.sync_split_pct, key), 3) for r in ranks],
-            color,
-            f"{name}: %{{x:.1f}}% of step time<extra>%{{y}}</extra>",
-        )
-        for key, name, color in (
-            ("transfer", "transfer (moving data, device syncs)", "#f0b27a"),
-            ("wait", "waiting for a slower rank", "#b9472f"),
-        )
-    ]
+    parts = (
+        ("transfer", "transfer (moving data, device syncs)", "#f0b27a"),
+        ("wait", "waiting for a slower rank", "#b9472f"),
+    )
+    hover = "{name}: %{{x:.1f}}% of step time<extra>%{{y}}</extra>"
+    data = rank_part_bars(ranks, lambda r: r.sync_split_pct, parts, hover)
     return rank_shares_figure(data, len(ranks), {"title": {"text": "% of step time"}})
 
 
@@ -333,6 +326,21 @@ def rank_bar(name: str, y: list[str], x: list[float], color: str, hover: str, **
         **more,
         "hovertemplate": hover,
     }
+
+
+def rank_part_bars(
+    ranks: Sequence[RankSummary],
+    record: Callable[[RankSummary], object],
+    parts: Iterable[tuple[str, str, str]],
+    hover: str,
+) -> list[dict[str, Any]]:
+    """A `rank_bar` per (field, name, color) of `parts`: that field of each rank's `record(rank)` (percent);
+    `hover` is the hovertemplate with `{name}` for the part's name (plotly's own braces doubled)."""
+    y = [f"rank {r.rank}" for r in ranks]
+    return [
+        rank_bar(name, y, [round(getattr(record(r), key), 3) for r in ranks], color, hover.format(name=name))
+        for key, name, color in parts
+    ]
 
 
 def rank_shares_figure(data: list[dict[str, Any]], rows: int, xaxis: dict[str, Any]) -> Figure:
@@ -478,17 +486,9 @@ def temporal_figure(summary: Summary) -> Figure | None:
     ranks = [r for r in summary.ranks if r.temporal_basis]
     if not ranks:
         return None
-    y = [f"rank {r.rank}" for r in ranks]
-    data = [
-        rank_bar(
-            label,
-            y,
-            [round(getattr(r.temporal_pct, key), 3) for r in ranks],
-            TEMPORAL_COLORS[key],
-            f"{label}: %{{x:.2f}}%<extra>%{{y}}</extra>",
-        )
-        for key, label in (("compute", "compute"), ("non_compute", "non-compute"), ("idle", "idle"))
-    ]
+    labels = (("compute", "compute"), ("non_compute", "non-compute"), ("idle", "idle"))
+    parts = [(key, label, TEMPORAL_COLORS[key]) for key, label in labels]
+    data = rank_part_bars(ranks, lambda r: r.temporal_pct, parts, "{name}: %{{x:.2f}}%<extra>%{{y}}</extra>")
     return rank_shares_figure(
         data, len(ranks), {"title": {"text": "% of the device window"}, "range": [0, 100]}
     )

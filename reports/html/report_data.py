@@ -18,7 +18,7 @@ import numpy as np
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import compute_rank_budget
 from gpuwatch.attribution.summary import CATEGORY_NAMES, Summary, load_summary
-from gpuwatch.records import SPAN_COLUMNS, Category, SpanColumns, SpanKind
+from gpuwatch.records import DEVICE_KINDS, SPAN_COLUMNS, Category, SpanColumns, SpanKind
 from gpuwatch.store.run_reader import RunReader
 
 DEFAULT_GPU_HOUR_PRICE_USD = 2.50
@@ -42,12 +42,6 @@ PANELS: dict[str, tuple[str, str, float, str]] = {
     "io_write_bytes_total": ("Storage write rate", "MB/s", 1e-6, "host"),
 }
 _RATE_METRICS = {"io_read_bytes_total", "io_write_bytes_total"}  # cumulative counters: shown as rates
-_DEVICE_WORK = [
-    SpanKind.KERNEL.value,
-    SpanKind.COLLECTIVE.value,
-    SpanKind.MEMCPY.value,
-    SpanKind.MEMSET.value,
-]
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,7 +322,7 @@ def _display_category(cols: SpanColumns, device_mode: bool) -> np.ndarray:
     """The budget category each raw span stands for, as the engine would count it: device work by kind,
     host spans by their category; host math on a GPU rank is host overhead, uncategorized host work too."""
     cat = np.array(cols.category, dtype=object)
-    is_device = np.isin(cols.kind, _DEVICE_WORK) & (cols.stream >= 0)
+    is_device = np.isin(cols.kind, DEVICE_KINDS) & (cols.stream >= 0)
     for kind, device_cat in (
         (SpanKind.KERNEL.value, Category.COMPUTE.value),
         (SpanKind.COLLECTIVE.value, Category.SYNC.value),

@@ -7,30 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PROOF = ROOT / "benchmarks" / "gpu_proof.py"
+from gpu_proof_support import run_proof
 
 pytestmark = pytest.mark.slow
-
-
-def run_proof(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, str(PROOF), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def test_rehearsal_of_watch_profile_and_attach_produces_every_figure(tmp_path: Path) -> None:

@@ -3,30 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env, run_cli, span_rows
+from conftest import run_cli, run_dist_api_program, span_rows
 
 from gpuwatch.store.run_reader import RunReader
-
-PROGRAM = ROOT / "tests" / "support" / "dist_api_program.py"
 
 
 @pytest.fixture(scope="module")
 def dist_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("dist_api")
-    run_dir, out_dir = base / "run", base / "out"
-    out_dir.mkdir()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(PROGRAM), str(run_dir), str(out_dir),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=base, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir, out_dir
+    return run_dist_api_program(base)
 
 
 def spans(run_dir: Path) -> dict[int, list[dict]]:

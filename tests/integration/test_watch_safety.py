@@ -18,8 +18,11 @@ PROGRAM = ROOT / "tests" / "support" / "planted_trainer.py"
 HEAVY = {"torch", "duckdb", "textual", "plotly"}
 
 
-def python(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return run_program([sys.executable, "-c", code], cwd=cwd)
+def python(code: str, cwd: Path) -> str:
+    """The stdout of `python -c CODE` run in `cwd`; fails the test with its stderr when it fails."""
+    proc = run_program([sys.executable, "-c", code], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
 
 
 def test_import_and_a_torch_free_watch_stay_light(tmp_path: Path) -> None:
@@ -36,9 +39,8 @@ def test_import_and_a_torch_free_watch_stay_light(tmp_path: Path) -> None:
         "        gw.step()\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch','duckdb','textual','plotly'}))\n"
     )
-    proc = python(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    after_import, after_watch = proc.stdout.splitlines()
+    out = python(code, tmp_path)
+    after_import, after_watch = out.splitlines()
     assert after_import == "[]" and after_watch == "[]"
     summary = json.loads(run_cli("summary", tmp_path / "run", "--json").stdout)
     assert summary["ranks"][0]["steps"] + summary["ranks"][0]["warmup"]["steps"] == 5  # warm-up apart
@@ -54,9 +56,8 @@ def test_submodule_imports_keep_watch_and_span_callable(tmp_path: Path) -> None:
         "    gw.step()\n"
         "print(type(gw).__name__)\n"
     )
-    proc = python(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "Watcher"
+    out = python(code, tmp_path)
+    assert out.strip() == "Watcher"
 
 
 def test_training_results_are_bit_identical_with_and_without_gpuwatch(tmp_path: Path) -> None:
@@ -79,9 +80,8 @@ def test_training_results_are_bit_identical_with_and_without_gpuwatch(tmp_path: 
         "same = all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)\n"
         "print(same, float(a['0.weight'].abs().sum()))\n"
     )
-    proc = python(check, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    same, weight_sum = proc.stdout.split()
+    out = python(check, tmp_path)
+    same, weight_sum = out.split()
     assert same == "True" and float(weight_sum) > 0
 
 
@@ -105,6 +105,26 @@ def read_progress(proc: subprocess.Popen[str], until_step: int) -> list[tuple[in
     raise AssertionError(f"trainer ended early: {proc.stderr.read() if proc.stderr else ''}")
 
 
+def stop_at(
+    proc: subprocess.Popen[str], until_step: int, sig: int, *, after_s: float = 0.0
+) -> tuple[list[tuple[int, float]], float]:
+    """Send `sig` to the trainer once step `until_step` is done (and `after_s` seconds more) and wait for it
+    to end: every progress line it printed, and when the signal went (unix seconds)."""
+    try:
+        progress = read_progress(proc, until_step)
+        time.sleep(after_s)
+        sent_unix = time.time()
+        os.kill(proc.pid, sig)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    progress += [
+        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
+    ]
+    return progress, sent_unix
+
+
 def recorded_steps(run_dir: Path) -> tuple[int, str, list[str]]:
     summary = run_cli("summary", run_dir, "--json")
     assert summary.returncode == 0, summary.stderr
@@ -116,18 +136,7 @@ def recorded_steps(run_dir: Path) -> tuple[int, str, list[str]]:
 
 def test_sigkill_mid_run_leaves_a_readable_run_missing_at_most_about_a_second(tmp_path: Path) -> None:
     proc = start_trainer(tmp_path)
-    try:
-        progress = read_progress(proc, until_step=60)  # well past the first flushes
-        time.sleep(0.3)
-        kill_unix = time.time()
-        os.kill(proc.pid, signal.SIGKILL)
-        rest, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    progress += [
-        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
-    ]
+    progress, kill_unix = stop_at(proc, 60, signal.SIGKILL, after_s=0.3)  # well past the first flushes
     steps, status, notes = recorded_steps(tmp_path / "run")
     assert status == "running"  # it never got to say otherwise
     assert any("killed" in n for n in notes)
@@ -139,17 +148,8 @@ def test_sigkill_mid_run_leaves_a_readable_run_missing_at_most_about_a_second(tm
 def test_sigterm_flushes_everything_and_chains_to_the_jobs_handler(tmp_path: Path) -> None:
     marker = tmp_path / "handled"
     proc = start_trainer(tmp_path, "--sigterm-marker", str(marker))
-    try:
-        progress = read_progress(proc, until_step=20)
-        os.kill(proc.pid, signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    progress, _ = stop_at(proc, 20, signal.SIGTERM)
     assert proc.returncode == 143 and marker.read_text() == "handled"  # the job's own handler ran
-    progress += [
-        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
-    ]
     steps, status, _ = recorded_steps(tmp_path / "run")
     assert status == "terminated"
     assert steps == max(s for s, _ in progress) + 1  # nothing lost
@@ -157,17 +157,8 @@ def test_sigterm_flushes_everything_and_chains_to_the_jobs_handler(tmp_path: Pat
 
 def test_sigterm_with_the_default_action_still_terminates_by_the_signal(tmp_path: Path) -> None:
     proc = start_trainer(tmp_path)
-    try:
-        progress = read_progress(proc, until_step=10)
-        os.kill(proc.pid, signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    progress, _ = stop_at(proc, 10, signal.SIGTERM)
     assert proc.returncode == -signal.SIGTERM
-    progress += [
-        (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
-    ]
     steps, status, _ = recorded_steps(tmp_path / "run")
     assert status == "terminated" and steps == max(s for s, _ in progress) + 1
 

@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 PR_SET_DUMPABLE = 4
 PR_SET_PTRACER = 0x59616D61
@@ -124,6 +125,16 @@ class SlowJpegDataset:
         return out
 
 
+def steps() -> Iterator[int]:
+    """Step numbers, forever; prints the pid once step 2 is done (the loop is running: the test attaches)."""
+    i = 0
+    while True:
+        yield i
+        if i == 2:
+            print(os.getpid(), flush=True)
+        i += 1
+
+
 def mlp(width: int, depth: int):  # noqa: ANN201
     import torch
 
@@ -165,8 +176,7 @@ def planted(args: argparse.Namespace) -> None:
     state = {"blob": torch.randn(args.ckpt_mb * 262144)}  # 4 bytes per float
     ckpt_path = args.ckpt_path
     it = iter(loader)
-    i = 0
-    while True:
+    for i in steps():
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
@@ -185,60 +195,36 @@ def planted(args: argparse.Namespace) -> None:
             t4 = time.perf_counter()
             phases.append(("ckpt", t3, t4))
         truth.step(i, phases)
-        if i == 2:
-            print(os.getpid(), flush=True)
-        i += 1
 
 
 def loader0(args: argparse.Namespace) -> None:
-    import torch
-    from torch.utils.data import DataLoader
-
-    torch.manual_seed(0)
-    truth = Truth(args.truth)
-    blobs = make_jpegs(8, args.worker_image, seed=1)
     # the dataset times each item's read and decode (+ augment) too: ".items" next to the step truth
     items = args.truth + ".items" if args.truth != os.devnull else None
-    loader = DataLoader(SlowJpegDataset(blobs, args.read_latency, truth=items), batch_size=2, num_workers=0)
-    net = WithLoss(args.width, args.depth)
-    opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
-    x = torch.randn(args.batch, args.width)
-    it = iter(loader)
-    i = 0
-    while True:
-        t0 = time.perf_counter()
-        batch = next(it)
-        t1 = time.perf_counter()
-        out = net.body(x + float(batch.mean()))
-        loss = net.loss(out, x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        t2 = time.perf_counter()
-        truth.step(i, [("data", t0, t1), ("compute", t1, t2)])
-        if i == 2:
-            print(os.getpid(), flush=True)
-        i += 1
+    loader_bound(args, items, num_workers=0)
 
 
 def saturated(args: argparse.Namespace) -> None:
     """`--workers` DataLoader workers decoding large JPEGs keep every core busy (the busy host of issue 9);
     the training thread waits for their batches and runs an MLP step. Phases: data, compute."""
+    loader_bound(args, None, num_workers=args.workers, prefetch_factor=2)
+
+
+def loader_bound(args: argparse.Namespace, item_truth: str | None, **loader_options: int) -> None:
+    """A training thread that waits for DataLoader batches of `SlowJpegDataset` items and runs an MLP step.
+    Phases: data, compute."""
     import torch
     from torch.utils.data import DataLoader
 
     torch.manual_seed(0)
     truth = Truth(args.truth)
     blobs = make_jpegs(8, args.worker_image, seed=1)
-    loader = DataLoader(
-        SlowJpegDataset(blobs, args.read_latency), batch_size=2, num_workers=args.workers, prefetch_factor=2
-    )
+    dataset = SlowJpegDataset(blobs, args.read_latency, truth=item_truth)
+    loader = DataLoader(dataset, batch_size=2, **loader_options)
     net = WithLoss(args.width, args.depth)
     opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
     x = torch.randn(args.batch, args.width)
     it = iter(loader)
-    i = 0
-    while True:
+    for i in steps():
         t0 = time.perf_counter()
         batch = next(it)
         t1 = time.perf_counter()
@@ -248,9 +234,6 @@ def saturated(args: argparse.Namespace) -> None:
         opt.zero_grad()
         t2 = time.perf_counter()
         truth.step(i, [("data", t0, t1), ("compute", t1, t2)])
-        if i == 2:
-            print(os.getpid(), flush=True)
-        i += 1
 
 
 def bench(args: argparse.Namespace) -> None:
@@ -262,8 +245,7 @@ def bench(args: argparse.Namespace) -> None:
     net = WithLoss(args.width, args.depth)
     opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
     x = torch.randn(args.batch, args.width)
-    i = 0
-    while True:
+    for i in steps():
         t0 = time.perf_counter()
         loss = net.loss(net.body(x), x)
         loss.backward()
@@ -271,9 +253,6 @@ def bench(args: argparse.Namespace) -> None:
         opt.zero_grad()
         t1 = time.perf_counter()
         truth.step(i, [("compute", t0, t1)])
-        if i == 2:
-            print(os.getpid(), flush=True)
-        i += 1
 
 
 def cuda(args: argparse.Namespace) -> None:
@@ -285,17 +264,13 @@ def cuda(args: argparse.Namespace) -> None:
     net.body.to(dev)
     opt = torch.optim.SGD(net.body.parameters(), lr=1e-3)
     x = torch.randn(args.batch, args.width, device=dev)
-    i = 0
-    while True:
+    for _ in steps():
         read_sample(0.01)  # host-side wait: the device idles
         loss = net.loss(net.body(x), x)
         loss.backward()
         opt.step()
         opt.zero_grad()
         loss.item()
-        if i == 2:
-            print(os.getpid(), flush=True)
-        i += 1
 
 
 def exit_after(args: argparse.Namespace) -> None:

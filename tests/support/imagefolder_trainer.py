@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from imagefolder_samples import image_samples
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -34,13 +35,7 @@ class ImageFolder(Dataset):
     """root/<class>/<image>.jpg -> (normalized CHW float tensor, class index)."""
 
     def __init__(self, root: str, size: int) -> None:
-        self.classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-        self.samples = [
-            (os.path.join(root, c, f), i)
-            for i, c in enumerate(self.classes)
-            for f in sorted(os.listdir(os.path.join(root, c)))
-            if f.endswith(".jpg")
-        ]
+        self.classes, self.samples = image_samples(root)
         self.size = size
 
     def __len__(self) -> int:

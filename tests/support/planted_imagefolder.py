@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from imagefolder_samples import image_samples
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
@@ -99,13 +100,7 @@ class ImageFolder(Dataset):
     """root/<class>/<image>.jpg -> (transformed tensor, class index)."""
 
     def __init__(self, root: str, transform: Compose, read_latency_s: float) -> None:
-        self.classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-        self.samples = [
-            (os.path.join(root, c, f), i)
-            for i, c in enumerate(self.classes)
-            for f in sorted(os.listdir(os.path.join(root, c)))
-            if f.endswith(".jpg")
-        ]
+        self.classes, self.samples = image_samples(root)
         self.transform = transform
         self.latency = read_latency_s
 

@@ -5,19 +5,15 @@ Test modules import the fixtures by name (a second conftest.py would shadow test
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli_env
+from conftest import run_dist_api_program
 from synthetic_run import write_synthetic_run
 from textual.app import App
 from textual.pilot import Pilot
-
-DIST_PROGRAM = ROOT / "tests" / "support" / "dist_api_program.py"
 
 
 def screen_text(app: App) -> str:
@@ -44,12 +40,5 @@ def finished_synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def watch_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real 2-rank gloo job under torchrun inside `gpuwatch.watch` (tests/support/dist_api_program.py)."""
     base = tmp_path_factory.mktemp("watch2")
-    run_dir, out_dir = base / "run", base / "out"
-    out_dir.mkdir()
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-        str(DIST_PROGRAM), str(run_dir), str(out_dir),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=base, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir, _ = run_dist_api_program(base)
     return run_dir

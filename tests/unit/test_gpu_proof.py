@@ -8,15 +8,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-PROOF = ROOT / "benchmarks" / "gpu_proof.py"
+from gpu_proof_support import PROOF, run_proof
 
 
 def proof_modules():  # type: ignore[no-untyped-def]
@@ -25,17 +22,6 @@ def proof_modules():  # type: ignore[no-untyped-def]
         return importlib.import_module("gpu_proof"), importlib.import_module("gpu_proof_checks")
     finally:
         sys.path.remove(str(PROOF.parent))
-
-
-def run_proof(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(PROOF), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def no_gpu() -> bool:
