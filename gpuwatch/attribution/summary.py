@@ -204,7 +204,7 @@ class RankSummary:
 
     rank: int
     mode: str
-    """"device" when device events exist, "cpu" when compute is the training thread's math."""
+    """"device" when device events exist, "host" when compute is the training thread's math."""
     steps: int
     steps_from_markers: bool
     """True when steps come from markers (gw.step, ProfilerStep); False when inferred."""
