@@ -469,7 +469,11 @@ class PySpyRecorder:
         subprocesses: follow child processes (DataLoader workers).
         on_chunk: receives each chunk's intervals (recorder thread).
         workdir: where py-spy writes its chunk files (a temporary directory by default).
-        yield_cpu: run py-spy (and this recorder's thread) at the lowest CPU priority (SCHED_IDLE / nice 19).
+        yield_cpu: run this recorder's thread (decoding, stitching) at the lowest CPU priority (SCHED_IDLE /
+            nice 19), and py-spy too unless `lower_pyspy` says otherwise.
+        lower_pyspy: py-spy itself at the lowest priority (None: as `yield_cpu`). A py-spy at SCHED_IDLE only
+            samples when a core is free, so on a saturated host it sees a thread's CPU work late and its
+            waits early: the training process's py-spy stays at normal priority, held by its CPU budget.
         cpu_budget_cores: py-spy's CPU allowance as a fraction of one core; a run over it lowers the rate of
             the next (0 = no budget).
         keep_pid: only stacks of processes for which this is True reach `on_chunk` (None = all).
@@ -489,6 +493,7 @@ class PySpyRecorder:
         on_chunk: ChunkCallback,
         workdir: str | os.PathLike[str] | None = None,
         yield_cpu: bool = True,
+        lower_pyspy: bool | None = None,
         cpu_budget_cores: float = 0.0,
         min_rate_hz: int = 5,
         keep_pid: Callable[[int], bool] | None = None,
@@ -502,9 +507,10 @@ class PySpyRecorder:
         self.subprocesses = subprocesses
         self.on_chunk = on_chunk
         self.yield_cpu = yield_cpu
+        self.lower_pyspy = yield_cpu if lower_pyspy is None else lower_pyspy
         self.keep_pid = keep_pid
         self.governor = RateGovernor(rate_hz, cpu_budget_cores, min_hz=min(min_rate_hz, rate_hz))
-        self.priority = "unchanged"
+        self.priority = "normal"
         """The CPU priority py-spy ran at ("SCHED_IDLE", "nice 19", ...)."""
         self.chunk_stats: list[ChunkStats] = []
         self._spawner: Any = None
@@ -561,7 +567,7 @@ class PySpyRecorder:
         )
         anchor = (anchor + time.time_ns()) // 2
         ready = self._wait_ready(proc)
-        if self.yield_cpu:
+        if self.lower_pyspy:
             from collectors.pyspy.yielding import lower_process
 
             self.priority = lower_process(proc.pid)

@@ -6,9 +6,13 @@ JPEGs, py-spy 0.4 at 100 Hz, 8 s, py-spy's own CPU time from wait4):
   of each followed process reads its memory, and the child list is re-scanned. Restarting py-spy every 2 s
   (chunks) adds about 2 points (its start-up parses the interpreter's symbols again).
 - So attach samples the training process at the full rate and its workers with a second, sparse py-spy
-  (workers only feed the worker breakdown, never the training thread's budget), every py-spy and gpuwatch's
-  own sampling threads at the lowest priority an unprivileged process can take (SCHED_IDLE, else nice 19),
-  and lowers the rate when a py-spy run used more CPU than its budget.
+  (workers only feed the worker breakdown, never the training thread's budget), the workers' py-spy and
+  gpuwatch's own sampling threads at the lowest priority an unprivileged process can take (SCHED_IDLE, else
+  nice 19), and lowers the rate when a py-spy run used more CPU than its budget.
+- The training process's py-spy stays at normal priority, held by that budget alone: at SCHED_IDLE it samples
+  only when a core is free, so on a host whose DataLoader workers saturate the cores it saw the training
+  thread's CPU work late and its waits early (compute 4-15 points short of the program's own timing, 4 runs;
+  within 1 point at normal priority).
 - py-spy is lowered only once it says it samples: its chrometrace clock starts when the process starts, and
   its start is the anchor of every timestamp. Started at the lowest priority on a busy host, it began up to
   30 ms after `Popen` returned and every timestamp was that much early. So a thread of normal priority starts

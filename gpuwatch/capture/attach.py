@@ -13,6 +13,7 @@ written. When the target exits, the run is kept and marked `target_exited`; that
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -51,7 +52,10 @@ class AttachOptions:
     """py-spy's CPU allowance, percent of one core (the workers' py-spy gets half of it); a py-spy run over
     it lowers the rate of the next one. 0 turns the budget off."""
     yield_cpu: bool = True
-    """Run py-spy and gpuwatch's sampling threads at the lowest CPU priority (SCHED_IDLE, else nice 19)."""
+    """Run the workers' py-spy and gpuwatch's own sampling threads at the lowest CPU priority (SCHED_IDLE, else
+    nice 19). The training process's py-spy always runs at normal priority, held by `cpu_budget_pct`: at the
+    lowest priority it samples only when a core is free, which on a saturated host put 4-15 points of the
+    training thread's CPU work into its waits."""
     pyspy: str | None = None
     chunk_s: float = DEFAULT_CHUNK_S
     """Seconds per py-spy run: how far the run directory lags behind the target."""
@@ -319,6 +323,7 @@ def attach(
         subprocesses=False,
         on_chunk=on_chunk,
         yield_cpu=opts.yield_cpu,
+        lower_pyspy=False,  # see PySpyRecorder: yielding here undercounted CPU work by 4-15 pp
         cpu_budget_cores=budget,
     )
     workers = (
@@ -458,14 +463,30 @@ def sampling_report(recorder: Any, workers: Any, stacks: Any) -> dict[str, Any]:
     rate = main["achieved_hz"] or float(main["last_rate_hz"])
     runs, window_s = stacks.category_runs()
     shares = stacks.training_shares_pct()
+    wstats = None if workers is None else _recorder_stats(workers)
     return {
         "training_process": main,
-        "workers": None if workers is None else _recorder_stats(workers),
+        "workers": wstats,
+        "workers_share_uncertainty_pp": _worker_uncertainty_pp(wstats, stacks.workers),
         "share_uncertainty_pp": {
             cat: round(share_uncertainty_pp(n, 1.0 / rate if rate > 0 else 1.0, window_s), 2)
             for cat, n in runs.items()
         },
         "training_shares_pct": shares,
+    }
+
+
+def _worker_uncertainty_pp(stats: dict[str, Any] | None, report: Any) -> dict[str, float]:
+    """One standard error (points) of each worker-breakdown share: worker stacks are short and interleaved
+    (a read, a decode, a wait for indices), so each sample counts as an independent draw,
+    100 * sqrt(p (1 - p) / n), n = sampled worker-seconds x the workers' achieved rate."""
+    if stats is None or not report.total_ns:
+        return {}
+    hz = stats["achieved_hz"] or float(stats["last_rate_hz"])
+    n = max(1.0, report.total_ns / 1e9 * hz)
+    return {
+        label: round(100.0 * math.sqrt(pct / 100.0 * (1.0 - pct / 100.0) / n), 2)
+        for label, pct in report.pct_by_label().items()
     }
 
 
@@ -482,7 +503,9 @@ def _sampling_notes(writer: Any, sampling: dict[str, Any] | None) -> None:
     )
     w = sampling.get("workers")
     if w:
-        line += f"; workers at {w['last_rate_hz']} Hz ({'?' if w['cpu_pct_of_core'] is None else w['cpu_pct_of_core']}% of one core)"
+        line += f"; workers at {w['last_rate_hz']} Hz ({'?' if w['cpu_pct_of_core'] is None else w['cpu_pct_of_core']}% of one core"
+        worst = max(sampling.get("workers_share_uncertainty_pp", {}).values(), default=None)
+        line += ")" if worst is None else f", their shares +- {worst:.1f} pp at most)"
     writer.note("attach_sampling", line)
     unresolved = [
         f"{cat} {share:.1f}% +- {sampling['share_uncertainty_pp'].get(cat, 0.0):.1f} pp"

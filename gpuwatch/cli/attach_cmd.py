@@ -89,8 +89,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-yield",
         dest="yield_cpu",
         action="store_false",
-        help="sample at normal CPU priority (default: py-spy and gpuwatch's threads run at SCHED_IDLE / nice "
-        "19, so a job that keeps every core busy is not slowed; samples may then be sparser)",
+        help="run the workers' py-spy and gpuwatch's own threads at normal CPU priority too (default: they run "
+        "at SCHED_IDLE / nice 19, so a job that keeps every core busy is not slowed by them; the training "
+        "process's py-spy always runs at normal priority within --cpu-budget, since at the lowest priority it "
+        "would see the training thread's CPU work late on a saturated host)",
     )
     p.add_argument("--no-gpu", dest="gpu", action="store_false", help="do not query NVML")
     p.add_argument(
