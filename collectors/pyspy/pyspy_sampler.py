@@ -428,6 +428,8 @@ class _Chunk:
     anchor_unix_ns: int
     ready_unix_ns: int
     """When py-spy said it was sampling: the cut between this chunk and the previous one."""
+    idle_jiffies: int | None = None
+    """The host's idle CPU ticks at `ready_unix_ns` (was the host saturated while this chunk ran?)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,7 +573,9 @@ class PySpyRecorder:
             from collectors.pyspy.yielding import lower_process
 
             self.priority = lower_process(proc.pid)
-        return _Chunk(proc, path, anchor, ready)
+        from collectors.pyspy.yielding import host_idle_jiffies
+
+        return _Chunk(proc, path, anchor, ready, host_idle_jiffies())
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         """Block until py-spy prints that it samples; returns that time. Raises the mapped failure."""
@@ -591,11 +595,12 @@ class PySpyRecorder:
 
     def _finish(self, chunk: _Chunk) -> tuple[list[ThreadState], bool]:
         """Stop one py-spy run (if still running) and decode its file. Returns (states, exited_by_itself)."""
-        from collectors.pyspy.yielding import process_cpu_s
+        from collectors.pyspy.yielding import host_idle_jiffies, idle_cores, process_cpu_s
 
         exited_itself = chunk.proc.poll() is not None
         cpu_s = None if exited_itself else process_cpu_s(chunk.proc.pid)
         wall_s = (time.time_ns() - chunk.ready_unix_ns) / 1e9
+        host_idle = idle_cores(chunk.idle_jiffies, host_idle_jiffies(), wall_s)
         if not exited_itself:
             chunk.proc.send_signal(signal.SIGINT)
         try:
@@ -624,7 +629,7 @@ class PySpyRecorder:
         self.chunk_stats.append(
             ChunkStats(rate, wall_s, cpu_s, int(samples.group(1)) if samples else None, threads)
         )
-        self.governor.after_run(cpu_s, wall_s)
+        self.governor.after_run(cpu_s, wall_s, host_idle)
         return states, exited_itself
 
     def _run(self) -> None:

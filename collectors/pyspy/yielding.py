@@ -113,31 +113,63 @@ def process_cpu_s(pid: int) -> float | None:
         return None
 
 
+def host_idle_jiffies() -> int | None:
+    """Idle + iowait clock ticks of all CPUs since boot (/proc/stat), or None where unreadable."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            fields = fh.readline().split()
+        return int(fields[4]) + int(fields[5])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def idle_cores(start_jiffies: int | None, end_jiffies: int | None, wall_s: float) -> float | None:
+    """Cores the host left idle on average between two `host_idle_jiffies` readings `wall_s` apart."""
+    if start_jiffies is None or end_jiffies is None or wall_s <= 0:
+        return None
+    return max(0.0, (end_jiffies - start_jiffies) / CLOCK_TICKS / wall_s)
+
+
+SATURATED_BELOW_CORES = 0.5
+"""A host that left less than this many cores idle during a py-spy run was saturated: every cycle py-spy
+took was one the job wanted."""
+IDLE_BUDGET_FACTOR = 4.0
+"""While the host has a core to spare, py-spy may use this many times its budget: cycles nobody wanted cost
+the job nothing, and the full rate keeps short stretches visible (a cap all the same, against runaways)."""
+
+
 @dataclass(slots=True)
 class RateGovernor:
     """The sampling rate of the next py-spy run, kept inside a CPU budget.
 
-    After each run: if py-spy used more than `budget_cores` of one core, the rate drops in proportion (down
-    to `min_hz`); while it stays under half the budget the rate climbs back by a quarter (up to the rate
-    asked for). Runs shorter than half a second (start-up dominated) do not move it.
+    After each run: if py-spy used more than its allowance, the rate drops in proportion (down to `min_hz`);
+    while it stays under half the allowance the rate climbs back by a quarter (up to the rate asked for). The
+    allowance is `budget_cores` of one core when the host was saturated during the run (or its idle time is
+    unknown), `IDLE_BUDGET_FACTOR` times that while it had a core to spare. Runs shorter than half a second
+    (start-up dominated) do not move it.
     """
 
     asked_hz: int
     budget_cores: float
     min_hz: int = 5
     rate_hz: int = 0
+    saturated_runs: int = 0
+    """Runs during which the host was saturated (reported, with the rate they left)."""
 
     def __post_init__(self) -> None:
         self.rate_hz = self.asked_hz
 
-    def after_run(self, cpu_s: float | None, wall_s: float) -> int:
+    def after_run(self, cpu_s: float | None, wall_s: float, host_idle_cores: float | None = None) -> int:
         """Record one finished py-spy run; returns the rate for the next one."""
         if cpu_s is None or wall_s < 0.5 or self.budget_cores <= 0:
             return self.rate_hz
+        saturated = host_idle_cores is None or host_idle_cores < SATURATED_BELOW_CORES
+        self.saturated_runs += saturated
+        allowance = self.budget_cores * (1.0 if saturated else IDLE_BUDGET_FACTOR)
         used = cpu_s / wall_s
-        if used > self.budget_cores:
-            self.rate_hz = max(self.min_hz, int(self.rate_hz * self.budget_cores / used))
-        elif used < self.budget_cores / 2 and self.rate_hz < self.asked_hz:
+        if used > allowance:
+            self.rate_hz = max(self.min_hz, int(self.rate_hz * allowance / used))
+        elif used < allowance / 2 and self.rate_hz < self.asked_hz:
             self.rate_hz = min(self.asked_hz, max(self.rate_hz + 1, int(math.ceil(self.rate_hz * 1.25))))
         return self.rate_hz
 

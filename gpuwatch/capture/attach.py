@@ -28,7 +28,7 @@ from gpuwatch.records import Span
 DEFAULT_RATE_HZ = 100
 DEFAULT_CHUNK_S = 2.0
 WORKER_CHUNK_S = 10.0
-DEFAULT_CPU_BUDGET_PCT = 5.0
+DEFAULT_CPU_BUDGET_PCT = 2.0
 """py-spy's CPU allowance for the training process, percent of one core (3.9% measured at 100 Hz)."""
 
 
@@ -49,8 +49,9 @@ class AttachOptions:
     worker_rate_hz: int | None = None
     """Samples per second of the workers; None = a tenth of `rate_hz` (at least 5)."""
     cpu_budget_pct: float = DEFAULT_CPU_BUDGET_PCT
-    """py-spy's CPU allowance, percent of one core (the workers' py-spy gets half of it); a py-spy run over
-    it lowers the rate of the next one. 0 turns the budget off."""
+    """py-spy's CPU allowance, percent of one core, while the host is saturated (4x that while it has a core
+    to spare); the workers' py-spy gets half of it. A py-spy run over it lowers the rate of the next one. 0
+    turns the budget off."""
     yield_cpu: bool = True
     """Run the workers' py-spy and gpuwatch's own sampling threads at the lowest CPU priority (SCHED_IDLE, else
     nice 19). The training process's py-spy always runs at normal priority, held by `cpu_budget_pct`: at the
@@ -282,7 +283,12 @@ def attach(
             }
         },
     )
-    writer = SegmentWriter(out_dir, run)
+    if opts.yield_cpu:  # its flush thread at the lowest priority: writing a second later costs nobody
+        from collectors.pyspy.yielding import call_lowered
+
+        writer = call_lowered(lambda: SegmentWriter(out_dir, run))
+    else:
+        writer = SegmentWriter(out_dir, run)
     rank = facts["rank"]
     worker_pids: list[int] = []  # filled in by the stack attribution as workers show up
 
@@ -449,6 +455,8 @@ def _recorder_stats(rec: Any) -> dict[str, Any]:
         "cpu_pct_of_core": round(100.0 * sum(s.cpu_s for s in cpu) / cpu_wall, 2) if cpu_wall > 0 else None,
         "sampled_s": round(wall, 2),
         "priority": rec.priority,
+        "runs": len(stats),
+        "saturated_runs": rec.governor.saturated_runs,  # the host left < 0.5 cores idle: budget strict
     }
 
 

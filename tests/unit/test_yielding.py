@@ -55,3 +55,21 @@ def test_share_uncertainty_follows_the_number_of_stretches_and_the_interval() ->
     assert share_uncertainty_pp(24, 0.01, 10.0) == pytest.approx(0.2)
     assert share_uncertainty_pp(24, 0.04, 10.0) == pytest.approx(0.8)
     assert share_uncertainty_pp(0, 0.01, 10.0) == 0.0
+
+
+def test_governor_holds_the_budget_strictly_only_while_the_host_is_saturated() -> None:
+    gov = RateGovernor(asked_hz=100, budget_cores=0.02)
+    assert gov.after_run(cpu_s=0.1, wall_s=2.0, host_idle_cores=1.5) == 100  # 5% of a core: a core was free
+    assert gov.saturated_runs == 0
+    assert gov.after_run(cpu_s=0.1, wall_s=2.0, host_idle_cores=0.1) == 40  # saturated: 2% of 5% of the rate
+    assert gov.saturated_runs == 1
+    assert gov.after_run(cpu_s=0.1, wall_s=2.0) == 16  # idle time unknown: held as saturated
+
+
+def test_idle_cores_from_two_readings_of_proc_stat() -> None:
+    from collectors.pyspy.yielding import CLOCK_TICKS, host_idle_jiffies, idle_cores
+
+    assert idle_cores(0, 3 * CLOCK_TICKS, 2.0) == pytest.approx(1.5)
+    assert idle_cores(None, 5, 1.0) is None
+    now = host_idle_jiffies()
+    assert now is not None and now > 0  # this machine has /proc/stat
