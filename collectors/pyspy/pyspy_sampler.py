@@ -530,6 +530,10 @@ class PySpyRecorder:
         self.started_unix_ns: int | None = None
         self.ended_unix_ns: int | None = None
         self.done = threading.Event()
+        self._handover_lock = threading.Lock()
+        self._stopper_waiting = False
+        self._handover: tuple[_Chunk, int | None] | None = None
+        """The running chunk, when stop() is to finish it (see `stop`)."""
 
     def command(self, out: Path) -> list[str]:
         cmd = [self.pyspy, "record", "--nonblocking", "--idle", "--format", "chrometrace"]
@@ -550,9 +554,26 @@ class PySpyRecorder:
             self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop sampling and deliver the last chunk. The recorder's thread may sit at SCHED_IDLE, which on a
+        saturated host gets a fraction of a percent of a core: it only hands the running chunk over, and the
+        caller (at its own priority) finishes it, so attach ends in seconds, not a minute after --duration."""
+        with self._handover_lock:
+            self._stopper_waiting = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        with self._handover_lock:
+            self._stopper_waiting = False
+            last, self._handover = self._handover, None
+        if last is None:
+            return
+        try:
+            self._deliver(last[0], last[1], None)
+        except Exception as exc:  # reported by the orchestrator, as the thread's own errors are
+            self.error = exc
+        finally:
+            self.ended_unix_ns = time.time_ns()
+            self._close()
 
     def _launch(self) -> _Chunk:
         if self._spawner is None:
@@ -637,17 +658,25 @@ class PySpyRecorder:
             if self.yield_cpu:  # decoding and stitching: never ahead of the job
                 from collectors.pyspy.yielding import lowest_priority
 
+                # at SCHED_IDLE beside a job that keeps every core busy this thread runs rarely: 2 s chunks
+                # stretch (fewer py-spy restarts) and stop() finishes the last chunk itself. nice 19 instead
+                # ended a 6 s attach beside two CPU hogs in 17 s rather than 40, but the saturated-workers
+                # budget then drifted (compute 8-17 pp short in 2 of 3 runs): kept at SCHED_IDLE
                 lowest_priority()
             self._loop()
         except Exception as exc:  # reported by the orchestrator; never an unhandled thread exception
             self.error = exc
         finally:
-            self.ended_unix_ns = time.time_ns()
-            self.done.set()
-            if self._spawner is not None:
-                self._spawner.shutdown(wait=False)
-            if self._tmp is not None:
-                self._tmp.cleanup()
+            if self._handover is None:  # else stop() finishes the last chunk, then closes
+                self.ended_unix_ns = time.time_ns()
+                self._close()
+
+    def _close(self) -> None:
+        self.done.set()
+        if self._spawner is not None:
+            self._spawner.shutdown(wait=False)
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def _loop(self) -> None:
         cur = self._launch()
@@ -660,6 +689,11 @@ class PySpyRecorder:
                     break
                 self._stop.wait(0.05)
             ended_early = cur.proc.poll() is not None
+            if self._stop.is_set() and not ended_early:
+                with self._handover_lock:
+                    if self._stopper_waiting:  # stop() finishes this chunk at its own priority
+                        self._handover = (cur, cut_from)
+                        return
             nxt: _Chunk | None = None
             if not self._stop.is_set() and not ended_early:
                 try:
@@ -669,16 +703,21 @@ class PySpyRecorder:
                         self.target_exited = True
                     else:
                         self.error = exc
-            cut_to = nxt.ready_unix_ns if nxt is not None else None
-            states, exited_itself = self._finish(cur)
-            if self.keep_pid is not None:
-                states = [s for s in states if self.keep_pid(s.pid)]
-            self.chunks += 1
-            final = nxt is None
-            if final and exited_itself and not process_alive(self.pid):
-                self.target_exited = True
-            intervals = self._stitcher.feed_chunk(states, cut_from_ns=cut_from, cut_to_ns=cut_to, final=final)
-            self.on_chunk(intervals, final)
+            self._deliver(cur, cut_from, nxt)
             if nxt is None:
                 return
             cur, cut_from = nxt, nxt.ready_unix_ns
+
+    def _deliver(self, cur: _Chunk, cut_from: int | None, nxt: _Chunk | None) -> None:
+        """Finish chunk `cur` (stop its py-spy, decode) and hand its stitched intervals to `on_chunk`; the last
+        one when `nxt` is None."""
+        cut_to = nxt.ready_unix_ns if nxt is not None else None
+        states, exited_itself = self._finish(cur)
+        if self.keep_pid is not None:
+            states = [s for s in states if self.keep_pid(s.pid)]
+        self.chunks += 1
+        final = nxt is None
+        if final and exited_itself and not process_alive(self.pid):
+            self.target_exited = True
+        intervals = self._stitcher.feed_chunk(states, cut_from_ns=cut_from, cut_to_ns=cut_to, final=final)
+        self.on_chunk(intervals, final)

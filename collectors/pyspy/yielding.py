@@ -34,7 +34,7 @@ T = TypeVar("T")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def lowest_priority() -> str:
+def lowest_priority(sched_idle: bool = True) -> str:
     """Move the calling thread (and what it starts from now on) to the lowest CPU priority allowed without
     privileges: SCHED_IDLE where the kernel has it, else nice 19. Never raises; returns what was achieved
     ("SCHED_IDLE", "nice 19", or "unchanged: <why>").
@@ -48,6 +48,8 @@ def lowest_priority() -> str:
         how = "nice 19"
     except (OSError, AttributeError) as exc:
         how = f"unchanged: {exc}"
+    if not sched_idle:  # nice 19 alone: a small share that still comes round on a saturated host
+        return how
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # type: ignore[attr-defined]
         how = "SCHED_IDLE"

@@ -28,7 +28,7 @@ from gpuwatch.records import Span
 DEFAULT_RATE_HZ = 100
 DEFAULT_CHUNK_S = 2.0
 WORKER_CHUNK_S = 10.0
-DEFAULT_CPU_BUDGET_PCT = 2.0
+DEFAULT_CPU_BUDGET_PCT = 5.0
 """py-spy's CPU allowance for the training process, percent of one core (3.9% measured at 100 Hz)."""
 
 
