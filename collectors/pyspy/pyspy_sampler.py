@@ -661,7 +661,8 @@ class PySpyRecorder:
                 # at SCHED_IDLE beside a job that keeps every core busy this thread runs rarely: 2 s chunks
                 # stretch (fewer py-spy restarts) and stop() finishes the last chunk itself. nice 19 instead
                 # ended a 6 s attach beside two CPU hogs in 17 s rather than 40, but the saturated-workers
-                # budget then drifted (compute 8-17 pp short in 2 of 3 runs): kept at SCHED_IDLE
+                # budget drifted in those runs (compute 8-17 pp short in 2 of 3, at a 2% budget then, so
+                # the two causes are not separated): kept at SCHED_IDLE
                 lowest_priority()
             self._loop()
         except Exception as exc:  # reported by the orchestrator; never an unhandled thread exception
