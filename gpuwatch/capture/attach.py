@@ -20,10 +20,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gpuwatch.errors import AttachError, UsageError
 from gpuwatch.records import Span
+
+T = TypeVar("T")
 
 DEFAULT_RATE_HZ = 100
 DEFAULT_CHUNK_S = 2.0
@@ -187,6 +189,16 @@ class _BusyPlacer:
         self._host = [h for h in self._host if h[1] > first_open]  # keep what later intervals may need
 
 
+def _started_lowered(opts: AttachOptions, start: Callable[[], T]) -> T:
+    """`start()`, from a thread at the lowest CPU priority when attach yields (the threads it starts inherit
+    that priority; the caller's thread keeps its own), else from this thread."""
+    if not opts.yield_cpu:
+        return start()
+    from collectors.pyspy.yielding import call_lowered
+
+    return call_lowered(start)
+
+
 def _start_system_samplers(opts: AttachOptions, anchor: int, rank: int, writer: Any) -> list[Any]:
     """The in-process path's /proc and NVML samplers, aimed at the target; absent modules are skipped."""
     started: list[Any] = []
@@ -283,12 +295,8 @@ def attach(
             }
         },
     )
-    if opts.yield_cpu:  # its flush thread at the lowest priority: writing a second later costs nobody
-        from collectors.pyspy.yielding import call_lowered
-
-        writer = call_lowered(lambda: SegmentWriter(out_dir, run))
-    else:
-        writer = SegmentWriter(out_dir, run)
+    # its flush thread at the lowest priority: writing a second later costs nobody
+    writer = _started_lowered(opts, lambda: SegmentWriter(out_dir, run))
     rank = facts["rank"]
     worker_pids: list[int] = []  # filled in by the stack attribution as workers show up
 
@@ -359,14 +367,8 @@ def attach(
     recorder.start()  # from this thread, still at normal priority: py-spy starts with an accurate clock
     if workers is not None:
         workers.start()
-    if (
-        opts.yield_cpu
-    ):  # the /proc and NVML samplers' threads at the lowest priority; the caller's keeps its own
-        from collectors.pyspy.yielding import call_lowered
-
-        samplers = call_lowered(lambda: _start_system_samplers(opts, anchor, rank, writer))
-    else:
-        samplers = _start_system_samplers(opts, anchor, rank, writer)
+    # the /proc and NVML samplers' threads at the lowest priority; the caller's thread keeps its own
+    samplers = _started_lowered(opts, lambda: _start_system_samplers(opts, anchor, rank, writer))
     next_progress = t0 + progress_every_s
     try:
         while not recorder.done.is_set() and not stop.is_set():
