@@ -208,29 +208,36 @@ def read_trace_bytes(path: Path) -> bytes | bytearray:
         return raw
     try:
         return _gunzip(raw)
-    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, *_INFLATE_ERRORS, gzip.BadGzipFile, OSError) as exc:
         raise TraceFormatError(f"corrupt or truncated gzip file {path}: {exc}") from None
 
 
-def _gunzip(raw: bytes) -> bytes | bytearray:
-    """Inflate into a buffer sized from the gzip trailer, a few MB at a time: `gzip.decompress` holds the
-    whole output twice while it grows (100 MB extra at peak for a 50 MB trace). zlib checks the CRC."""
+def _gunzip(raw: bytes) -> bytes:
+    """Inflate in one call into an output buffer sized from the gzip trailer (`gzip.decompress` grows its
+    output and holds it twice at the peak: 100 MB extra for a 50 MB trace). The first member's CRC is
+    checked by the inflater; a result whose length or CRC is not the trailer's came from one of several
+    concatenated members (rare) and the file is inflated again member by member.
+
+    ISA-L (`isal`) inflates 2x faster than zlib, and its CRC is 6x faster: 0.058 + 0.005 s against 0.104 +
+    0.029 s (and 0.163 s for the chunked loop this replaced) for the 53 MB of HTA's df_index_resolver trace.
+    zlib is the fallback without it."""
     size_hint = int.from_bytes(raw[-4:], "little")  # ISIZE: the uncompressed size modulo 2**32
     # a damaged trailer must not allocate gigabytes: JSON traces inflate 10-30x, and past the cap it grows
-    out = bytearray(min(size_hint, _MAX_INFLATE_RATIO * len(raw)))
-    inflater = zlib.decompressobj(wbits=31)
-    pos, pending = 0, raw
-    while not inflater.eof:
-        piece = inflater.decompress(pending, 8 << 20)
-        pending = inflater.unconsumed_tail
-        if not piece and not pending:
-            raise EOFError("compressed file ended before the end-of-stream marker was reached")
-        out[pos : pos + len(piece)] = piece  # grows the buffer past a wrong hint
-        pos += len(piece)
-    del out[pos:]
-    if inflater.unused_data.strip(b"\x00"):  # several gzip members (concatenated files): rare
+    bufsize = max(min(size_hint, _MAX_INFLATE_RATIO * len(raw)), 1 << 16)
+    out = _inflate(raw, 31, bufsize)
+    if len(out) % 2**32 != size_hint or _crc32(out) != int.from_bytes(raw[-8:-4], "little"):
         return gzip.decompress(raw)
     return out
+
+
+try:
+    from isal.isal_zlib import crc32 as _crc32
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _isal_error
+
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _isal_error)
+except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel still imports
+    _crc32, _inflate, _INFLATE_ERRORS = zlib.crc32, zlib.decompress, (zlib.error,)
 
 
 def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
+from gpuwatch.attribution.value_codes import ValueCodes
 from gpuwatch.attribution.warmup import warmup_steps
 from gpuwatch.records import (
     CATEGORIES,
@@ -189,14 +190,16 @@ class RankBudget:
         return {c: 100.0 * float(sums[i]) / wall for i, c in enumerate(CATEGORIES)}
 
 
-def pick_training_tid(cols: SpanColumns) -> int:
-    """The host thread that runs the training loop: the one with step markers, else the busiest host thread."""
-    host = ~kind_in(cols.kind, DEVICE_KINDS) | (cols.stream < 0)
-    steps = host & (cols.kind == SpanKind.STEP.value)
+def pick_training_tid(cols: SpanColumns, kinds: ValueCodes | None = None, cats: ValueCodes | None = None) -> int:
+    """The host thread that runs the training loop: the one with step markers, else the busiest host thread.
+    `kinds`, `cats`: the kind and category columns coded already (`ValueCodes`), if the caller has them."""
+    kinds = kinds or ValueCodes(cols.kind)
+    host = ~kinds.isin(DEVICE_KINDS) | (cols.stream < 0)
+    steps = host & kinds.eq(SpanKind.STEP.value)
     if steps.any():
         tids, counts = np.unique(cols.tid[steps], return_counts=True)
         return int(tids[np.argmax(counts)])
-    categorized = host & (cols.category != None)  # noqa: E711 (elementwise on an object array)
+    categorized = host & ~(cats or ValueCodes(cols.category)).eq(None)
     pick = categorized if categorized.any() else host
     if not pick.any():
         return 0
@@ -205,8 +208,8 @@ def pick_training_tid(cols: SpanColumns) -> int:
     return int(tids[np.argmax(busy)])
 
 
-def _steps(cols: SpanColumns, tid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    mask = (cols.kind == SpanKind.STEP.value) & (cols.tid == tid)
+def _steps(cols: SpanColumns, tid: int, kinds: ValueCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    mask = kinds.eq(SpanKind.STEP.value) & (cols.tid == tid)
     if mask.any():
         order = np.argsort(cols.start_ns[mask], kind="stable")
         ids = cols.step[mask][order]
@@ -233,21 +236,20 @@ def compute_rank_budget(
         evidence_per_category: how many top contributing span names to keep per category.
         include_warmup: keep the warm-up steps in the budget (they are reported either way).
     """
-    tid = pick_training_tid(cols)
-    step_ids, step_s, step_e, from_markers = _steps(cols, tid)
-    kind = cols.kind
-    is_device = kind_in(kind, DEVICE_KINDS) & (cols.stream >= 0)
+    kinds, cats = ValueCodes(cols.kind), ValueCodes(cols.category)
+    tid = pick_training_tid(cols, kinds, cats)
+    step_ids, step_s, step_e, from_markers = _steps(cols, tid, kinds)
+    is_device = kinds.isin(DEVICE_KINDS) & (cols.stream >= 0)
     mode = "device" if is_device.any() else "host"
 
     host_tids = {tid}
     if mode == "device":  # threads that launch device work (the autograd thread runs backward launches)
-        host_tids |= set(np.unique(cols.tid[(kind == SpanKind.RUNTIME.value) & ~is_device]).tolist())
-    on_host = ~is_device & np.isin(cols.tid, list(host_tids)) & ~kind_in(kind, _NOT_ACTIVITY)
+        host_tids |= set(np.unique(cols.tid[kinds.eq(SpanKind.RUNTIME.value) & ~is_device]).tolist())
+    on_host = ~is_device & np.isin(cols.tid, list(host_tids)) & ~kinds.isin(_NOT_ACTIVITY.tolist())
     # a span that says "unattributed" (a thread blocked on another thread: stack samplers) is no activity
-    waiting = on_host & (cols.category == Category.UNATTRIBUTED.value)
+    waiting = on_host & cats.eq(Category.UNATTRIBUTED.value)
     on_host &= ~waiting
 
-    cat = cols.category
     start, end = cols.start_ns, cols.end_ns
     sets: list[tuple[int, np.ndarray]] = []  # (category index, mask) in priority order
 
@@ -257,26 +259,26 @@ def compute_rank_budget(
 
     if mode == "device":  # device spans count as their kind's category (the one import labels them with)
         for category in _DEVICE_PRIORITY:
-            kinds = [k for k, c in DEVICE_KIND_CATEGORY.items() if c == category.value]
-            add(category, is_device & kind_in(kind, kinds))
+            device_kinds = [k for k, c in DEVICE_KIND_CATEGORY.items() if c == category.value]
+            add(category, is_device & kinds.isin(device_kinds))
     for category in HOST_PRIORITY:
         if category == Category.DATA_LOADING:
             add(
                 Category.CPU_PREPROCESSING,
                 _nested(
                     cols,
-                    on_host & (cat == Category.CPU_PREPROCESSING.value),
-                    on_host & (cat == category.value),
+                    on_host & cats.eq(Category.CPU_PREPROCESSING.value),
+                    on_host & cats.eq(category.value),
                 ),
             )
-        add(category, on_host & (cat == category.value))
+        add(category, on_host & cats.eq(category.value))
     if mode == "host":
-        add(Category.COMPUTE, on_host & (cat == Category.COMPUTE.value))
+        add(Category.COMPUTE, on_host & cats.eq(Category.COMPUTE.value))
     # any other host activity on those threads is overhead (on GPU ranks, host-side math is launch overhead)
     add(Category.HOST_OVERHEAD, on_host)
     # last: the training thread has nothing of its own, a collective of the process runs on another thread
     other_set = len(sets)
-    add(Category.SYNC, _other_thread_collectives(cols, tid, host_tids, is_device, waiting))
+    add(Category.SYNC, _other_thread_collectives(cols, kinds, cats, tid, host_tids, is_device, waiting))
 
     masks_union = [iv.union(start[m], end[m]) for _, m in sets]
     bounds = [step_s, step_e] + [a for u in masks_union for a in u]
@@ -358,7 +360,13 @@ def _nested(cols: SpanColumns, inner: np.ndarray, outer: np.ndarray) -> np.ndarr
 
 
 def _other_thread_collectives(
-    cols: SpanColumns, tid: int, host_tids: set[int], is_device: np.ndarray, waiting: np.ndarray
+    cols: SpanColumns,
+    kinds: ValueCodes,
+    cats: ValueCodes,
+    tid: int,
+    host_tids: set[int],
+    is_device: np.ndarray,
+    waiting: np.ndarray,
 ) -> np.ndarray:
     """Host spans of collectives (sync, not a runtime call) on threads of the training thread's process
     other than the threads the budget reads (gloo's communication threads, a job's helper threads), and
@@ -368,8 +376,8 @@ def _other_thread_collectives(
     pids = np.unique(cols.pid[own & ~is_device]) if own.any() else np.zeros(0, dtype=np.int64)
     mask = (
         ~is_device
-        & (cols.category == Category.SYNC.value)
-        & (cols.kind != SpanKind.RUNTIME.value)
+        & cats.eq(Category.SYNC.value)
+        & ~kinds.eq(SpanKind.RUNTIME.value)
         & ~np.isin(cols.tid, list(host_tids))
     )
     if pids.size:
@@ -418,7 +426,8 @@ def _evidence(
         ranked = sorted(range(len(uniq)), key=lambda j: (-sums[j], names[j]))[: 3 * top]
         for j in ranked:  # spans of one name running at once (on several threads) explain their time once
             own = hit_idx[inverse == j]
-            sums[j] = iv.total(iv.intersect(region, iv.union(cols.start_ns[own], cols.end_ns[own])))
+            own_s, own_e = iv.union(cols.start_ns[own], cols.end_ns[own])
+            sums[j] = int(iv.overlap(region, own_s, own_e).sum())  # = total(intersect(...)), no sort of region
         for j in sorted(ranked, key=lambda j: (-sums[j], names[j]))[:top]:
             out.append(Evidence(CATEGORIES[cat_idx].value, names[j], int(sums[j]), int(counts[j])))
     return tuple(out)

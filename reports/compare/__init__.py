@@ -8,20 +8,30 @@
 Like every report it reads `gpuwatch.attribution` and `gpuwatch.store`, never collectors or capture.
 """
 
-from reports.compare.engine import compare
-from reports.compare.inputs import load_side
-from reports.compare.junit import render_junit
-from reports.compare.markdown import render_markdown
-from reports.compare.model import Check, Comparison, Outcome, Thresholds, Verdict
+from __future__ import annotations
 
-__all__ = [
-    "Check",
-    "Comparison",
-    "Outcome",
-    "Thresholds",
-    "Verdict",
-    "compare",
-    "load_side",
-    "render_junit",
-    "render_markdown",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "compare": "reports.compare.engine",
+    "load_side": "reports.compare.inputs",
+    "render_junit": "reports.compare.junit",
+    "render_markdown": "reports.compare.markdown",
+    "Check": "reports.compare.model",
+    "Comparison": "reports.compare.model",
+    "Outcome": "reports.compare.model",
+    "Thresholds": "reports.compare.model",
+    "Verdict": "reports.compare.model",
+}
+"""Imported on first use (PEP 562): the CLI reads `model`'s defaults to build every parser, and the engine
+(numpy, the analysis) costs 0.4 s of interpreter start that `gpuwatch import` and `summary` never need."""
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reports.compare' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gpuwatch.attribution.summary import CATEGORY_NAMES
 from gpuwatch.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+from gpuwatch.records import CATEGORIES
+
+CATEGORY_NAMES: tuple[str, ...] = tuple(c.value for c in CATEGORIES)
+"""The budget categories in their fixed order (the same tuple as `gpuwatch.attribution.summary`'s; taken
+from the records here so the CLI can read this module's defaults without importing numpy and the engine)."""
 
 IDLE_CATEGORIES: tuple[str, ...] = tuple(c for c in CATEGORY_NAMES if c != "compute")
 """The categories a regression can grow in (everything but compute)."""
