@@ -73,10 +73,24 @@ class _Trace(msgspec.Struct):
     deviceProperties: list[Any] | None = None
 
 
+class _WholeTrace(msgspec.Struct):
+    """The top level with its events decoded in the same pass (`_ONE_PASS_BYTES`)."""
+
+    traceEvents: list[_Event] | None = None
+    distributedInfo: dict[str, Any] | None = None
+    baseTimeNanoseconds: Any = None
+    deviceProperties: list[Any] | None = None
+
+
 _DECODER = msgspec.json.Decoder(_Trace)
+_WHOLE_DECODER = msgspec.json.Decoder(_WholeTrace)
 _LIST_DECODER = msgspec.json.Decoder(list[_Event])
 _ARGS_DECODER = msgspec.json.Decoder(list[_Args | None])
 _CHUNK_BYTES = 4 << 20
+_ONE_PASS_BYTES = 128 << 20
+"""Traces up to this size (decompressed JSON) are decoded in one pass, events included: their event objects
+take about as much memory again. Larger ones are read twice, the top level skipping the events (0.08 s for 54
+MB), then the events chunk by chunk, so memory stays the trace's bytes plus one chunk."""
 _MAX_INFLATE_RATIO = 64
 _MAX_NAME_CHARS = 8192
 """Longer names are cut here (real kernel names reach a few thousand characters): the name rules are
@@ -247,7 +261,11 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
     data = read_trace_bytes(path)
-    trace, events = _decode(path, data)
+    whole = _decode_whole(data) if len(data) <= _ONE_PASS_BYTES else None
+    if whole is not None:
+        trace: _Trace | _WholeTrace = whole
+    else:
+        trace, events = _decode(path, data)
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
     if rank is None or not 0 <= rank < 2**31:  # a rank column is int32; a negative rank is no rank
@@ -257,13 +275,18 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
     if world_size is None or not rank < world_size < 2**31:
         world_size = rank + 1
     acc = _Accumulator()
-    try:
-        for chunk in _event_chunks(events):
-            acc.add(chunk)
-            del chunk  # free this chunk's events before the next one is decoded
-    except _BadCut:  # a cut between two events was not one after all: decode the array in one piece
-        acc = _Accumulator()
-        acc.add(_decode_events(path, events))
+    if whole is not None:
+        assert whole.traceEvents is not None
+        acc.add(whole.traceEvents)
+        whole.traceEvents = None
+    else:
+        try:
+            for chunk in _event_chunks(events):
+                acc.add(chunk)
+                del chunk  # free this chunk's events before the next one is decoded
+        except _BadCut:  # a cut between two events was not one after all: decode the array in one piece
+            acc = _Accumulator()
+            acc.add(_decode_events(path, events))
     if acc.events_total == 0:
         raise TraceFormatError(f"{path} has no trace events (is it a PyTorch profiler trace?)")
     if acc.n == 0:
@@ -314,6 +337,16 @@ class NotATraceError(TraceFormatError):
 def _too_deep(path: Path) -> TraceFormatError:
     # msgspec raises RecursionError (not one of its own errors) on JSON nested past Python's limit
     return TraceFormatError(f"{path} is not a usable trace (JSON nested too deeply)")
+
+
+def _decode_whole(data: bytes | bytearray) -> _WholeTrace | None:
+    """The whole trace in one pass; None for anything unusual (a bare event array, no `traceEvents`, invalid
+    JSON, an event of an unexpected shape), which the two-pass path then reads or reports."""
+    try:
+        trace = _WHOLE_DECODER.decode(data)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    return trace if trace.traceEvents is not None else None
 
 
 def _decode(path: Path, data: bytes | bytearray) -> tuple[_Trace, memoryview]:
@@ -580,7 +613,7 @@ class _Accumulator:
         return remap[code]
 
     def finish(
-        self, path: Path, trace: _Trace, rank: int, world_size: int, dist: dict[str, Any]
+        self, path: Path, trace: _Trace | _WholeTrace, rank: int, world_size: int, dist: dict[str, Any]
     ) -> ImportedTrace:
         col = {k: np.concatenate(v) for k, v in self.parts.items()}
         self.parts.clear()

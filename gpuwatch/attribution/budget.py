@@ -26,7 +26,6 @@ category by those rules, and segments are summed per step. Everything is numpy: 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -47,14 +46,6 @@ CAT_INDEX: dict[str, int] = {c.value: i for i, c in enumerate(CATEGORIES)}
 _DEVICE_PRIORITY = (Category.COMPUTE, Category.SYNC, Category.MEMCPY)
 """Which device work counts where device spans overlap: compute hides communication, which hides copies."""
 _NOT_ACTIVITY = np.array([SpanKind.STEP.value, "gpu_annotation"], dtype=object)
-
-
-def kind_in(kind: np.ndarray, values: Any) -> np.ndarray:
-    """Mask of spans whose kind is one of `values` (np.isin on an object array sorts it: 20x slower)."""
-    out = np.zeros(kind.shape, dtype=bool)
-    for v in values:
-        out |= kind == v
-    return out
 
 
 def name_codes(cols: SpanColumns) -> np.ndarray:
@@ -190,7 +181,9 @@ class RankBudget:
         return {c: 100.0 * float(sums[i]) / wall for i, c in enumerate(CATEGORIES)}
 
 
-def pick_training_tid(cols: SpanColumns, kinds: ValueCodes | None = None, cats: ValueCodes | None = None) -> int:
+def pick_training_tid(
+    cols: SpanColumns, kinds: ValueCodes | None = None, cats: ValueCodes | None = None
+) -> int:
     """The host thread that runs the training loop: the one with step markers, else the busiest host thread.
     `kinds`, `cats`: the kind and category columns coded already (`ValueCodes`), if the caller has them."""
     kinds = kinds or ValueCodes(cols.kind)
@@ -427,7 +420,9 @@ def _evidence(
         for j in ranked:  # spans of one name running at once (on several threads) explain their time once
             own = hit_idx[inverse == j]
             own_s, own_e = iv.union(cols.start_ns[own], cols.end_ns[own])
-            sums[j] = int(iv.overlap(region, own_s, own_e).sum())  # = total(intersect(...)), no sort of region
+            sums[j] = int(
+                iv.overlap(region, own_s, own_e).sum()
+            )  # = total(intersect(...)), no sort of region
         for j in sorted(ranked, key=lambda j: (-sums[j], names[j]))[:top]:
             out.append(Evidence(CATEGORIES[cat_idx].value, names[j], int(sums[j]), int(counts[j])))
     return tuple(out)

@@ -34,12 +34,12 @@ by budget category (data_loading -> DataLoader, collectives -> Communication, th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import name_codes
+from gpuwatch.attribution.value_codes import ValueCodes
 from gpuwatch.records import DEVICE_KINDS, Category, SpanColumns, SpanKind
 
 ROLES: tuple[str, ...] = (
@@ -89,7 +89,7 @@ def overview_breakdown(cols: SpanColumns, *, stretch_steps: bool = False) -> Ove
     if len(cols) == 0:
         return None
     names = _NameFacts(cols)
-    kind = _KindCodes(cols.kind)
+    kind = ValueCodes(cols.kind)
     host = cols.stream < 0
     work = kind.isin(DEVICE_KINDS) & ~host
     rpc = names.rpc
@@ -156,20 +156,6 @@ def _role_time_per_step(
     return out
 
 
-class _KindCodes:
-    """Span kinds as small integers, so each kind test is an integer lookup, not a million string compares.
-    The reader hands out one shared string object per distinct kind: group by identity, name by value."""
-
-    def __init__(self, kind: np.ndarray) -> None:
-        ids = np.fromiter(map(id, kind.tolist()), np.int64, kind.size)
-        _, first, self.codes = np.unique(ids, return_index=True, return_inverse=True)
-        self.values = [kind[i] for i in first.tolist()]
-
-    def isin(self, wanted: Any) -> np.ndarray:
-        table = np.array([v in wanted for v in self.values] + [False], dtype=bool)
-        return table[self.codes] if self.codes.size else np.zeros(0, dtype=bool)
-
-
 def _native_categories(category: np.ndarray, native: np.ndarray) -> np.ndarray:
     """For gpuwatch's own host regions (watch, attach): 1 sync, 2 data_loading, 3 anything else; 0 others."""
     out = np.zeros(category.size, dtype=np.int8)
@@ -217,7 +203,7 @@ def legacy_runtime_format(kineto_categories: list[str] | tuple[str, ...]) -> boo
 
 
 def _steps(
-    cols: SpanColumns, kind: _KindCodes, operators: np.ndarray, gpu_steps: np.ndarray
+    cols: SpanColumns, kind: ValueCodes, operators: np.ndarray, gpu_steps: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """The plugin's steps: host ProfilerStep ranges (by start), then the GPU-side ones (it lists them in
     trace order, and Kineto writes host events first); without any, the operators' extent."""
@@ -284,7 +270,7 @@ def _starting_within(cols: SpanColumns, idx: np.ndarray | None, lo: int, hi: int
 
 
 def _stretch_to_device(
-    cols: SpanColumns, kind: _KindCodes, steps: tuple[np.ndarray, np.ndarray], work: np.ndarray
+    cols: SpanColumns, kind: ValueCodes, steps: tuple[np.ndarray, np.ndarray], work: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The plugin's `update_device_steps`: steps stretched over the device work their runtime calls
     launched, and trailing steps with too little device work dropped. Unchanged when nothing links."""

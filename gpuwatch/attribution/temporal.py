@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
-from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, kind_in, launch_ns, name_codes
+from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, launch_ns, name_codes
+from gpuwatch.attribution.value_codes import ValueCodes
 from gpuwatch.records import DEVICE_KINDS, Category, SpanColumns
 
 
@@ -40,8 +41,7 @@ def temporal_breakdown(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdo
 
 
 def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown | None:
-    kinds = cols.kind
-    device = kind_in(kinds, DEVICE_KINDS) & (cols.stream >= 0)
+    device = ValueCodes(cols.kind).isin(DEVICE_KINDS) & (cols.stream >= 0)
     idx = np.flatnonzero(device)
     step_ids, step_start_ns, _, _ = budget.all_steps()  # warm-up included: HTA knows none
     # HTA filters only when the trace has two or more ProfilerStep names, by when the work was launched

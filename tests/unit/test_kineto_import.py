@@ -265,7 +265,8 @@ def test_chunked_decode_equals_one_piece(tmp_path: Path, monkeypatch: pytest.Mon
         if ev.get("cat") == "cpu_op":
             ev["args"].update(tricky)
     path = tr.write(tmp_path / "t.json")
-    whole = import_trace(path)
+    whole = import_trace(path)  # small: decoded in one pass, events with the top level
+    monkeypatch.setattr(ki, "_ONE_PASS_BYTES", 0)
     events = ki._decode(path, path.read_bytes())[1]
     for size in (257, 1000, 5000, 40_000):
         monkeypatch.setattr(ki, "_CHUNK_BYTES", size)
@@ -284,6 +285,7 @@ def test_chunked_decode_of_a_real_trace(monkeypatch: pytest.MonkeyPatch) -> None
 
     path = shared_trace_path("nccl_parser_config")
     whole = import_trace(path)
+    monkeypatch.setattr(ki, "_ONE_PASS_BYTES", 0)
     monkeypatch.setattr(ki, "_CHUNK_BYTES", 100_000)
     events = ki._decode(path, ki.read_trace_bytes(path))[1]
     assert len(list(ki._event_chunks(events))) > 50
