@@ -15,7 +15,6 @@ per distinct value, because a Python loop over a million events costs as much as
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import zlib
 from collections import Counter, defaultdict
@@ -119,6 +118,7 @@ class _LaunchArgs(msgspec.Struct, gc=False):
 
 _LAUNCH_DECODER = msgspec.json.Decoder(list[_LaunchArgs | None])
 _META_ARGS_DECODER = msgspec.json.Decoder(_Args)
+_ATTRS_ENCODER = msgspec.json.Encoder()  # 5x faster than json.dumps for the per-collective attrs
 
 # ---- what each Kineto category means ------------------------------------------------------------
 
@@ -824,7 +824,7 @@ def _collective_metadata(
         # an inferred ordinal only counts collectives inside this trace: cross-rank matching trusts it
         # within a step only (profiling windows may start at different iterations on different ranks)
         info["seq_source"] = "trace" if explicit is not None else "order"
-        attrs[i] = json.dumps(info)
+        attrs[i] = _ATTRS_ENCODER.encode(info).decode()
     for i, a in args.items():  # device copies report their size
         if a is not None and a.nbytes is not None and nbytes[i] < 0:
             value = _as_int(a.nbytes)
