@@ -387,7 +387,8 @@ def main() -> None:
     print(
         "10th-percentile step time (the steps other processes disturbed least): "
         + "  ".join(f"{m} {p10[m] * 1e3:.2f} ms" for m in modes)
-        + "".join(f"  {m}/bare {p10[m] / p10['bare']:.4f}" for m in others)
+        + ("  ->  " if others else "")
+        + "  ".join(f"{m}/bare {p10[m] / p10['bare']:.4f}" for m in others)
     )
     print(f"median of per-round ratios over {args.rounds} rounds (the headline; overall medians beside it):")
     for m in others:
