@@ -1,28 +1,46 @@
-"""What `gpuwatch.watch` adds to a training step, next to torch.profiler, measured in one script.
+"""What `gpuwatch.watch` adds to a training step, next to torch.profiler and TraceML, measured in one script.
 
-    python benchmarks/overhead.py [--rounds 12] [--steps 30] [--batch 64] [--width 1024]
+    python benchmarks/overhead.py [--loop mlp|small] [--rounds 12] [--steps 30] [--batch B] [--width W]
+                                  [--modes bare,watch,profiler,traceml]
 
-One CPU training loop (DataLoader over in-memory tensors, a 4-layer MLP, AdamW, a loss.item() per step;
-`torch.set_num_threads(1)`, steps of roughly 10-50 ms) runs in three modes, interleaved round by round in
-rotating order so drift and noise from other processes hit all modes alike:
+One CPU training loop (DataLoader over in-memory tensors, AdamW, a loss.item() per step;
+`torch.set_num_threads(1)`) runs in each mode, interleaved round by round in rotating order so drift and
+noise from other processes hit all modes alike. `--loop mlp` (default) is a 4-layer MLP of width 1024, steps
+of roughly 10-50 ms; `--loop small` is 20 Linear(64, 64)+ReLU pairs (40 modules, so per-module costs show)
+with steps of about 3 ms on a quiet 2-core VM.
 
   bare      the loop alone
   watch     inside `gpuwatch.watch(run_dir)` with its defaults (hooks, 50 Hz stack sampler, /proc + NVML
             samplers, 1 s flushes)
   profiler  inside `torch.profiler.profile(activities=[CPU])` with `prof.step()` per step (recording only:
             the trace export after the loop is not counted)
+  traceml   TraceML (`pip install traceml-ai`) as its docs instrument a plain PyTorch loop:
+            `traceml.init(mode="auto")` and `with traceml.trace_step(model):` around each step's
+            forward..zero_grad. Measured: its auto patches (nn.Module.__call__, DataLoader.__iter__,
+            Tensor.backward, torch.autograd.backward, Tensor.to, optimizer step hooks), trace_step's own
+            work, and its per-rank runtime threads in this process (a sampler every 2 s, its default, and a
+            TCP exporter) sending to an aggregator, which `traceml run` would start: here a `traceml serve`
+            process per block, started before and stopped (final summary written) after the timed steps,
+            its CPU outside this process's CPU time. The patches and the runtime are on for traceml blocks
+            only (see TraceMLPeer). Skipped, with a line saying so, when traceml_ai is not importable.
 
-Each step is timed by the script itself with time.perf_counter; the first steps of every block are warm-up
-and dropped. Prints the median step time per mode and the ratios to bare (overall medians, and the median of
-the per-round ratios), and the process CPU time per step (all threads: gpuwatch's sampler and writer
+`--modes` picks modes (bare always runs). Each step is timed by the script itself with time.perf_counter;
+the first steps of every block are warm-up and dropped. The headline is the median over rounds of each
+round's ratio of medians to bare; it also prints the overall median step time per mode, the 10th percentile,
+and the process CPU time per step (all threads: gpuwatch's sampler and writer threads and TraceML's runtime
 threads included), which other processes on a shared machine disturb much less than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,33 +56,53 @@ import gpuwatch  # noqa: E402
 WARMUP_STEPS = 5
 
 
-def build(batch: int, width: int, steps: int) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
+LOOP_DEFAULTS = {"mlp": (64, 1024), "small": (64, 64)}
+"""(batch, width) per loop: `mlp` steps take 10-50 ms, `small` steps about 3 ms on a quiet 2-core VM."""
+
+
+def build(
+    loop_name: str, batch: int, width: int, steps: int
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(width, width), torch.nn.GELU(),
-        torch.nn.Linear(width, width), torch.nn.GELU(),
-        torch.nn.Linear(width, width), torch.nn.GELU(),
-        torch.nn.Linear(width, 10),
-    )  # fmt: skip
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    if loop_name == "small":
+        # 40 modules, so per-module costs (forward hooks, patched Module.__call__) show at their worst ratio
+        model = torch.nn.Sequential(
+            *[m for _ in range(20) for m in (torch.nn.Linear(width, width), torch.nn.ReLU())]
+        )
+        classes = width
+        # foreach: one fused update for the 40 parameters, or AdamW alone would be most of the step
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    else:
+        model = torch.nn.Sequential(
+            torch.nn.Linear(width, width), torch.nn.GELU(),
+            torch.nn.Linear(width, width), torch.nn.GELU(),
+            torch.nn.Linear(width, width), torch.nn.GELU(),
+            torch.nn.Linear(width, 10),
+        )  # fmt: skip
+        classes = 10
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = TensorDataset(
         torch.randn(batch * (steps + WARMUP_STEPS), width),
-        torch.randint(0, 10, (batch * (steps + WARMUP_STEPS),)),
+        torch.randint(0, classes, (batch * (steps + WARMUP_STEPS),)),
     )
     return model, opt, DataLoader(data, batch_size=batch, shuffle=True)
 
 
-def loop(model, opt, loader, on_step) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
-    """Per-step wall times (s) after warm-up, and process CPU seconds per step over those steps."""
+def loop(model, opt, loader, on_step, step_scope=contextlib.nullcontext) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
+    """Per-step wall times (s) after warm-up, and process CPU seconds per step over those steps.
+
+    `step_scope()` is entered around each step's forward..zero_grad (TraceML's `trace_step(model)`); the
+    other modes pass the default, a nullcontext, so every mode runs the same bytecode around the step."""
     times = []
     cpu0 = 0.0
     t_prev = time.perf_counter()
     losses = 0.0
     for x, y in loader:
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        with step_scope():
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
         losses += loss.item()
         on_step()
         now = time.perf_counter()
@@ -98,8 +136,131 @@ def gpuwatch_threads(gw: gpuwatch.Watcher) -> list[int]:
     return [t.native_id for t in threads if t is not None and t.native_id is not None]
 
 
-def run_mode(mode: str, args: argparse.Namespace, tmp: Path, block: int) -> tuple[list[float], float]:
-    model, opt, loader = build(args.batch, args.width, args.steps)
+class TraceMLPeer:
+    """TraceML (`pip install traceml-ai`) on one block, the way its docs instrument a plain PyTorch loop:
+    `traceml.init(mode="auto")` once, then `with traceml.trace_step(model):` around each step, with its
+    aggregator (`traceml serve`) in a separate process, as `traceml run` would start it.
+
+    `init` is once per process and installs its patches for good (nn.Module.__call__, DataLoader.__iter__,
+    Tensor.backward, torch.autograd.backward, Tensor.to; global optimizer step hooks on the first
+    trace_step), and its aggregator finalizes when its one rank finishes. So that the other modes run on
+    torch's own functions, each block gets a fresh aggregator, the patches are put back for the block only,
+    and the per-rank runtime (sampler + exporter threads) is stopped after the block and started again
+    before the next with the same `lifecycle.start_runtime` call `init` makes (private API, 0.5.0)."""
+
+    def __init__(self, tmp: Path) -> None:
+        import torch.nn as nn
+
+        self._tmp = tmp
+        self._cli = shutil.which("traceml", path=str(Path(sys.executable).parent)) or shutil.which("traceml")
+        if self._cli is None:
+            raise RuntimeError("the `traceml` command (for `traceml serve`) is not on PATH")
+        self._targets = [
+            (nn.Module, "__call__"),
+            (DataLoader, "__iter__"),
+            (torch.Tensor, "backward"),
+            (torch.autograd, "backward"),
+            (torch.Tensor, "to"),
+        ]
+        self._originals = [getattr(obj, name) for obj, name in self._targets]
+        self._patched: list[object] = []
+        self._settings: object = None
+        self._runtime: object = None
+        self._aggregator: subprocess.Popen[bytes] | None = None
+
+    @contextlib.contextmanager
+    def block(self, block: int, model: torch.nn.Module):  # type: ignore[no-untyped-def]
+        """Yields the step scope for `loop`; setup and teardown are outside the timed steps."""
+        import dataclasses
+
+        import traceml_ai as traceml
+        from traceml_ai.instrumentation.hooks.optimizer_hooks import reset_optimizer_timing
+        from traceml_ai.runtime import lifecycle
+        from traceml_ai.runtime.settings import AggregatorTransportSettings
+        from traceml_ai.sdk import initial
+
+        run_name = f"traceml-{block}"
+        port = self._start_aggregator(run_name)
+        try:
+            if self._settings is None:
+                traceml.init(
+                    mode="auto",
+                    aggregator_port=port,
+                    logs_dir=str(self._tmp),
+                    session_id=run_name,
+                    on_missing_aggregator="raise",
+                    connect_timeout_sec=60,
+                )
+                self._patched = [getattr(obj, name) for obj, name in self._targets]
+                self._runtime = lifecycle.get_active_runtime_handle()
+                self._settings = self._runtime.runtime._settings  # type: ignore[union-attr]
+                initial._RUNTIME_HANDLE = None  # we stop it ourselves, not its atexit hook
+            else:
+                for (obj, name), fn in zip(self._targets, self._patched):
+                    setattr(obj, name, fn)
+                host = "127.0.0.1"
+                settings = dataclasses.replace(
+                    self._settings,  # type: ignore[type-var]
+                    session_id=run_name,
+                    aggregator=AggregatorTransportSettings(connect_host=host, bind_host=host, port=port),
+                )
+                self._runtime = lifecycle.start_runtime(settings, fail_open=False)
+            yield lambda: traceml.trace_step(model)
+        finally:
+            if self._runtime is not None:
+                self._runtime.stop()  # type: ignore[attr-defined]
+            for (obj, name), fn in zip(self._targets, self._originals):
+                setattr(obj, name, fn)
+            reset_optimizer_timing()
+            self._stop_aggregator()
+
+    def _start_aggregator(self, run_name: str) -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self._aggregator = subprocess.Popen(
+            [self._cli, "serve", "--logs-dir", str(self._tmp), "--run-name", run_name]
+            + ["--aggregator-port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        from traceml_ai.runtime.lifecycle import wait_for_aggregator
+
+        if not wait_for_aggregator("127.0.0.1", port, timeout_sec=60, poll_interval_sec=0.1):
+            self._stop_aggregator()
+            raise RuntimeError(f"`traceml serve` did not listen on port {port} within 60 s")
+        return port
+
+    def _stop_aggregator(self) -> None:
+        """SIGINT (its clean shutdown: final summary written), then wait, so its work never overlaps the
+        next block."""
+        if self._aggregator is None:
+            return
+        self._aggregator.send_signal(signal.SIGINT)
+        try:
+            self._aggregator.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self._aggregator.kill()
+            self._aggregator.wait()
+        self._aggregator = None
+
+
+def traceml_peer(tmp: Path) -> TraceMLPeer | str:
+    """The TraceML peer, or why it is skipped."""
+    try:
+        import traceml_ai  # noqa: F401
+    except ImportError as e:
+        return f"traceml-ai is not importable ({e}); pip install traceml-ai torch==2.13.0"
+    try:
+        return TraceMLPeer(tmp)
+    except RuntimeError as e:
+        return str(e)
+
+
+def run_mode(
+    mode: str, args: argparse.Namespace, tmp: Path, block: int, peer: TraceMLPeer | None = None
+) -> tuple[list[float], float]:
+    model, opt, loader = build(args.loop, args.batch, args.width, args.steps)
     if mode == "bare":
         return loop(model, opt, loader, lambda: None)
     if mode == "watch":
@@ -109,6 +270,10 @@ def run_mode(mode: str, args: argparse.Namespace, tmp: Path, block: int) -> tupl
             BACKGROUND_CPU_S.append(thread_cpu_s(gpuwatch_threads(gw)))
             WATCH_WALL_S.append(time.perf_counter() - t0)
             return result
+    if mode == "traceml":
+        assert peer is not None
+        with peer.block(block, model) as step_scope:
+            return loop(model, opt, loader, lambda: None, step_scope)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -148,26 +313,57 @@ def training_thread_cost_us(rounds: int = 5, steps: int = 300) -> float:
     return (statistics.median(cost["watch"]) - statistics.median(cost["bare"])) * 1e6
 
 
-def main() -> None:
+MODES = ("bare", "watch", "profiler", "traceml")
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--loop", choices=sorted(LOOP_DEFAULTS), default="mlp")
+    p.add_argument("--batch", type=int, default=None, help="default: 64 (mlp), 64 (small)")
+    p.add_argument("--width", type=int, default=None, help="default: 1024 (mlp), 64 (small)")
+    p.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help=f"comma-separated, from {','.join(MODES)}; bare is always run (default: all)",
+    )
     args = p.parse_args()
+    batch, width = LOOP_DEFAULTS[args.loop]
+    args.batch = args.batch or batch
+    args.width = args.width or width
+    asked = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = sorted(set(asked) - set(MODES))
+    if unknown:
+        p.error(f"unknown mode(s) {', '.join(unknown)}; choose from {','.join(MODES)}")
+    args.modes = ["bare"] + [m for m in MODES[1:] if m in asked]
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(1)
     load_before = _loadavg()
-    modes = ["bare", "watch", "profiler"]
-    per_mode: dict[str, list[float]] = {m: [] for m in modes}
-    per_round: dict[str, list[float]] = {m: [] for m in modes}
-    cpu: dict[str, list[float]] = {m: [] for m in modes}
+    modes: list[str] = args.modes
     with tempfile.TemporaryDirectory(prefix="gpuwatch-overhead-") as tmp_name:
         tmp = Path(tmp_name)
+        peer = None
+        if "traceml" in modes:
+            found = traceml_peer(tmp)
+            if isinstance(found, str):
+                print(f"traceml: skipped ({found})", flush=True)
+                modes.remove("traceml")
+            else:
+                peer = found
+        others = modes[1:]
+        per_mode: dict[str, list[float]] = {m: [] for m in modes}
+        per_round: dict[str, list[float]] = {m: [] for m in modes}
+        cpu: dict[str, list[float]] = {m: [] for m in modes}
         run_mode("bare", args, tmp, -1)  # warm the allocator and the code paths once
         for r in range(args.rounds):
-            order = modes[r % 3 :] + modes[: r % 3]
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]
             for mode in order:
-                times, cpu_per_step = run_mode(mode, args, tmp, r)
+                times, cpu_per_step = run_mode(mode, args, tmp, r, peer)
                 cpu[mode].append(cpu_per_step)
                 per_mode[mode].extend(times)
                 per_round[mode].append(statistics.median(times))
@@ -182,7 +378,8 @@ def main() -> None:
         f"machine: {os.cpu_count()} cores, load average {load_before} before, {_loadavg()} after (1-minute)"
     )
     print(
-        f"median step time over {len(per_mode['bare'])} steps per mode (batch {args.batch}, width {args.width}):"
+        f"median step time over {len(per_mode['bare'])} steps per mode "
+        f"(loop {args.loop}, batch {args.batch}, width {args.width}):"
     )
     for m in modes:
         print(f"  {m:9s} {median[m] * 1e3:8.2f} ms")
@@ -190,32 +387,38 @@ def main() -> None:
     print(
         "10th-percentile step time (the steps other processes disturbed least): "
         + "  ".join(f"{m} {p10[m] * 1e3:.2f} ms" for m in modes)
-        + "  ->  "
-        + "  ".join(f"{m}/bare {p10[m] / p10['bare']:.4f}" for m in ("watch", "profiler"))
+        + ("  ->  " if others else "")
+        + "  ".join(f"{m}/bare {p10[m] / p10['bare']:.4f}" for m in others)
     )
-    for m in ("watch", "profiler"):
+    print(f"median of per-round ratios over {args.rounds} rounds (the headline; overall medians beside it):")
+    for m in others:
         paired = statistics.median(a / b for a, b in zip(per_round[m], per_round["bare"], strict=True))
         print(
-            f"{m}/bare: {median[m] / median['bare']:.4f} (overall medians)   "
-            f"{paired:.4f} (median of per-round ratios)   -> {(median[m] / median['bare'] - 1) * 100:+.2f}%"
+            f"  {m}/bare: {paired:.4f} -> {(paired - 1) * 100:+.2f}%   "
+            f"({median[m] / median['bare']:.4f} overall medians)"
         )
-    hook_us = training_thread_cost_us()
-    background_pct = 100.0 * sum(BACKGROUND_CPU_S) / max(sum(WATCH_WALL_S), 1e-9)
-    print()
-    print("where watch's cost comes from:")
-    print(
-        f"  training thread: {hook_us:.1f} µs per step (hooks + gw.step(), tiny-loop thread CPU time) "
-        f"= {100 * hook_us / (median['bare'] * 1e6):.3f}% of the bare median step"
-    )
-    print(f"  gpuwatch threads (stack sampler, writer, /proc, NVML): {background_pct:.2f}% of one core")
+    if "watch" in modes:
+        hook_us = training_thread_cost_us()
+        background_pct = 100.0 * sum(BACKGROUND_CPU_S) / max(sum(WATCH_WALL_S), 1e-9)
+        print()
+        print("where watch's cost comes from:")
+        print(
+            f"  training thread: {hook_us:.1f} µs per step (hooks + gw.step(), tiny-loop thread CPU time) "
+            f"= {100 * hook_us / (median['bare'] * 1e6):.3f}% of the bare median step"
+        )
+        print(f"  gpuwatch threads (stack sampler, writer, /proc, NVML): {background_pct:.2f}% of one core")
     cpu_median = {m: statistics.median(v) for m, v in cpu.items()}
     print(
         "process CPU time per step (median of blocks): "
         + "  ".join(f"{m} {cpu_median[m] * 1e3:.2f} ms" for m in modes)
     )
-    for m in ("watch", "profiler"):
+    for m in others:
         print(
             f"{m}/bare CPU: {cpu_median[m] / cpu_median['bare']:.4f} -> {(cpu_median[m] / cpu_median['bare'] - 1) * 100:+.2f}%"
+        )
+    if "traceml" in modes:
+        print(
+            "  (traceml: this process only; its aggregator, a separate `traceml serve` process, is not counted)"
         )
 
 
