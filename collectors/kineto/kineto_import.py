@@ -14,7 +14,9 @@ per distinct value, because a Python loop over a million events costs as much as
 
 from __future__ import annotations
 
+import functools
 import gzip
+import operator
 import re
 import zlib
 from collections import Counter, defaultdict
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import msgspec
 import numpy as np
@@ -63,6 +65,38 @@ class _Event(msgspec.Struct, gc=False):  # scalars and Raw only: no cycles to tr
     args: msgspec.Raw = msgspec.Raw(b"null")  # decoded later, only for the events that need it
 
 
+_IGNORED_PHASES = {"M", "s", "f", "t", "i", "I", "C", "R", "n", "b", "e", "N", "O", "D", "P", "p"}
+_QUIET_PHASES = (_IGNORED_PHASES - {"M"}) | {"X"}
+
+
+class _Complete(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """A complete ("X") event: `_Event` with its phase as the tag of a union (see `_TaggedEvent`)."""
+
+    ph: ClassVar[str] = "X"
+    cat: str | None = None
+    name: str | int | float | None = ""
+    pid: int | str = 0
+    tid: int | str = 0
+    ts: float | str | None = None
+    dur: float | str | None = None
+    args: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Metadata(_Complete, tag="M"):
+    ph: ClassVar[str] = "M"
+
+
+_SKIPPED_PHASES = tuple(
+    msgspec.defstruct(f"_Phase_{p}", [], tag_field="ph", tag=p, gc=False, namespace={"ph": p})
+    for p in sorted(_QUIET_PHASES - {"X"})
+)
+_TaggedEvent: Any = functools.reduce(operator.or_, (_Complete, _Metadata, *_SKIPPED_PHASES))
+"""An event decoded by its phase: flow, instant, counter... events (4 in 10 of a real trace's events) are only
+skipped over, no field of theirs becomes an object: decoding HTA's 216k-event df_index_resolver trace takes
+0.15-0.21 s instead of 0.24-0.37 s. An unknown or missing phase fails the decode, and the plain `_Event`
+path then reads the events one by one, counting what it skips."""
+
+
 class _Trace(msgspec.Struct):
     """The top level of a trace; the events stay raw bytes here and are decoded chunk by chunk."""
 
@@ -75,7 +109,7 @@ class _Trace(msgspec.Struct):
 class _WholeTrace(msgspec.Struct):
     """The top level with its events decoded in the same pass (`_ONE_PASS_BYTES`)."""
 
-    traceEvents: list[_Event] | None = None
+    traceEvents: list[_TaggedEvent] | None = None
     distributedInfo: dict[str, Any] | None = None
     baseTimeNanoseconds: Any = None
     deviceProperties: list[Any] | None = None
@@ -83,7 +117,8 @@ class _WholeTrace(msgspec.Struct):
 
 _DECODER = msgspec.json.Decoder(_Trace)
 _WHOLE_DECODER = msgspec.json.Decoder(_WholeTrace)
-_LIST_DECODER = msgspec.json.Decoder(list[_Event])
+_LIST_DECODER = msgspec.json.Decoder(list[_TaggedEvent])
+_PLAIN_LIST_DECODER = msgspec.json.Decoder(list[_Event])
 _ARGS_DECODER = msgspec.json.Decoder(list[_Args | None])
 _CHUNK_BYTES = 4 << 20
 _ONE_PASS_BYTES = 128 << 20
@@ -159,8 +194,6 @@ _IGNORED_CATS = {
     "async_gpu",
     "python_function_with_stack",
 }
-_IGNORED_PHASES = {"M", "s", "f", "t", "i", "I", "C", "R", "n", "b", "e", "N", "O", "D", "P", "p"}
-_QUIET_PHASES = (_IGNORED_PHASES - {"M"}) | {"X"}
 _STEP_RE = re.compile(r"^ProfilerStep#(\d+)$")
 _RANK_IN_NAME = re.compile(r"rank[-_]?(\d+)", re.IGNORECASE)
 
@@ -222,7 +255,7 @@ def read_trace_bytes(path: Path) -> bytes | bytearray:
         return raw
     try:
         return _gunzip(raw)
-    except (EOFError, *_INFLATE_ERRORS, gzip.BadGzipFile, OSError) as exc:
+    except (EOFError, gzip.BadGzipFile, OSError, *_INFLATE_ERRORS) as exc:
         raise TraceFormatError(f"corrupt or truncated gzip file {path}: {exc}") from None
 
 
@@ -249,7 +282,7 @@ try:
     from isal.isal_zlib import decompress as _inflate
     from isal.isal_zlib import error as _isal_error
 
-    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _isal_error)
+    _INFLATE_ERRORS: tuple[Any, ...] = (zlib.error, _isal_error)
 except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel still imports
     _crc32, _inflate, _INFLATE_ERRORS = zlib.crc32, zlib.decompress, (zlib.error,)
 
@@ -373,7 +406,7 @@ def _decode(path: Path, data: bytes | bytearray) -> tuple[_Trace, memoryview]:
 
 def _decode_events(path: Path, events: memoryview) -> list[_Event]:
     try:
-        return _LIST_DECODER.decode(events)
+        return _PLAIN_LIST_DECODER.decode(events)
     except msgspec.ValidationError as exc:  # valid JSON (checked up front), but not trace events
         raise NotATraceError(f"{path} is JSON but not a PyTorch profiler trace ({exc})") from None
     except msgspec.DecodeError as exc:
@@ -386,7 +419,7 @@ class _BadCut(Exception):
     pass
 
 
-def _event_chunks(events: memoryview) -> Iterator[list[_Event]]:
+def _event_chunks(events: memoryview) -> Iterator[list[Any]]:
     """Decode the event array `_CHUNK_BYTES` at a time, cutting between two events."""
     n = len(events)
     cuts: list[int] = []
@@ -518,7 +551,8 @@ class _Accumulator:
             self.name_step.append(_step_number(text))
         return np.fromiter(map(codes.__getitem__, names), np.int64, len(names))
 
-    def add(self, events: list[_Event]) -> None:
+    def add(self, events: list[Any]) -> None:
+        """Events of one chunk: `_Event`s, or `_TaggedEvent`s (same attributes)."""
         self.events_total += len(events)
         xs = [e for e in events if e.ph == "X"]
         if len(xs) != len(events):  # flow and instant events are many and carry nothing we use
