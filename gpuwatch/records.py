@@ -213,6 +213,16 @@ class SpanColumns:
     def __len__(self) -> int:
         return int(self.start_ns.shape[0])
 
+    def in_reader_order(self) -> bool:
+        """Sorted as a run's reader returns spans: by start, the longer of two equal starts first."""
+        import numpy as np
+
+        start, end = self.start_ns, self.end_ns
+        if start.size < 2:
+            return True
+        step = np.diff(start)
+        return bool(((step > 0) | ((step == 0) & (end[1:] <= end[:-1]))).all())
+
     def take(self, rows: np.ndarray) -> SpanColumns:
         """The spans at `rows` (indices or a boolean mask), every column alike; a column left None stays None."""
         columns: dict[str, Any] = {}

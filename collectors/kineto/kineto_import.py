@@ -140,6 +140,7 @@ _INT64 = 2**63
 # halves unbalanced, so a wrong cut always fails to decode (and the whole array is then decoded at once).
 _FIRST_BYTE = re.compile(rb"\S")
 _EVENT_BOUNDARY = re.compile(rb'\}\s*(,)\s*\{\s*"')
+_EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 
 
 class _LaunchArgs(msgspec.Struct, gc=False):
@@ -294,11 +295,7 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
     data = read_trace_bytes(path)
-    whole = _decode_whole(data) if len(data) <= _ONE_PASS_BYTES else None
-    if whole is not None:
-        trace: _Trace | _WholeTrace = whole
-    else:
-        trace, events = _decode(path, data)
+    trace, acc = _read_events(path, data)
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
     if rank is None or not 0 <= rank < 2**31:  # a rank column is int32; a negative rank is no rank
@@ -307,19 +304,6 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
     world_size = _as_int(dist.get("world_size"))
     if world_size is None or not rank < world_size < 2**31:
         world_size = rank + 1
-    acc = _Accumulator()
-    if whole is not None:
-        assert whole.traceEvents is not None
-        acc.add(whole.traceEvents)
-        whole.traceEvents = None
-    else:
-        try:
-            for chunk in _event_chunks(events):
-                acc.add(chunk)
-                del chunk  # free this chunk's events before the next one is decoded
-        except _BadCut:  # a cut between two events was not one after all: decode the array in one piece
-            acc = _Accumulator()
-            acc.add(_decode_events(path, events))
     if acc.events_total == 0:
         raise TraceFormatError(f"{path} has no trace events (is it a PyTorch profiler trace?)")
     if acc.n == 0:
@@ -372,6 +356,56 @@ def _too_deep(path: Path) -> TraceFormatError:
     return TraceFormatError(f"{path} is not a usable trace (JSON nested too deeply)")
 
 
+def _read_events(path: Path, data: bytes | bytearray) -> tuple[_Trace | _WholeTrace, _Accumulator]:
+    """The trace's top level, and its events gathered into columns: in one pass up to `_ONE_PASS_BYTES`;
+    above, chunk by chunk, with the top level read from around the event array (`_split_top`); anything
+    unusual the careful way (the whole document checked first, the array in one piece if a cut fails)."""
+    if len(data) <= _ONE_PASS_BYTES:
+        whole = _decode_whole(data)
+        if whole is not None:
+            acc = _Accumulator()
+            assert whole.traceEvents is not None
+            decoded, whole.traceEvents = whole.traceEvents, None
+            acc.add(decoded)
+            return whole, acc
+    else:
+        split = _split_top(data)
+        if split is not None:
+            top, events_view = split
+            acc = _Accumulator()
+            try:
+                for chunk in _event_chunks(events_view, top=top):
+                    acc.add(chunk)
+                    del chunk
+                return top, acc
+            except _BadCut:
+                pass
+    trace, events = _decode(path, data)
+    acc = _Accumulator()
+    try:
+        for chunk in _event_chunks(events):
+            acc.add(chunk)
+            del chunk  # free this chunk's events before the next one is decoded
+    except _BadCut:  # a cut between two events was not one after all: decode the array in one piece
+        acc = _Accumulator()
+        acc.add(_decode_events(path, events))
+    return trace, acc
+
+
+def _split_top(data: bytes | bytearray) -> tuple[_WholeTrace, memoryview] | None:
+    """For a large trace, the top-level keys before its event array, and a view from the array's "[" to the
+    end of the document (`_event_chunks(..., top=)` reads the keys after it): no pass over the events only
+    to skip them (0.6 s for a million events). None if the array cannot be found this way."""
+    m = _EVENTS_KEY.search(data)
+    if m is None:
+        return None
+    try:
+        top = _WHOLE_DECODER.decode(b"".join((data[: m.start()], b'"traceEvents":null}')))
+    except (msgspec.MsgspecError, RecursionError):
+        return None  # the match was not the top level's key (inside a string, or nested)
+    return top, memoryview(data)[m.end() - 1 :]
+
+
 def _decode_whole(data: bytes | bytearray) -> _WholeTrace | None:
     """The whole trace in one pass; None for anything unusual (a bare event array, no `traceEvents`, invalid
     JSON, an event of an unexpected shape), which the two-pass path then reads or reports."""
@@ -419,8 +453,10 @@ class _BadCut(Exception):
     pass
 
 
-def _event_chunks(events: memoryview) -> Iterator[list[Any]]:
-    """Decode the event array `_CHUNK_BYTES` at a time, cutting between two events."""
+def _event_chunks(events: memoryview, top: _WholeTrace | None = None) -> Iterator[list[Any]]:
+    """Decode the event array `_CHUNK_BYTES` at a time, cutting between two events. With `top`, `events`
+    runs on to the end of the document: the last piece is decoded as the rest of the top level, whose keys
+    are set on `top`."""
     n = len(events)
     cuts: list[int] = []
     pos = _CHUNK_BYTES
@@ -430,21 +466,33 @@ def _event_chunks(events: memoryview) -> Iterator[list[Any]]:
             break
         cuts.append(m.start(1))  # the comma between two events
         pos = m.start(1) + _CHUNK_BYTES
-    if not cuts:
-        try:
-            yield _LIST_DECODER.decode(events)
-        except (msgspec.MsgspecError, RecursionError):
-            raise _BadCut() from None
-        return
     starts = [0] + [c + 1 for c in cuts]
     ends = [*cuts, n]
     for k, (lo, hi) in enumerate(zip(starts, ends)):
+        last = k == len(cuts)
+        if last and top is not None:
+            yield _rest_of_top(b"".join((b'{"traceEvents":', b"" if k == 0 else b"[", events[lo:hi])), top)
+            return
         # the first piece keeps the array's "[", the last its "]"; the others get their own
-        piece = b"".join((b"" if k == 0 else b"[", events[lo:hi], b"]" if k < len(cuts) else b""))
+        piece = b"".join((b"" if k == 0 else b"[", events[lo:hi], b"" if last else b"]"))
         try:
             yield _LIST_DECODER.decode(piece)
         except (msgspec.MsgspecError, RecursionError):
             raise _BadCut() from None
+
+
+def _rest_of_top(piece: bytes, top: _WholeTrace) -> list[Any]:
+    """The events of the last piece of a split trace; the top-level keys after them are set on `top`."""
+    try:
+        rest = _WHOLE_DECODER.decode(piece)
+    except (msgspec.MsgspecError, RecursionError):
+        raise _BadCut() from None
+    if rest.traceEvents is None:
+        raise _BadCut()
+    for key in ("distributedInfo", "baseTimeNanoseconds", "deviceProperties"):
+        if getattr(rest, key) is not None:
+            setattr(top, key, getattr(rest, key))
+    return rest.traceEvents
 
 
 def _as_int(value: Any) -> int | None:
@@ -721,6 +769,9 @@ class _Accumulator:
             attrs=attrs,
             name_code=self._name_code_column(code),
         )
+        col.clear()
+        if not cols.in_reader_order():
+            cols = cols.take(np.lexsort((-end_ns, start_ns)))  # once, here: the analysis reads it as it is
         return ImportedTrace(
             path=path,
             rank=rank,

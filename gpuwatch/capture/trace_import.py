@@ -117,8 +117,9 @@ def summary_of_import(out_path: Path, run_id: str, writers: list, results: list)
     rank_cols = {}
     for res in results:
         offset = res.anchor_unix_ns - anchor
-        # the order the reader returns spans in
-        cols = res.spans.take(np.lexsort((-res.spans.end_ns, res.spans.start_ns)))
+        cols = res.spans  # the import sorts them as the reader returns them
+        if not cols.in_reader_order():
+            cols = cols.take(np.lexsort((-cols.end_ns, cols.start_ns)))
         rank_cols[res.rank] = dataclasses.replace(
             cols, start_ns=cols.start_ns + offset, end_ns=cols.end_ns + offset
         )

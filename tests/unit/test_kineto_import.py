@@ -280,6 +280,41 @@ def test_chunked_decode_equals_one_piece(tmp_path: Path, monkeypatch: pytest.Mon
         _same_columns(got.spans, whole.spans)
 
 
+def test_large_trace_top_level_around_the_events(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large trace is read without a pass that only skips its events: the keys before the event array are
+    decoded on their own, those after it with the last chunk. Where those keys sit, a key name inside a
+    string, or `}, {"` after the array must change nothing; a broken document still fails as invalid."""
+    import collectors.kineto.kineto_import as ki
+
+    tr = planted_rank(3, realistic=True, rank=1, world_size=4)
+    doc = json.loads(tr.write(tmp_path / "plain.json").read_text())
+    events = doc.pop("traceEvents")
+    reference = import_trace(tmp_path / "plain.json")
+    assert reference.rank == 1
+    header = {k: v for k, v in doc.items() if k != "distributedInfo"}
+    after = {"distributedInfo": doc["distributedInfo"], "deviceProperties": [{"id": 0}, {"id": 1}]}
+    layouts = {
+        "after": {**header, "note": '"traceEvents": [', "traceEvents": events, **after},
+        "before": {**doc, "traceEvents": events, "traceName": "x"},
+    }
+    monkeypatch.setattr(ki, "_ONE_PASS_BYTES", 0)
+    monkeypatch.setattr(ki, "_CHUNK_BYTES", 3000)
+    for label, layout in layouts.items():
+        path = tmp_path / f"{label}.json"
+        path.write_text(json.dumps(layout))
+        got = import_trace(path)
+        assert (got.rank, got.world_size, got.events_total) == (
+            1,
+            reference.world_size,
+            reference.events_total,
+        )
+        _same_columns(got.spans, reference.spans)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(layouts["before"])[:-1] + ', "x": }')
+    with pytest.raises(ki.TraceFormatError, match="not valid JSON"):
+        import_trace(broken)
+
+
 def test_chunked_decode_of_a_real_trace(monkeypatch: pytest.MonkeyPatch) -> None:
     import collectors.kineto.kineto_import as ki
 
