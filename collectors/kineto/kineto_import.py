@@ -31,7 +31,7 @@ import numpy as np
 
 from collectors.kineto.kineto_rules import DTYPE_BYTES, device_kind, host_category
 from gpuwatch.errors import TraceFormatError, UsageError
-from gpuwatch.records import DEVICE_KIND_CATEGORY, SpanColumns, SpanKind
+from gpuwatch.records import CATEGORY_OR_NONE, DEVICE_KIND_CATEGORY, SPAN_KINDS, SpanColumns, SpanKind
 
 # ---- the typed shape of a trace (only the fields we read) ---------------------------------------
 
@@ -550,6 +550,9 @@ _KINDS = (
     SpanKind.GPU_ANNOTATION.value,
 )
 _K = {k: i for i, k in enumerate(_KINDS)}
+_SPAN_KIND_CODE = np.array([SPAN_KINDS.index(k) for k in _KINDS], dtype=np.int8)
+"""`_KINDS` index -> `SPAN_KINDS` index (`SpanColumns.kind_code`)."""
+_CATEGORY_CODE = {c: i for i, c in enumerate(CATEGORY_OR_NONE)}
 _get_ts, _get_dur, _get_pid, _get_tid = (attrgetter(f) for f in ("ts", "dur", "pid", "tid"))
 
 
@@ -720,9 +723,12 @@ class _Accumulator:
         host_cat = np.empty(len(self.name_host_cat), dtype=object)
         host_cat[:] = self.name_host_cat
         category = host_cat[code]
+        cat_code = np.array([_CATEGORY_CODE[c] for c in self.name_host_cat], dtype=np.int8)[code]
         for dkind, dcat in DEVICE_KIND_CATEGORY.items():
             category[kind == _K[dkind]] = dcat
+            cat_code[kind == _K[dkind]] = _CATEGORY_CODE[dcat]
         category[(step >= 0) | gpu_ann] = None
+        cat_code[(step >= 0) | gpu_ann] = _CATEGORY_CODE[None]
 
         ts_us, dur_us = col["ts"], col["dur"]
         # Anchor on a whole microsecond so relative times keep their sub-microsecond phase exactly.
@@ -738,7 +744,9 @@ class _Accumulator:
         nbytes = col["nbytes"]
         seq = np.full(n, -1, dtype=np.int64)
         attrs = np.full(n, None, dtype=object)
-        _collective_metadata(self.args, kind_arr, names, start_ns, nbytes, seq, attrs)
+        kind[_collective_metadata(self.args, kind_arr, names, start_ns, nbytes, seq, attrs)] = _K[
+            SpanKind.COLLECTIVE.value
+        ]
 
         pid = col["pid"]
         host_pids = pid[~(is_device | gpu_ann)]
@@ -768,6 +776,8 @@ class _Accumulator:
             seq=seq,
             attrs=attrs,
             name_code=self._name_code_column(code),
+            kind_code=_SPAN_KIND_CODE[kind],
+            category_code=cat_code,
         )
         col.clear()
         if not cols.in_reader_order():
@@ -869,8 +879,9 @@ def _collective_metadata(
     nbytes: np.ndarray,
     seq: np.ndarray,
     attrs: np.ndarray,
-) -> None:
+) -> list[int]:
     """Fill bytes, sequence numbers and NCCL metadata for collectives (host record_param_comms and kernels).
+    Returns the host calls it made collectives (`kind_arr` says so from then on).
 
     Traces rarely carry a sequence number; where they do not, the n-th collective of a process group on
     this rank (by start time, separately for host calls and device kernels) is sequence n, the order every
@@ -885,6 +896,7 @@ def _collective_metadata(
         or (a is not None and a.collective is not None)
     ]
     counters: Counter[tuple[str, str]] = Counter()
+    made: list[int] = []
     for i in sorted(idx, key=lambda j: int(start_ns[j])):
         a = args[i]
         side = "device" if kind_arr[i] in DEVICE_KIND_CATEGORY else "host"
@@ -892,6 +904,7 @@ def _collective_metadata(
             if names[i] != "record_param_comms":
                 continue
             kind_arr[i] = collective
+            made.append(i)
         pg = str(a.pg_name)[:_MAX_NAME_CHARS] if a is not None and _is_scalar(a.pg_name) else "0"
         info: dict[str, Any] = {"process_group": pg}
         if a is not None:
@@ -915,6 +928,7 @@ def _collective_metadata(
             value = _as_int(a.nbytes)
             if value is not None:
                 nbytes[i] = value
+    return made
 
 
 _STRING_IDS: dict[str, int] = {}

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
-from gpuwatch.attribution.value_codes import ValueCodes
+from gpuwatch.attribution.value_codes import ValueCodes, span_categories, span_kinds
 from gpuwatch.attribution.warmup import warmup_steps
 from gpuwatch.records import (
     CATEGORIES,
@@ -186,13 +186,13 @@ def pick_training_tid(
 ) -> int:
     """The host thread that runs the training loop: the one with step markers, else the busiest host thread.
     `kinds`, `cats`: the kind and category columns coded already (`ValueCodes`), if the caller has them."""
-    kinds = kinds or ValueCodes(cols.kind)
+    kinds = kinds or span_kinds(cols)
     host = ~kinds.isin(DEVICE_KINDS) | (cols.stream < 0)
     steps = host & kinds.eq(SpanKind.STEP.value)
     if steps.any():
         tids, counts = np.unique(cols.tid[steps], return_counts=True)
         return int(tids[np.argmax(counts)])
-    categorized = host & ~(cats or ValueCodes(cols.category)).eq(None)
+    categorized = host & ~(cats or span_categories(cols)).eq(None)
     pick = categorized if categorized.any() else host
     if not pick.any():
         return 0
@@ -229,7 +229,7 @@ def compute_rank_budget(
         evidence_per_category: how many top contributing span names to keep per category.
         include_warmup: keep the warm-up steps in the budget (they are reported either way).
     """
-    kinds, cats = ValueCodes(cols.kind), ValueCodes(cols.category)
+    kinds, cats = span_kinds(cols), span_categories(cols)
     tid = pick_training_tid(cols, kinds, cats)
     step_ids, step_s, step_e, from_markers = _steps(cols, tid, kinds)
     is_device = kinds.isin(DEVICE_KINDS) & (cols.stream >= 0)

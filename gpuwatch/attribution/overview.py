@@ -39,7 +39,7 @@ import numpy as np
 
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import name_codes
-from gpuwatch.attribution.value_codes import ValueCodes
+from gpuwatch.attribution.value_codes import ValueCodes, span_kinds
 from gpuwatch.records import DEVICE_KINDS, Category, SpanColumns, SpanKind
 
 ROLES: tuple[str, ...] = (
@@ -89,7 +89,7 @@ def overview_breakdown(cols: SpanColumns, *, stretch_steps: bool = False) -> Ove
     if len(cols) == 0:
         return None
     names = _NameFacts(cols)
-    kind = ValueCodes(cols.kind)
+    kind = span_kinds(cols)
     host = cols.stream < 0
     work = kind.isin(DEVICE_KINDS) & ~host
     rpc = names.rpc

@@ -20,7 +20,7 @@ import numpy as np
 
 from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, launch_ns, name_codes
-from gpuwatch.attribution.value_codes import ValueCodes
+from gpuwatch.attribution.value_codes import span_kinds
 from gpuwatch.records import DEVICE_KINDS, Category, SpanColumns
 
 
@@ -41,7 +41,7 @@ def temporal_breakdown(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdo
 
 
 def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown | None:
-    device = ValueCodes(cols.kind).isin(DEVICE_KINDS) & (cols.stream >= 0)
+    device = span_kinds(cols).isin(DEVICE_KINDS) & (cols.stream >= 0)
     idx = np.flatnonzero(device)
     step_ids, step_start_ns, _, _ = budget.all_steps()  # warm-up included: HTA knows none
     # HTA filters only when the trace has two or more ProfilerStep names, by when the work was launched

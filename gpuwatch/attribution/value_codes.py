@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuwatch.records import CATEGORY_OR_NONE, SPAN_KINDS, SpanColumns
+
 
 class ValueCodes:
     """`column` coded by first occurrence: spans with equal values (==, so None too) share one code."""
@@ -21,6 +23,17 @@ class ValueCodes:
         n = column.shape[0]
         self.codes = np.fromiter(map(index.setdefault, column.tolist(), range(n)), np.int64, n)
         self._index = index
+
+    @classmethod
+    def of(cls, column: np.ndarray, codes: np.ndarray | None, values: tuple[Any, ...]) -> ValueCodes:
+        """`column` coded: by `codes` into `values` when its producer gave them (`SpanColumns.kind_code`,
+        `category_code`), else by reading it."""
+        if codes is None:
+            return cls(column)
+        self = cls.__new__(cls)
+        self.codes = codes
+        self._index = {value: i for i, value in enumerate(values)}
+        return self
 
     def eq(self, value: Any) -> np.ndarray:
         """Mask of the spans whose value equals `value`."""
@@ -37,3 +50,13 @@ class ValueCodes:
             if code is not None:
                 out |= self.codes == code
         return out
+
+
+def span_kinds(cols: SpanColumns) -> ValueCodes:
+    """The spans' kinds coded (from `kind_code` when the producer set it)."""
+    return ValueCodes.of(cols.kind, cols.kind_code, SPAN_KINDS)
+
+
+def span_categories(cols: SpanColumns) -> ValueCodes:
+    """The spans' categories coded (from `category_code` when the producer set it)."""
+    return ValueCodes.of(cols.category, cols.category_code, CATEGORY_OR_NONE)

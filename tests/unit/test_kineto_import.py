@@ -375,3 +375,16 @@ def test_odd_but_valid_events_take_the_lenient_paths(tmp_path: Path) -> None:
     assert budget.mode == "device" and budget.step_category_ns.sum() == 1_000_000
     compute = budget.step_category_ns[0][0]
     assert compute == 50_250 + 10_000  # both kernels are device work, whatever their ids looked like
+
+
+@pytest.mark.parametrize("trace", ["nccl_parser_config", "trace_filter", "cpu_only", "trace_file_list"])
+def test_kind_and_category_codes_name_the_columns(trace: str) -> None:
+    """The importer hands the engine its kinds and categories as codes too; they must say exactly what the
+    object columns say (the engine reads the codes, the store writes the columns)."""
+    from gpuwatch.records import CATEGORY_OR_NONE, SPAN_KINDS
+
+    for res in import_traces([str(shared_trace_path(trace))]):
+        cols = res.spans
+        assert cols.kind_code is not None and cols.category_code is not None
+        assert [SPAN_KINDS[k] for k in cols.kind_code.tolist()] == cols.kind.tolist()
+        assert [CATEGORY_OR_NONE[c] for c in cols.category_code.tolist()] == cols.category.tolist()
