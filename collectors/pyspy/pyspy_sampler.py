@@ -19,7 +19,9 @@ into closed `StackInterval`s by `IntervalStitcher`.
 
 from __future__ import annotations
 
+import collections
 import os
+import queue
 import re
 import shutil
 import signal
@@ -421,6 +423,11 @@ def _clamp_before(states: list[ThreadState], cut_ns: int) -> list[ThreadState]:
 # ---- the chunked recorder -----------------------------------------------------------------------------
 
 
+SATURATED_CHUNK_FACTOR = 3
+"""While the host is saturated, py-spy runs last this many chunks (its restarts cost a third; the live run
+directory lags by that much more)."""
+
+
 @dataclass
 class _Chunk:
     proc: subprocess.Popen[bytes]
@@ -430,6 +437,31 @@ class _Chunk:
     """When py-spy said it was sampling: the cut between this chunk and the previous one."""
     idle_jiffies: int | None = None
     """The host's idle CPU ticks at `ready_unix_ns` (was the host saturated while this chunk ran?)."""
+
+
+@dataclass(slots=True)
+class _Ended:
+    """A finished py-spy run on its way to `on_chunk`: its file read by the pacing thread, decoded by the
+    lowered decoder (`states`), or by the pacing thread itself once it `claimed` it (at the end of sampling,
+    so that stopping never waits for a thread the job's work starves)."""
+
+    data: bytes
+    anchor_unix_ns: int
+    cut_from: int | None
+    cut_to: int | None
+    final: bool
+    exited_itself: bool
+    stats: tuple[int, float, float | None, int | None]
+    """`ChunkStats` without the thread count, which takes decoding."""
+    states: list[ThreadState] | None = None
+    claimed: bool = False
+
+
+def _decode_chunk(item: _Ended) -> list[ThreadState]:
+    try:
+        return decode_chrometrace(item.data, item.anchor_unix_ns)
+    except msgspec.DecodeError:
+        return []  # py-spy killed mid-write: this chunk is lost, the run goes on
 
 
 @dataclass(frozen=True, slots=True)
@@ -457,7 +489,7 @@ class ChunkStats:
 
 
 ChunkCallback = Callable[[list[StackInterval], bool], None]
-"""Called from the recorder thread with each chunk's closed intervals; the bool is True on the last chunk."""
+"""Called from the recorder's pacing thread with each chunk's closed intervals; True on the last chunk."""
 
 
 class PySpyRecorder:
@@ -469,10 +501,11 @@ class PySpyRecorder:
         rate_hz: samples per second per thread.
         chunk_s: seconds per py-spy run (the latency of the live run directory).
         subprocesses: follow child processes (DataLoader workers).
-        on_chunk: receives each chunk's intervals (recorder thread).
+        on_chunk: receives each chunk's intervals (the pacing thread, in order).
         workdir: where py-spy writes its chunk files (a temporary directory by default).
-        yield_cpu: run this recorder's thread (decoding, stitching) at the lowest CPU priority (SCHED_IDLE /
-            nice 19), and py-spy too unless `lower_pyspy` says otherwise.
+        yield_cpu: decode py-spy's output on a thread at the lowest CPU priority (SCHED_IDLE / nice 19), and
+            run py-spy there too unless `lower_pyspy` says otherwise. The thread that paces py-spy's runs
+            (and stitches, and calls `on_chunk`) keeps the caller's priority: it mostly sleeps.
         lower_pyspy: py-spy itself at the lowest priority (None: as `yield_cpu`). A py-spy at SCHED_IDLE only
             samples when a core is free, so on a saturated host it sees a thread's CPU work late and its
             waits early: the training process's py-spy stays at normal priority, held by its CPU budget.
@@ -530,10 +563,9 @@ class PySpyRecorder:
         self.started_unix_ns: int | None = None
         self.ended_unix_ns: int | None = None
         self.done = threading.Event()
-        self._handover_lock = threading.Lock()
-        self._stopper_waiting = False
-        self._handover: tuple[_Chunk, int | None] | None = None
-        """The running chunk, when stop() is to finish it (see `stop`)."""
+        self._to_decode: queue.SimpleQueue[_Ended | None] = queue.SimpleQueue()
+        self._undelivered: collections.deque[_Ended] = collections.deque()
+        self._claim_lock = threading.Lock()
 
     def command(self, out: Path) -> list[str]:
         cmd = [self.pyspy, "record", "--nonblocking", "--idle", "--format", "chrometrace"]
@@ -554,26 +586,12 @@ class PySpyRecorder:
             self._thread.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop sampling and deliver the last chunk. The recorder's thread may sit at SCHED_IDLE, which on a
-        saturated host gets a fraction of a percent of a core: it only hands the running chunk over, and the
-        caller (at its own priority) finishes it, so attach ends in seconds, not a minute after --duration."""
-        with self._handover_lock:
-            self._stopper_waiting = True
+        """Stop sampling and deliver the last chunks. The pacing thread keeps the caller's priority and
+        decodes itself whatever the lowered decoder has not finished (see `_Ended`), so on a saturated host
+        attach ends in seconds, not a minute after --duration."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        with self._handover_lock:
-            self._stopper_waiting = False
-            last, self._handover = self._handover, None
-        if last is None:
-            return
-        try:
-            self._deliver(last[0], last[1], None)
-        except Exception as exc:  # reported by the orchestrator, as the thread's own errors are
-            self.error = exc
-        finally:
-            self.ended_unix_ns = time.time_ns()
-            self._close()
 
     def _launch(self) -> _Chunk:
         if self._spawner is None:
@@ -614,8 +632,8 @@ class PySpyRecorder:
         proc.wait()
         raise AttachError(f"py-spy did not start sampling process {self.pid} within {timeout_s:.0f} s")
 
-    def _finish(self, chunk: _Chunk) -> tuple[list[ThreadState], bool]:
-        """Stop one py-spy run (if still running) and decode its file. Returns (states, exited_by_itself)."""
+    def _end(self, chunk: _Chunk, cut_from: int | None, nxt: _Chunk | None) -> _Ended:
+        """Stop one py-spy run (if still running), read its file and account its cost (pacing thread)."""
         from collectors.pyspy.yielding import host_idle_jiffies, idle_cores, process_cpu_s
 
         exited_itself = chunk.proc.poll() is not None
@@ -641,36 +659,50 @@ class PySpyRecorder:
         except OSError:
             data = b""
         chunk.path.unlink(missing_ok=True)
-        try:
-            states = decode_chrometrace(data, chunk.anchor_unix_ns)
-        except msgspec.DecodeError:
-            states = []  # py-spy killed mid-write: this chunk is lost, the run goes on
-        threads = len({(s.pid, s.thread_id) for s in states})
         rate = self.governor.rate_hz
-        self.chunk_stats.append(
-            ChunkStats(rate, wall_s, cpu_s, int(samples.group(1)) if samples else None, threads)
-        )
         self.governor.after_run(cpu_s, wall_s, host_idle)
-        return states, exited_itself
+        return _Ended(
+            data=data,
+            anchor_unix_ns=chunk.anchor_unix_ns,
+            cut_from=cut_from,
+            cut_to=nxt.ready_unix_ns if nxt is not None else None,
+            final=nxt is None,
+            exited_itself=exited_itself,
+            stats=(rate, wall_s, cpu_s, int(samples.group(1)) if samples else None),
+        )
 
     def _run(self) -> None:
+        """The pacing thread, at the caller's priority: mostly asleep, it starts and stops py-spy runs on
+        time and delivers decoded chunks in order. Decoding runs on a thread at the lowest priority (with
+        `yield_cpu`), which on a saturated host may barely run: the pacing thread never waits for it."""
+        decoder = threading.Thread(target=self._decode_loop, name="gpuwatch-pyspy-decode", daemon=True)
+        decoder.start()
         try:
-            if self.yield_cpu:  # decoding and stitching: never ahead of the job
-                from collectors.pyspy.yielding import lowest_priority
-
-                # at SCHED_IDLE beside a job that keeps every core busy this thread runs rarely: 2 s chunks
-                # stretch (fewer py-spy restarts) and stop() finishes the last chunk itself. nice 19 instead
-                # ended a 6 s attach beside two CPU hogs in 17 s rather than 40, but the saturated-workers
-                # budget drifted in those runs (compute 8-17 pp short in 2 of 3, at a 2% budget then, so
-                # the two causes are not separated): kept at SCHED_IDLE
-                lowest_priority()
             self._loop()
         except Exception as exc:  # reported by the orchestrator; never an unhandled thread exception
             self.error = exc
         finally:
-            if self._handover is None:  # else stop() finishes the last chunk, then closes
-                self.ended_unix_ns = time.time_ns()
-                self._close()
+            try:
+                self._deliver_ready(everything=True)
+            except Exception as exc:
+                self.error = self.error or exc
+            self._to_decode.put(None)
+            self.ended_unix_ns = time.time_ns()
+            self._close()
+
+    def _decode_loop(self) -> None:
+        if self.yield_cpu:  # decoding: never ahead of the job
+            from collectors.pyspy.yielding import lowest_priority
+
+            lowest_priority()
+        while (item := self._to_decode.get()) is not None:
+            with self._claim_lock:
+                if item.claimed:
+                    continue
+            states = _decode_chunk(item)
+            with self._claim_lock:
+                if not item.claimed:
+                    item.states = states
 
     def _close(self) -> None:
         self.done.set()
@@ -684,17 +716,16 @@ class PySpyRecorder:
         self.started_unix_ns = cur.ready_unix_ns
         cut_from: int | None = cur.ready_unix_ns
         while True:
-            next_at = time.monotonic() + self.chunk_s
+            # while the host is saturated, py-spy restarts (2 points of a core at 2 s chunks) cost the job
+            next_at = time.monotonic() + self.chunk_s * (
+                SATURATED_CHUNK_FACTOR if self.governor.last_saturated else 1
+            )
             while not self._stop.is_set() and time.monotonic() < next_at:
                 if cur.proc.poll() is not None:
                     break
+                self._deliver_ready()
                 self._stop.wait(0.05)
             ended_early = cur.proc.poll() is not None
-            if self._stop.is_set() and not ended_early:
-                with self._handover_lock:
-                    if self._stopper_waiting:  # stop() finishes this chunk at its own priority
-                        self._handover = (cur, cut_from)
-                        return
             nxt: _Chunk | None = None
             if not self._stop.is_set() and not ended_early:
                 try:
@@ -704,21 +735,37 @@ class PySpyRecorder:
                         self.target_exited = True
                     else:
                         self.error = exc
-            self._deliver(cur, cut_from, nxt)
+            ended = self._end(cur, cut_from, nxt)
+            self._undelivered.append(ended)
+            self._to_decode.put(ended)
             if nxt is None:
                 return
             cur, cut_from = nxt, nxt.ready_unix_ns
 
-    def _deliver(self, cur: _Chunk, cut_from: int | None, nxt: _Chunk | None) -> None:
-        """Finish chunk `cur` (stop its py-spy, decode) and hand its stitched intervals to `on_chunk`; the last
-        one when `nxt` is None."""
-        cut_to = nxt.ready_unix_ns if nxt is not None else None
-        states, exited_itself = self._finish(cur)
+    def _deliver_ready(self, *, everything: bool = False) -> None:
+        """Hand the chunks the decoder has finished to `on_chunk`, in order; with `everything`, decode the
+        rest here (the decoder may be starved: never wait for it)."""
+        while self._undelivered:
+            item = self._undelivered[0]
+            with self._claim_lock:
+                states = item.states
+                if states is None:
+                    if not everything:
+                        return
+                    item.claimed = True
+            if states is None:
+                states = _decode_chunk(item)
+            self._undelivered.popleft()
+            self._deliver(item, states)
+
+    def _deliver(self, item: _Ended, states: list[ThreadState]) -> None:
+        self.chunk_stats.append(ChunkStats(*item.stats, len({(s.pid, s.thread_id) for s in states})))
         if self.keep_pid is not None:
             states = [s for s in states if self.keep_pid(s.pid)]
         self.chunks += 1
-        final = nxt is None
-        if final and exited_itself and not process_alive(self.pid):
+        if item.final and item.exited_itself and not process_alive(self.pid):
             self.target_exited = True
-        intervals = self._stitcher.feed_chunk(states, cut_from_ns=cut_from, cut_to_ns=cut_to, final=final)
-        self.on_chunk(intervals, final)
+        intervals = self._stitcher.feed_chunk(
+            states, cut_from_ns=item.cut_from, cut_to_ns=item.cut_to, final=item.final
+        )
+        self.on_chunk(intervals, item.final)

@@ -157,6 +157,8 @@ class RateGovernor:
     rate_hz: int = 0
     saturated_runs: int = 0
     """Runs during which the host was saturated (reported, with the rate they left)."""
+    last_saturated: bool = False
+    """Whether the host was saturated during the last run that counted."""
 
     def __post_init__(self) -> None:
         self.rate_hz = self.asked_hz
@@ -167,6 +169,7 @@ class RateGovernor:
             return self.rate_hz
         saturated = host_idle_cores is None or host_idle_cores < SATURATED_BELOW_CORES
         self.saturated_runs += saturated
+        self.last_saturated = saturated
         allowance = self.budget_cores * (1.0 if saturated else IDLE_BUDGET_FACTOR)
         used = cpu_s / wall_s
         if used > allowance:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 
 import numpy as np
+import pytest
 
 from collectors.pyspy.pyspy_sampler import PySpyRecorder, StackInterval, find_pyspy
 
@@ -151,3 +153,30 @@ def test_forked_child_sharing_the_parents_thread_id_is_told_apart() -> None:
         )
         covered = sum(iv.end_unix_ns - iv.start_unix_ns for iv in ivs)
         assert covered >= 0.9 * (ivs[-1].end_unix_ns - ivs[0].start_unix_ns)
+
+
+def test_stopping_never_waits_for_the_lowered_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """py-spy's output is decoded on a thread at the lowest priority, which beside a job that keeps every
+    core busy may not run for seconds. Here it never runs: stopping must still deliver every chunk, in
+    order (the pacing thread decodes them itself), instead of waiting for that thread."""
+    import collectors.pyspy.pyspy_sampler as ps
+
+    release = threading.Event()
+    decode = ps._decode_chunk
+
+    def starved(item: ps._Ended) -> list[ps.ThreadState]:
+        if threading.current_thread().name == "gpuwatch-pyspy-decode":
+            release.wait()  # the lowered thread gets no CPU until the test is over
+        return decode(item)
+
+    monkeypatch.setattr(ps, "_decode_chunk", starved)
+    try:
+        pids, got = record(TOGGLE, 3.0, chunk_s=0.5, subprocesses=False)
+    finally:
+        release.set()
+    starts = [iv.start_unix_ns for iv in got]
+    assert starts == sorted(starts)  # chunk after chunk, as recorded
+    leaves = {leaf_function(iv) for iv in got}
+    assert {"even", "odd"} <= leaves
+    covered_s = sum(iv.end_unix_ns - iv.start_unix_ns for iv in got) / 1e9
+    assert covered_s > 2.0, covered_s  # 3 s recorded, nothing lost at the cuts or the end
