@@ -192,6 +192,7 @@ _compiled: Compiled = []
 _compiled_work: Compiled = []
 _compiled_from: list[StackRule] = []
 _frame_cache: dict[tuple[str, str], tuple[StackRule | None, StackRule | None]] = {}
+_generation = 0
 
 
 def _compile(rules: list[StackRule]) -> Compiled:
@@ -205,7 +206,7 @@ def _check_tables() -> None:
     """Recompile when a table was extended (a rule added, removed, or its first or last replaced). Called
     once per stack and O(1): comparing the tables by value (dataclass equality) on every frame cost the
     in-process sampler 150 us a stack."""
-    global _compiled, _compiled_work, _compiled_from
+    global _compiled, _compiled_work, _compiled_from, _generation
     if (
         len(_compiled_from) != len(STACK_RULES) + len(LOADER_WORK_RULES)
         or not STACK_RULES
@@ -217,6 +218,7 @@ def _check_tables() -> None:
         _compiled_work = _compile(LOADER_WORK_RULES)
         _compiled_from = STACK_RULES + LOADER_WORK_RULES
         _frame_cache.clear()
+        _generation += 1
 
 
 def _first(rules: Compiled, path: str, function: str) -> StackRule | None:
@@ -243,6 +245,13 @@ def _frame_rules(filename: str, function: str) -> tuple[StackRule | None, StackR
             work = _first(_compiled_work, path, function)
         hit = _frame_cache[key] = (rule, work)
     return hit
+
+
+def rules_generation() -> int:
+    """A number that changes whenever the rule tables were extended since it was last read: a cache of
+    classified stacks is good while it stays the same."""
+    _check_tables()
+    return _generation
 
 
 def frame_rule(filename: str, function: str) -> StackRule | None:

@@ -23,7 +23,6 @@ inside one, reading the stack only down to the loader's own frame.
 from __future__ import annotations
 
 import collections
-import os
 import sys
 import threading
 import time
@@ -32,15 +31,13 @@ from typing import Any
 
 from collectors.base import Collector, RecordSink
 from collectors.hooks.hook_context import HookContext
-from collectors.stack_rules import classify_stack
+from collectors.hooks.stack_classify import classify_frame
 from gpuwatch.records import Category, SpanKind
 
 MIN_GAP_NS = 2_000
 """Gaps shorter than this are not worth a span."""
 MAX_PENDING_GAPS = 4096
 """Unsampled gaps waiting for their signature to be learned; older ones are dropped (stay unattributed)."""
-MAX_DEPTH = 128
-"""Frames read per sample (deep recursion is cut; the innermost frames decide most rules)."""
 MAX_SAMPLES_PER_GAP = 20_000
 """A gap that never closes (no hooks, no gw.step) stops collecting samples here; the last category holds."""
 PROBE_MIN_GAP_NS = 100_000
@@ -63,20 +60,15 @@ LATE_NS = 1_000_000
 GIL or the core). A wait (a read) frees both at once, so a late sample that sees a wait marks where the wait
 began: its run starts there, not at the midpoint from the previous sample (which would lend the wait part
 of the work before it; on a busy 2-core machine that put 3 points too many in data_loading)."""
-_LOADER_FILES = (
-    os.path.join("torch", "utils", "data", "dataloader.py"),
-    os.path.join("torch", "utils", "data", "_utils", "fetch.py"),
-)
-
-_OWN_DIRS = tuple(
-    os.path.dirname(os.path.abspath(path)) + os.sep
-    for path in (__file__, os.path.join(os.path.dirname(os.path.dirname(__file__)), "gpuwatch", "x"))
-)
-"""gpuwatch's own code: a stack inside it is gpuwatch's overhead, named as such."""
-_STDLIB_WAITS = ("threading.py", "queue.py", "selectors.py")
-HOST_OVERHEAD = Category.HOST_OVERHEAD.value
+BACKOFF_MAX = 4
+"""While ticks find nothing to sample (the training thread inside hooked regions, every closed gap explained
+by a learned signature), the tick interval doubles up to this many times `1 / hz`; a sample, or a gap whose
+signature is not learned yet, brings it back to `1 / hz`. Each tick costs a thread wake-up and a GIL
+hand-off with the training thread whether it samples or not."""
 DATA_LOADING = Category.DATA_LOADING.value
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
+_INFERRED = {"inferred": True}
+"""The attrs of every inferred span (one shared dict, read-only: one fewer allocation per gap)."""
 
 
 def _torch_profiler_on() -> bool:
@@ -91,14 +83,20 @@ def _torch_profiler_on() -> bool:
 class _Signature:
     counts: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    best: tuple[str, str] | None = None
+    """(category, label) with the most samples, kept as samples are added: read for every inferred gap."""
 
     def add(self, category: str, label: str, n: int) -> None:
         self.counts[category] = self.counts.get(category, 0) + n
         self.labels[category] = label
+        self.best = None
 
     def dominant(self) -> tuple[str, str]:
-        category = max(self.counts, key=lambda c: self.counts[c])
-        return category, self.labels[category]
+        best = self.best
+        if best is None:
+            category = max(self.counts, key=lambda c: self.counts[c])
+            best = self.best = (category, self.labels[category])
+        return best
 
 
 class StackSampler(Collector):
@@ -138,6 +136,9 @@ class StackSampler(Collector):
             maxlen=MAX_PENDING_GAPS
         )
         self._learned = False
+        self._unexplained = False
+        """The last drain met a gap long enough to sample (`PROBE_MIN_GAP_NS`) whose signature no sample has
+        explained yet: keep ticking at `hz`."""
         self._probed_at: dict[str, int] = {}
         self._probe_last_ns = 0
         self.samples = 0
@@ -181,13 +182,16 @@ class StackSampler(Collector):
         early when one opens during a slow wait."""
         ctx = self.ctx
         next_t = time.monotonic()
+        backoff = 1
         while not self._stop.is_set():
+            sampled = True
             try:
-                self.tick(late=time.monotonic() - next_t > LATE_NS / 1e9)
+                sampled = self.tick(late=time.monotonic() - next_t > LATE_NS / 1e9)
             except Exception as exc:
                 self._tick_failed(exc)
             fast = ctx.base_depth > 0
-            next_t += self.loader_interval_s if fast else self.interval_s
+            backoff = 1 if sampled or fast or self._unexplained else min(backoff * 2, BACKOFF_MAX)
+            next_t += self.loader_interval_s if fast else self.interval_s * backoff
             delay = next_t - time.monotonic()
             if delay < 0:  # fell behind (suspended, overloaded): skip missed ticks instead of bursting
                 next_t, delay = time.monotonic(), 0.0
@@ -195,6 +199,7 @@ class StackSampler(Collector):
             if self._wake.wait(delay):  # a loader opened (or stop): sample now
                 self._wake.clear()
                 next_t = min(self._woken_at, time.monotonic())
+                backoff = 1
             self._sleeping_slow = False
 
     def _loader_entered(self) -> None:
@@ -208,12 +213,13 @@ class StackSampler(Collector):
         self.ctx.hook_error("stack_sampler", exc)  # a bad frame must not end sampling
 
     # ---- one tick -------------------------------------------------------------------------------------
-    def tick(self, *, late: bool = False) -> None:
+    def tick(self, *, late: bool = False) -> bool:
         """Sample the training thread if it is between hooked regions; then emit spans for closed gaps.
-        `late`: this tick ran more than `LATE_NS` after it was due."""
+        `late`: this tick ran more than `LATE_NS` after it was due. Returns whether it took a sample."""
         ctx = self.ctx
         self.ticks += 1
         base = ctx.base_depth
+        sampled = False
         if ctx.depth == base and not ctx.probing:
             serial = ctx.gap_serial
             frame = sys._current_frames().get(ctx.train_ident)
@@ -223,7 +229,9 @@ class StackSampler(Collector):
                 del frame
                 self.samples += 1
                 self._add(serial, t, category, label, late)
+                sampled = True
         self._drain(final=False)
+        return sampled
 
     def _add(self, serial: int, t: int, category: str, label: str, late: bool = False) -> None:
         samples = self._samples.get(serial)
@@ -234,26 +242,8 @@ class StackSampler(Collector):
 
     @staticmethod
     def classify(frame: object, *, in_loader: bool = False) -> tuple[str, str]:
-        """(category, label) of one stack, innermost frame first. `in_loader`: the thread is inside a
-        DataLoader region, whose own frame decides with those under it (the frames above are not read)."""
-        frames: list[tuple[str, str]] = []
-        f = frame
-        while f is not None and len(frames) < MAX_DEPTH:
-            code = f.f_code  # type: ignore[attr-defined]
-            frames.append((code.co_filename, code.co_qualname))  # `Normalize.__call__`: the rules want both
-            if in_loader and code.co_filename.endswith(_LOADER_FILES):
-                break
-            f = f.f_back  # type: ignore[attr-defined]
-        rule = classify_stack(frames)
-        if rule is not None:
-            return rule.category.value, rule.label or rule.category.value
-        if any(filename.startswith(_OWN_DIRS) for filename, _ in frames):
-            return HOST_OVERHEAD, "gpuwatch (own overhead)"
-        for filename, function in frames:  # unmatched: name the innermost frame of the job's own code
-            base = os.path.basename(filename)
-            if base not in _STDLIB_WAITS:
-                return HOST_OVERHEAD, f"{base}:{function.rsplit('.', 1)[-1]}"
-        return HOST_OVERHEAD, "python"
+        """(category, label) of one stack, innermost frame first (`stack_classify.classify_frame`)."""
+        return classify_frame(frame, in_loader=in_loader)
 
     # ---- gap probes (training thread) ---------------------------------------------------------------------
     def _probe_start(self, key: str) -> bool:
@@ -288,6 +278,7 @@ class StackSampler(Collector):
     def _drain(self, final: bool) -> None:
         ctx = self.ctx
         gaps = ctx.closed_gaps
+        self._unexplained = False
         while gaps:
             try:
                 serial, start, end, key_before, key_after, inside = gaps.popleft()
@@ -322,6 +313,7 @@ class StackSampler(Collector):
             if sig is None:
                 self._pending.append((start, end, signature, inside_loader))
                 if end - start >= PROBE_MIN_GAP_NS:
+                    self._unexplained = True
                     self._want_probe(signature[0])
             else:
                 category, label = sig.dominant()
@@ -383,5 +375,5 @@ class StackSampler(Collector):
         self._pending = still
 
     def _emit(self, start: int, end: int, category: str, label: str, samples: int, *, inferred: bool) -> None:
-        attrs = {"inferred": True} if inferred else {"samples": samples}
+        attrs = _INFERRED if inferred else {"samples": samples}
         self.ctx.emit_span(start, end, STACK_SAMPLE, label, category, tid=self.ctx.train_tid, attrs=attrs)
