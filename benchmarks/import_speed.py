@@ -11,12 +11,26 @@ resident set of a process (`os.wait4`'s rusage of that very child). HTA runs in 
 `python3 -m venv /work/hta-venv && /work/hta-venv/bin/pip install traceinsight`, the package that ships
 HTA 0.6); without it the benchmark still runs and says so.
 
-Inputs: the real traces in ../shared/traces (when present) and generated ones (benchmarks/make_big_trace.py):
-a 54 MB / 216k-event trace (the size of HTA's largest test traces, with the event mix of the real
-trace_diff_control/control.json.gz) and a million-event trace. Generated files are cached in --cache.
+Inputs: the real traces in ../shared/traces (when present), real traces named with --trace, and generated
+ones (benchmarks/make_big_trace.py): a 54 MB / 216k-event trace (the size of HTA's largest test traces, with
+the event mix of the real trace_diff_control/control.json.gz) and a million-event trace. Generated files are
+cached in --cache.
 
-    python benchmarks/import_speed.py                 # everything
+The real production trace of issue 14 is HTA's own largest test trace (53.7 MB, 216,092 events):
+
+    git clone --depth 1 https://github.com/facebookresearch/HolisticTraceAnalysis /tmp/hta-src
+    python benchmarks/import_speed.py --trace /tmp/hta-src/tests/data/df_index_resolver/df_index_resolver.json.gz
+
+Scale (--scale): trace sets far beyond HTA's reach (8 ranks x 1M events, about 2 GB of JSON), imported and
+summarized as one run; the table gives events/s and peak RSS from 100k to 10M events (1 x 100k, 1 x 1M,
+8 x 1M, 8 x 1.25M). HTA is not run on them. Generating them takes about 7 minutes the first time.
+
+    python benchmarks/import_speed.py                 # shared, --trace and generated inputs
     python benchmarks/import_speed.py --only 216k     # one input
+    python benchmarks/import_speed.py --scale         # the scale table only
+
+gpuwatch's own modules are byte-compiled first (`compileall`), as `pip install` does: a checkout run with
+PYTHONDONTWRITEBYTECODE=1 would otherwise compile them in every process (0.08 s of a 0.3 s start).
 """
 
 from __future__ import annotations
@@ -99,8 +113,11 @@ def measure(make_argv: Callable[[], list[str]], repeat: int) -> Measured:
 class Input:
     label: str
     path: Path
+    """A trace file, or a directory of per-rank trace files (one run)."""
     events: int
     mbytes: float
+    hta: bool = True
+    """Also run HTA on it (not on the scale sets: far beyond its patience and this machine's memory)."""
 
 
 class _EventCount(msgspec.Struct):
@@ -108,15 +125,52 @@ class _EventCount(msgspec.Struct):
 
 
 def count_events(path: Path) -> tuple[int, float]:
-    """Events in a trace and its uncompressed size in MB."""
+    """Events in a trace (or every trace of a directory) and the uncompressed size in MB."""
+    if path.is_dir():
+        counts = [count_events(p) for p in sorted(path.glob("*.json*"))]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     return len(msgspec.json.decode(data, type=_EventCount).traceEvents), len(data) / 1e6
 
 
-def inputs(cache: Path, only: str | None) -> list[Input]:
-    """The shared real traces that exist, then the generated ones (made on first use, then cached)."""
+SCALE_SETS = (
+    ("1 x 100k", 1, 100_000),
+    ("1 x 1M", 1, 1_000_000),
+    ("8 x 1M", 8, 1_000_000),
+    ("8 x 1.25M", 8, 1_250_000),
+)
+"""The scale table: (label, ranks, events per rank)."""
+
+
+def scale_inputs(cache: Path) -> list[Input]:
+    """The scale sets, generated on first use (one directory of per-rank traces each), then cached."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from make_big_trace import GENERATOR_VERSION, generate
+
+    found = []
+    for label, ranks, events in SCALE_SETS:
+        folder = cache / f"scale_{ranks}x{events}_v{GENERATOR_VERSION}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for rank in range(ranks):
+            path = folder / f"rank{rank}.json.gz"
+            if not path.exists():
+                t = time.perf_counter()
+                tmp = path.with_name(f".{path.name}.tmp.json.gz")
+                n, size = generate(tmp, events, rank=rank)  # ranks of one 8-rank job
+                tmp.replace(path)
+                print(
+                    f"generated {path} ({n} events, {size / 1e6:.0f} MB) in {time.perf_counter() - t:.0f} s",
+                    file=sys.stderr,
+                )
+        found.append(Input(f"scale {label}", folder, *count_events(folder), hta=False))
+    return found
+
+
+def inputs(cache: Path, only: str | None, traces: list[Path]) -> list[Input]:
+    """The shared real traces that exist and those named with --trace, then the generated ones (made on
+    first use, then cached)."""
 
     def wanted(label: str) -> bool:
         return not only or only.lower() in label.lower()
@@ -131,6 +185,10 @@ def inputs(cache: Path, only: str | None) -> list[Input]:
         print(f"shared traces not found at {SHARED}: generated traces only", file=sys.stderr)
     for label, path in shared.items():
         if path.exists() and wanted(label):
+            found.append(Input(label, path, *count_events(path)))
+    for path in traces:
+        label = f"{path.name} (real, --trace)"
+        if wanted(label):
             found.append(Input(label, path, *count_events(path)))
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from make_big_trace import GENERATOR_VERSION, generate
@@ -161,12 +219,26 @@ def hta_python(arg: str | None) -> str | None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeat", type=int, default=3, help="runs per measurement (best time is kept)")
+    ap.add_argument(
+        "--repeat", type=int, help="runs per measurement, the best time kept (default 3; 1 with --scale)"
+    )
     ap.add_argument("--only", help="only inputs whose label contains this")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "gpuwatch-bench")
     ap.add_argument("--hta-python", help="python of a virtualenv where HTA imports")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--trace", type=Path, action="append", default=[], help="a real trace file to add (repeatable)"
+    )
+    ap.add_argument("--scale", action="store_true", help="the scale table (8 x 1M events and more) instead")
     args = ap.parse_args()
+    args.repeat = args.repeat or (1 if args.scale else 3)
+    for path in args.trace:
+        if not path.is_file():
+            ap.error(f"--trace {path}: no such file")
+    import compileall  # as `pip install` does: no process of the benchmark compiles gpuwatch's sources
+
+    for package in ("gpuwatch", "collectors", "reports"):
+        compileall.compile_dir(ROOT / package, quiet=1)
 
     hta = hta_python(args.hta_python)
     if hta is None:
@@ -178,7 +250,8 @@ def main() -> int:
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="gpuwatch-bench-"))
     try:
-        for inp in inputs(args.cache, args.only):
+        chosen = scale_inputs(args.cache) if args.scale else inputs(args.cache, args.only, args.trace)
+        for inp in chosen:
             row = bench_one(inp, work, hta, args.repeat)
             rows.append(row)
             print(_line(row), file=sys.stderr)
@@ -228,7 +301,7 @@ def bench_one(inp: Input, work: Path, hta: str | None, repeat: int) -> dict:
         "summary_rss_mib": summary.peak_rss_mib,
         "events_per_s": inp.events / total,
     }
-    if hta is None:
+    if hta is None or not inp.hta:
         return row
     hdir = work / "hta"  # HTA reads a directory of traces
     shutil.rmtree(hdir, ignore_errors=True)
