@@ -257,7 +257,7 @@ def main() -> int:
             print(_line(row), file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(_table(rows, hta is not None))
+    print(_table(rows, hta is not None and any("hta_s" in r for r in rows)))
     # other work on the machine slows both tools; the ratios compare runs made side by side
     print(
         f"\n{os.cpu_count()} cores, load average {load_before:.1f} before and {os.getloadavg()[0]:.1f} after; "
@@ -370,7 +370,7 @@ def _table(rows: list[dict], with_hta: bool) -> str:
             f"{r['events_per_s'] / 1e3:.0f}k",
             f"{r['import_rss_mib']:.0f} / {r['summary_rss_mib']:.0f}",
         ]
-        if with_hta:
+        if with_hta and "hta_s" in r:
             cells += [
                 f"{r['hta_s']:.2f}",
                 f"{r['hta_cpu_s']:.2f}",
