@@ -18,7 +18,8 @@ class WatchConfig:
     """Also record torch.profiler over some steps: an int n (steps 1..n), a (first, stop) pair of step
     indices or a range. None: off."""
     sample_hz: float = 50.0
-    """Stack sampler ticks per second, in Hz; 0 turns the sampler off."""
+    """Stack sampler ticks per second at most, in Hz; 0 turns the sampler off. While ticks keep finding the
+    training thread inside hooked regions and every long gap is explained, it slows to a quarter of this."""
     system_interval_s: float = 1.0
     """Seconds between two ticks of the NVML and /proc samplers."""
     hooks: bool = True
