@@ -133,7 +133,7 @@ class RankSpans:
                 perm = perm[keep[perm]]
         start, end = self.spans.get("start_ns")[perm], self.spans.get("end_ns")[perm]
         perm = perm[np.lexsort((-end, start))]
-        cols = {name: self.spans.get(name)[perm] for name in SpanColumns.__dataclass_fields__}
+        cols = {name: self.spans.get(name)[perm] for name in self.spans.cols}  # optional codes left None
         return SpanColumns(**cols)
 
     def _reader_perm(self) -> np.ndarray:
