@@ -216,6 +216,9 @@ class ImportedTrace:
     skipped: dict[str, int] = field(default_factory=dict)
     """Events not imported, by reason ("unknown cat 'foo'", "unknown phase 'Q'", "no timestamp")."""
     thread_names: dict[int, str] = field(default_factory=dict)
+    rank_source: str = "trace"
+    """Where the rank came from: "trace" (distributedInfo), "file name" (`rank3`, `rank-3`) or "order" (the
+    file's place among the traces imported together)."""
     event_categories: tuple[str, ...] = ()
     """The distinct Kineto categories of its complete events, as written (`cuda_runtime`, `Runtime`...): the
     trace's format generation, which decides how the TensorBoard plugin's Overview read it."""
@@ -298,9 +301,12 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
     trace, acc = _read_events(path, data)
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
+    rank_source = "trace"
     if rank is None or not 0 <= rank < 2**31:  # a rank column is int32; a negative rank is no rank
         m = _RANK_IN_NAME.search(path.name)
-        rank = int(m.group(1)) if m and len(m.group(1)) < 10 else default_rank
+        rank, rank_source = (
+            (int(m.group(1)), "file name") if m and len(m.group(1)) < 10 else (default_rank, "order")
+        )
     world_size = _as_int(dist.get("world_size"))
     if world_size is None or not rank < world_size < 2**31:
         world_size = rank + 1
@@ -308,7 +314,9 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
         raise TraceFormatError(f"{path} has no trace events (is it a PyTorch profiler trace?)")
     if acc.n == 0:
         raise TraceFormatError(f"{path} has no complete ('X') events gpuwatch can use")
-    return acc.finish(path, trace, rank, world_size, dist)
+    res = acc.finish(path, trace, rank, world_size, dist)
+    res.rank_source = rank_source
+    return res
 
 
 def import_traces(
@@ -324,17 +332,36 @@ def import_traces(
         UsageError: two files claim one rank, or a directory holds no trace at all.
         TraceFormatError: a corrupt or truncated trace.
     """
+    from collectors.kineto.parallel_import import import_each, worker_count
+
     files = find_trace_files(paths)
     named = {Path(p).resolve() for p in paths if Path(p).is_file()}
     results: list[ImportedTrace] = []
-    for path in files:
-        try:
-            results.append(import_trace(path, default_rank=len(results)))
-        except NotATraceError as exc:
-            if path.resolve() in named:
-                raise
-            if on_skip is not None:
-                on_skip(path, str(exc))
+    workers = worker_count(files)
+    outcomes = import_each(files, workers) if workers > 1 else None
+    try:
+        for path in files:
+            outcome: ImportedTrace | NotATraceError
+            if outcomes is None:
+                try:
+                    outcome = import_trace(path, default_rank=len(results))
+                except NotATraceError as exc:
+                    outcome = exc
+            else:
+                outcome = next(outcomes)
+                if isinstance(outcome, ImportedTrace) and outcome.rank_source == "order":
+                    if outcome.rank != len(results):  # a file before it was no trace: renumber, as in order
+                        outcome = import_trace(path, default_rank=len(results))
+            if isinstance(outcome, NotATraceError):
+                if path.resolve() in named:
+                    raise outcome
+                if on_skip is not None:
+                    on_skip(path, str(outcome))
+                continue
+            results.append(outcome)
+    finally:
+        if outcomes is not None:
+            outcomes.close()
     if not results:
         raise UsageError(f"no PyTorch profiler traces in: {' '.join(paths)}")
     seen: dict[int, Path] = {}

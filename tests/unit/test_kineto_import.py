@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ from conftest import SHARED_TRACES, run_cli, shared_trace_path, trace_files
 from synthetic_kineto import planted_rank
 
 from collectors.kineto.kineto_import import import_trace, import_traces
-from gpuwatch.errors import UsageError
+from gpuwatch.errors import TraceFormatError, UsageError
 
 # What a span is, by the Kineto category of an 'X' event (lower-cased; old traces capitalize them).
 HOST_CATS = {"cpu_op", "operator", "user_annotation", "python_function"}
@@ -388,3 +389,56 @@ def test_kind_and_category_codes_name_the_columns(trace: str) -> None:
         assert cols.kind_code is not None and cols.category_code is not None
         assert [SPAN_KINDS[k] for k in cols.kind_code.tolist()] == cols.kind.tolist()
         assert [CATEGORY_OR_NONE[c] for c in cols.category_code.tolist()] == cols.category.tolist()
+
+
+def test_ranks_imported_in_parallel_equal_the_sequential_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large multi-rank imports run one worker process per core. What comes back must equal the one-process
+    import, ranks included: from distributedInfo, from the file name, or from the file's order, which a
+    non-trace file before it must not shift (it does not in one process)."""
+    import shutil
+
+    import collectors.kineto.parallel_import as par
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    for p in trace_files(shared_trace_path("trace_filter")):
+        shutil.copy(p, folder / p.name)
+    (folder / "a_config.json").write_text('{"lr": 0.1}')  # sorted first: valid JSON, no trace
+    tr = planted_rank(2, realistic=True, distributed_info=False)
+    tr.write(folder / "z_no_rank.json")  # rank from its order among the traces
+    sequential = import_traces([str(folder)], on_skip=lambda *_: None)
+    assert [r.rank_source for r in sequential] == ["trace", "trace", "order"]
+    monkeypatch.setattr(par, "PARALLEL_MIN_BYTES", 0)
+    assert par.worker_count(trace_files(folder)) == 2 or (os.cpu_count() or 1) < 2
+    skipped: list[Path] = []
+    parallel = import_traces([str(folder)], on_skip=lambda path, why: skipped.append(path))
+    assert skipped == [folder / "a_config.json"]
+    assert [(r.path, r.rank, r.world_size, r.rank_source) for r in parallel] == [
+        (r.path, r.rank, r.world_size, r.rank_source) for r in sequential
+    ]
+    for a, b in zip(parallel, sequential, strict=True):
+        _same_columns(a.spans, b.spans)
+    with pytest.raises(UsageError, match="no such file"):
+        import_traces([str(folder / "missing.json")])
+
+
+def test_a_worker_that_cannot_run_leaves_the_import_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No usable worker interpreter (an embedded Python whose sys.executable is not python): the traces are
+    imported here instead, and a corrupt one still fails as it would."""
+    import collectors.kineto.parallel_import as par
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    for rank in (0, 1):
+        planted_rank(2, realistic=True, rank=rank, world_size=2).write(folder / f"rank{rank}.json")
+    monkeypatch.setattr(par, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(par.sys, "executable", "/bin/false")
+    got = import_traces([str(folder)])
+    assert [r.rank for r in got] == [0, 1]
+    (folder / "rank1.json").write_text('{"traceEvents": [')
+    with pytest.raises(TraceFormatError, match="not valid JSON"):
+        import_traces([str(folder)])
