@@ -423,6 +423,9 @@ def _clamp_before(states: list[ThreadState], cut_ns: int) -> list[ThreadState]:
 # ---- the chunked recorder -----------------------------------------------------------------------------
 
 
+POLL_S = 0.25
+"""How often the pacing thread (at the job's priority) looks for a py-spy run that ended by itself and for
+decoded chunks to deliver: each wake-up can preempt the job on a host whose cores it keeps busy."""
 SATURATED_CHUNK_FACTOR = 3
 """While the host is saturated, py-spy runs last this many chunks (its restarts cost a third; the live run
 directory lags by that much more)."""
@@ -724,7 +727,7 @@ class PySpyRecorder:
                 if cur.proc.poll() is not None:
                     break
                 self._deliver_ready()
-                self._stop.wait(0.05)
+                self._stop.wait(POLL_S)
             ended_early = cur.proc.poll() is not None
             nxt: _Chunk | None = None
             if not self._stop.is_set() and not ended_early:
