@@ -57,6 +57,7 @@ WARMUP_STEPS = 5
 
 
 LOOP_DEFAULTS = {"mlp": (64, 1024), "small": (64, 64)}
+LOOP_STEPS = {"mlp": 30, "small": 300}
 """(batch, width) per loop: `mlp` steps take 10-50 ms, `small` steps about 3 ms on a quiet 2-core VM."""
 
 
@@ -319,7 +320,13 @@ MODES = ("bare", "watch", "profiler", "traceml")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=12)
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per block (default: 30 for mlp, 300 for small: about a second either way, so the "
+        "watch's start-up, a fixed cost, does not stand for its per-step cost)",
+    )
     p.add_argument("--loop", choices=sorted(LOOP_DEFAULTS), default="mlp")
     p.add_argument("--batch", type=int, default=None, help="default: 64 (mlp), 64 (small)")
     p.add_argument("--width", type=int, default=None, help="default: 1024 (mlp), 64 (small)")
@@ -332,6 +339,7 @@ def parse_args() -> argparse.Namespace:
     batch, width = LOOP_DEFAULTS[args.loop]
     args.batch = args.batch or batch
     args.width = args.width or width
+    args.steps = args.steps or LOOP_STEPS[args.loop]
     asked = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(asked) - set(MODES))
     if unknown:
