@@ -54,8 +54,9 @@ class _Args(msgspec.Struct, omit_defaults=True, gc=False):
     labels: Any = None
 
 
-class _Event(msgspec.Struct, gc=False):  # scalars and Raw only: no cycles to track
-    ph: str = ""
+class _EventFields(msgspec.Struct, gc=False):  # scalars and Raw only: no cycles to track
+    """The fields of an event gpuwatch reads (its phase aside)."""
+
     cat: str | None = None
     name: str | int | float | None = ""
     pid: int | str = 0
@@ -65,21 +66,18 @@ class _Event(msgspec.Struct, gc=False):  # scalars and Raw only: no cycles to tr
     args: msgspec.Raw = msgspec.Raw(b"null")  # decoded later, only for the events that need it
 
 
+class _Event(_EventFields):
+    ph: str = ""
+
+
 _IGNORED_PHASES = {"M", "s", "f", "t", "i", "I", "C", "R", "n", "b", "e", "N", "O", "D", "P", "p"}
 _QUIET_PHASES = (_IGNORED_PHASES - {"M"}) | {"X"}
 
 
-class _Complete(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+class _Complete(_EventFields, tag_field="ph", tag="X"):
     """A complete ("X") event: `_Event` with its phase as the tag of a union (see `_TaggedEvent`)."""
 
     ph: ClassVar[str] = "X"
-    cat: str | None = None
-    name: str | int | float | None = ""
-    pid: int | str = 0
-    tid: int | str = 0
-    ts: float | str | None = None
-    dur: float | str | None = None
-    args: msgspec.Raw = msgspec.Raw(b"null")
 
 
 class _Metadata(_Complete, tag="M"):
