@@ -233,6 +233,12 @@ class SpanColumns:
         step = np.diff(start)
         return bool(((step > 0) | ((step == 0) & (end[1:] <= end[:-1]))).all())
 
+    def sorted_as_reader(self) -> SpanColumns:
+        """These spans in the reader's order (`in_reader_order`): themselves when already so, else a copy."""
+        import numpy as np
+
+        return self if self.in_reader_order() else self.take(np.lexsort((-self.end_ns, self.start_ns)))
+
     def take(self, rows: np.ndarray) -> SpanColumns:
         """The spans at `rows` (indices or a boolean mask), every column alike; a column left None stays None."""
         columns: dict[str, Any] = {}

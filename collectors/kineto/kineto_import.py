@@ -805,8 +805,7 @@ class _Accumulator:
             category_code=cat_code,
         )
         col.clear()
-        if not cols.in_reader_order():
-            cols = cols.take(np.lexsort((-end_ns, start_ns)))  # once, here: the analysis reads it as it is
+        cols = cols.sorted_as_reader()  # once, here: the analysis reads it as it is
         return ImportedTrace(
             path=path,
             rank=rank,
