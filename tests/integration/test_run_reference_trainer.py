@@ -1,12 +1,16 @@
 """The reference trainer with its own gpuwatch calls off (`--no-gpuwatch`) under `gpuwatch run`: every budget
-category within 2 pp of what its built-in watch gives, naive and fixed, 2 ranks.
+category within 0.5 pp of what its built-in watch gives, naive and fixed, 2 ranks.
 
 Both budgets come from one execution, so the machine's run-to-run noise (several pp between two runs of one
 configuration on these shared cores) stays out of it: the budget of the steps `gpuwatch run` found (optimizer
 steps; on the manager-node rank that never steps an optimizer, the loop's structure) against the same spans
 cut where the built-in watch's `gw.step()` cuts them (the trainer logs each step's wall-clock end,
 `end_unix_ns`, right before its `gw.step()`). Everything else the built-in watch records is the same
-collectors. `benchmarks/run_vs_watch.py` compares separate runs, built-in watch against `gpuwatch run`.
+collectors. Both are taken over the same stretch of the loop: `gpuwatch run`'s steps end at the last optimizer
+step or, from the loop's structure, at the last wrap to the top of the loop, so the rest of the last iteration
+(its checkpoint; on the manager node the whole last iteration, one of 16) is not in its budget, by design (see
+`gpuwatch.capture.auto_steps`). The built-in watch's bounds are cut there too; what the run covers is checked
+on its own. `benchmarks/run_vs_watch.py` compares separate runs, built-in watch against `gpuwatch run`.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import summary_json
 from reference_trainer_support import shared_data_root
-from run_support import budget_at, gpuwatch_run
+from run_support import budget_at, gpuwatch_run, step_extent_unix_ns
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +52,12 @@ def test_run_gives_the_budget_of_the_built_in_watch(tmp_path: Path, preset: str)
     if preset == "naive":  # the manager node: only rank 0 has an optimizer
         assert "rank 1 (pid" in notes and "training loop's structure" in notes
     for r in doc["ranks"]:
-        built_in = budget_at(out, r["rank"], trainer_bounds(trainer_dir, r["rank"]))
+        bounds = trainer_bounds(trainer_dir, r["rank"])
+        steps, first_ns, last_ns = step_extent_unix_ns(out, r["rank"])
+        # every iteration but the last is a step; the last one's end is the only part left out
+        assert steps >= STEPS - 1 and abs(first_ns - bounds[0]) < 0.05 * (bounds[1] - bounds[0])
+        near_ns = 0.05 * (bounds[-1] - bounds[-2])
+        assert bounds[-2] - near_ns <= last_ns <= bounds[-1], (steps, last_ns, bounds)
+        built_in = budget_at(out, r["rank"], [b for b in bounds if b < last_ns - near_ns] + [last_ns])
         diffs = {c: round(r["budget_pct"][c] - built_in[c], 2) for c in built_in}
-        assert max(abs(d) for d in diffs.values()) <= 2.0, (r["rank"], diffs, r["budget_pct"])
+        assert max(abs(d) for d in diffs.values()) <= 0.5, (r["rank"], diffs, r["budget_pct"])

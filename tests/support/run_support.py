@@ -82,3 +82,15 @@ def budget_at(run_dir: Path, rank: int, bounds_unix_ns: list[int]) -> dict[str, 
     )
     totals = compute_rank_budget(rank, merged).total_pct()
     return {c.value: totals[c] for c in CATEGORIES}
+
+
+def step_extent_unix_ns(run_dir: Path, rank: int) -> tuple[int, int, int]:
+    """(steps, first start, last end) of the steps one rank of a run recorded, the ends in unix ns."""
+    reader = RunReader(run_dir)
+    try:
+        cols = reader.span_columns(rank)
+        anchor = reader.anchor_unix_ns
+    finally:
+        reader.close()
+    is_step = cols.kind == SpanKind.STEP.value
+    return int(is_step.sum()), int(cols.start_ns[is_step].min()) + anchor, int(cols.end_ns[is_step].max()) + anchor
