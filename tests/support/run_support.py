@@ -93,4 +93,8 @@ def step_extent_unix_ns(run_dir: Path, rank: int) -> tuple[int, int, int]:
     finally:
         reader.close()
     is_step = cols.kind == SpanKind.STEP.value
-    return int(is_step.sum()), int(cols.start_ns[is_step].min()) + anchor, int(cols.end_ns[is_step].max()) + anchor
+    return (
+        int(is_step.sum()),
+        int(cols.start_ns[is_step].min()) + anchor,
+        int(cols.end_ns[is_step].max()) + anchor,
+    )
