@@ -8,6 +8,13 @@ for each pair of clock domains (a host; under torchrun a node) the median over m
 difference of their ranks' end times is the offset between their clocks. The domain of the lowest rank is
 the reference; every other domain's offset is relative to it and is taken out of its ranks' times before any
 cross-rank figure (`cross_rank.analyze_cross_rank`).
+
+The median is then kept within what every collective proves: no rank leaves a collective before the last
+one entered it, so a domain's offset is at least (its rank's start - the reference rank's end) and at most
+(its rank's end - the reference rank's start). A recorded start is never later, nor a recorded end earlier,
+than the call itself, so a busy host's scheduling delays only widen these bounds: the tightest of them hold
+where the median of end times was pulled off by one side being late to record its ends. Bounds that
+contradict each other (a collective matched wrongly) are not used.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import numpy as np
 
 MIN_COLLECTIVES = 3
 """Fewer matched collectives between two domains than this: no estimate (offset 0)."""
+_FAR_NS = (-(2**62), 2**62)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +57,16 @@ def estimate_offsets(
         return ClockOffsets({}, {}, 0, {})
     ref = domains[ranks[0]]
     diffs: dict[str, list[int]] = defaultdict(list)
+    low_ns: dict[str, int] = {}
+    high_ns: dict[str, int] = {}
     used = 0
     for per_rank in arrivals.values():
         ends: dict[str, list[int]] = defaultdict(list)
-        for r, (_, e, _) in per_rank.items():
+        starts: dict[str, list[int]] = defaultdict(list)
+        for r, (s, e, _) in per_rank.items():
             if r in domains:
                 ends[domains[r]].append(e)
+                starts[domains[r]].append(s)
         if ref not in ends or len(ends) < 2:
             continue
         used += 1
@@ -62,12 +74,16 @@ def estimate_offsets(
         for d, values in ends.items():
             if d != ref:
                 diffs[d].append(int(round(float(np.median(values)) - ref_end)))
+                low_ns[d] = max(low_ns.get(d, _FAR_NS[0]), max(starts[d]) - min(ends[ref]))
+                high_ns[d] = min(high_ns.get(d, _FAR_NS[1]), min(ends[d]) - max(starts[ref]))
     per_domain: dict[str, int] = {}
     spread: dict[str, int] = {}
     for d, values in diffs.items():
         if len(values) >= MIN_COLLECTIVES:
             arr = np.array(values, dtype=np.float64)
             per_domain[d] = int(round(float(np.median(arr))))
+            if low_ns[d] <= high_ns[d]:
+                per_domain[d] = min(max(per_domain[d], low_ns[d]), high_ns[d])
             q1, q3 = np.percentile(arr, [25, 75])
             spread[d] = int(round(float(q3 - q1)))
     return ClockOffsets(

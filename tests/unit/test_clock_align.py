@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from labeled_run import MS, LabeledPlan, write_labeled_run
 
+from gpuwatch.attribution.clock_align import estimate_offsets
 from gpuwatch.attribution.summary import Summary, load_summary
 
 SKEW_NS = -7 * MS - 123_456  # host-b's clock runs 7.12 ms behind: larger than the planted waits
@@ -51,3 +52,26 @@ def test_without_alignment_the_skew_would_invert_who_waits(tmp_path: Path) -> No
     assert wrong.ranks[1].clock_offset_ms == 0.0
     assert wrong.straggler is not None and wrong.straggler.rank == 0  # rank 1 looks early: it "waits"
     assert truth.ranks[0].sync_split_pct.wait > 4 and wrong.ranks[0].sync_split_pct.wait == 0.0
+
+
+def test_an_estimate_pulled_off_by_late_recorded_ends_is_kept_within_what_the_collectives_prove() -> None:
+    """Rank 1 (host-b, clock 5 ms behind) arrives last at every collective, 4 ms after rank 0; both leave
+    it 0.1 ms after it arrived. A busy host-a records rank 0's end 1.5 ms late in 2 of every 3 collectives,
+    so the median of end times says -6.4 ms. The collectives where it did not prove the offset is at least
+    -5.1 ms (rank 1 entered before rank 0 left)."""
+    skew, late = -5 * MS, 1_500_000
+    arrivals = {}
+    for i in range(12):
+        t0 = i * 20 * MS
+        end = t0 + 4 * MS + 100_000
+        arrivals[i] = {
+            0: (t0, end + (late if i % 3 else 0), i),
+            1: (t0 + 4 * MS + skew, end + skew, i),
+        }
+    median_only = sorted(arrivals[i][1][1] - arrivals[i][0][1] for i in arrivals)[6]
+    assert median_only == skew - late  # what the median alone would say
+    clocks = estimate_offsets(arrivals, {0: "host-a", 1: "host-b"})
+    assert clocks.offsets_ns == {0: 0, 1: skew - 100_000}  # the bound: within the 0.1 ms transfer
+    # bounds that contradict each other (a collective matched wrongly) leave the median as it was
+    arrivals[99] = {0: (0, 1, 0), 1: (50 * MS, 51 * MS, 0)}
+    assert estimate_offsets(arrivals, {0: "host-a", 1: "host-b"}).offsets_ns[1] == skew - late
