@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 if TYPE_CHECKING:  # only annotations: the records stay importable without loading numpy
     import numpy as np
 
@@ -104,9 +106,12 @@ class Run:
     """Free-form facts (device names, trace file, DataLoader settings, hook errors)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
-    """An interval on one host thread or one device stream."""
+class Span(msgspec.Struct, frozen=True, gc=False):
+    """An interval on one host thread or one device stream.
+
+    A msgspec Struct, not a dataclass: hooks build one on the training thread per region, and a Struct is
+    built in 0.3 µs against 3.7-5.7 µs for the frozen dataclass it was (keyword arguments, this VM); the
+    writer encodes it to the same JSON. `gc=False`: its fields never form a cycle."""
 
     rank: int
     kind: str
@@ -136,8 +141,7 @@ class Span:
     """Anything else (collective name, group size, dtype, file path...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(msgspec.Struct, frozen=True, gc=False):
     """A gauge at a point in time; the unit lives in `metric` (`gpu_util_pct`, `mem_used_bytes`, `power_mw`)."""
 
     rank: int

@@ -189,9 +189,9 @@ def _span(
 
 
 def _with(span: Span, **fields: object) -> Span:
-    from dataclasses import replace
+    import msgspec
 
-    return replace(span, **fields)  # type: ignore[arg-type]
+    return msgspec.structs.replace(span, **fields)
 
 
 def write_synthetic_run(run_dir: str | Path, *, steps: int = 100, **kwargs: object) -> Path:
