@@ -144,32 +144,35 @@ class HookContext:
     ) -> int:
         """Close a region opened by `begin` and emit its span; returns its end (ns)."""
         t = time.perf_counter_ns() + self._offset_ns
-        on_train = threading.get_ident() == self.train_ident
-        if on_train:
+        if threading.get_ident() == self.train_ident:
             self._leave(t, key or name)
-        self._emit_thread_span(start_ns, t, on_train, kind, name, category, fields)
+            tid = self.train_tid
+        else:
+            tid = threading.get_native_id()
+        # the span is built here, not through emit_span: once per hooked region on the training thread
+        self.sink.emit_span(
+            Span(
+                rank=self.rank,
+                kind=kind,
+                name=name,
+                start_ns=start_ns,
+                end_ns=t,
+                category=category,
+                pid=self.pid,
+                tid=tid,
+                step=self.step,
+                **fields,
+            )
+        )
         return t
 
     def emit_since(self, start_ns: int, kind: str, name: str, category: str | None, **fields: Any) -> int:
         """Emit a span of the calling thread from `start_ns` until now without a hooked region (a short
         call the sampler may overlap, a label-only user span); returns its end (ns)."""
         t = time.perf_counter_ns() + self._offset_ns
-        on_train = threading.get_ident() == self.train_ident
-        self._emit_thread_span(start_ns, t, on_train, kind, name, category, fields)
+        tid = self.train_tid if threading.get_ident() == self.train_ident else threading.get_native_id()
+        self.emit_span(start_ns, t, kind, name, category, tid=tid, step=self.step, **fields)
         return t
-
-    def _emit_thread_span(
-        self,
-        start_ns: int,
-        end_ns: int,
-        on_train: bool,
-        kind: str,
-        name: str,
-        category: str | None,
-        fields: dict[str, Any],
-    ) -> None:
-        tid = self.train_tid if on_train else threading.get_native_id()
-        self.emit_span(start_ns, end_ns, kind, name, category, tid=tid, step=self.step, **fields)
 
     def emit_span(
         self, start_ns: int, end_ns: int, kind: str, name: str, category: str | None, **fields: Any
@@ -346,10 +349,17 @@ def _never() -> bool:
 _compiling: Callable[[], bool] = _never
 
 
+_MODULES = sys.modules
+_DYNAMO = "torch._dynamo"
+
+
 def current() -> HookContext | None:
     """The active context, or None when not watching or while torch.compile traces the caller: a hook
-    traced into a graph would break it (timing calls cannot be compiled), so hooks step aside there."""
+    traced into a graph would break it (timing calls cannot be compiled), so hooks step aside there.
+
+    Only asked of torch once torch.compile's tracer is loaded: until then nothing can be tracing, and every
+    hook call (seven a step in a plain loop) saves torch's two-call check."""
     ctx = ACTIVE
-    if ctx is None or _compiling():
+    if ctx is None or (_DYNAMO in _MODULES and _compiling()):
         return None
     return ctx
