@@ -30,6 +30,8 @@ T = TypeVar("T")
 DEFAULT_RATE_HZ = 100
 DEFAULT_CHUNK_S = 2.0
 WORKER_CHUNK_S = 10.0
+CHILDREN_CHECK_S = 2.0
+"""How often attach looks for the target's first child processes (DataLoader workers) to sample them."""
 DEFAULT_CPU_BUDGET_PCT = 5.0
 """py-spy's CPU allowance for the training process, percent of one core (3.9% measured at 100 Hz)."""
 
@@ -365,8 +367,13 @@ def attach(
         )
     t0 = time.monotonic()
     recorder.start()  # from this thread, still at normal priority: py-spy starts with an accurate clock
-    if workers is not None:
+    # the workers' py-spy only once the target has children: following none cost 1.6% of a core (its
+    # --subprocesses scans and restarts) beside a job without DataLoader workers
+    workers_on = False
+    if workers is not None and _has_children(opts.pid):
+        workers_on = True
         workers.start()
+    next_children_check = t0 + CHILDREN_CHECK_S
     # the /proc and NVML samplers' threads at the lowest priority; the caller's thread keeps its own
     samplers = _started_lowered(opts, lambda: _start_system_samplers(opts, anchor, rank, writer))
     next_progress = t0 + progress_every_s
@@ -375,6 +382,11 @@ def attach(
             if opts.duration_s is not None and time.monotonic() - t0 >= opts.duration_s:
                 break
             stop.wait(0.1)
+            if workers is not None and not workers_on and time.monotonic() >= next_children_check:
+                next_children_check += CHILDREN_CHECK_S
+                if _has_children(opts.pid):
+                    workers_on = True
+                    workers.start()
             if progress is not None and time.monotonic() >= next_progress:
                 next_progress += progress_every_s
                 progress(_progress_line(time.monotonic() - t0, stacks))
@@ -392,7 +404,7 @@ def attach(
         placer.finish()
         target_exited = recorder.target_exited or not process_alive(opts.pid)
         report = _final_report(opts, stacks, recorder, busy_sampler, placer, target_exited)
-        report["sampling"] = sampling_report(recorder, workers, stacks)
+        report["sampling"] = sampling_report(recorder, workers if workers_on else None, stacks)
         if workers is not None and workers.error is not None and not target_exited:
             writer.note("attach_workers_sampler", f"worker sampling stopped: {workers.error}")
         writer.set_meta(attach={**run.meta["attach"], **report})
@@ -405,6 +417,16 @@ def attach(
             raise err
         raise AttachError(f"{err} (the run so far is kept in {out_dir})")
     return AttachResult(out_dir, status, report["sampled_s"], report)
+
+
+def _has_children(pid: int) -> bool:
+    """Whether process `pid` has a live child (one scan of /proc; False when it cannot be read)."""
+    from collectors.system.proc_sampler import all_processes
+
+    try:
+        return any(stat.ppid == pid for stat in all_processes().values())
+    except OSError:
+        return False
 
 
 def _progress_line(elapsed_s: float, stacks: Any) -> str:
