@@ -423,11 +423,14 @@ def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0
     marker = b"sampling process" if is_attach else b"Sampling process"
     assert stream is not None
     deadline = time.monotonic() + timeout_s
+    seen: list[bytes] = []
     while time.monotonic() < deadline:
         line = stream.readline()
         if not line:
             _, err = proc.communicate()
-            raise SystemExit(f"{mode} ended before sampling: {err.decode(errors='replace')[-500:]}")
+            said = (b"".join(seen) + (err or b"")).decode(errors="replace")[-1500:]
+            raise SystemExit(f"{mode} ended before sampling (exit code {proc.returncode}): {said}")
+        seen.append(line)
         if marker in line:
             return
     proc.kill()

@@ -426,9 +426,10 @@ def _clamp_before(states: list[ThreadState], cut_ns: int) -> list[ThreadState]:
 POLL_S = 0.25
 """How often the pacing thread (at the job's priority) looks for a py-spy run that ended by itself and for
 decoded chunks to deliver: each wake-up can preempt the job on a host whose cores it keeps busy."""
-SATURATED_CHUNK_FACTOR = 3
-"""While the host is saturated, py-spy runs last this many chunks (its restarts cost a third; the live run
-directory lags by that much more)."""
+SATURATED_CHUNK_FACTOR = 5
+"""While the host is saturated, py-spy runs last this many chunks (10 s at the default 2 s chunk): each restart
+parses the target's symbols again at the job's priority, so they cost a fifth; the live run directory lags by
+that much more."""
 
 
 @dataclass
@@ -440,6 +441,8 @@ class _Chunk:
     """When py-spy said it was sampling: the cut between this chunk and the previous one."""
     idle_jiffies: int | None = None
     """The host's idle CPU ticks at `ready_unix_ns` (was the host saturated while this chunk ran?)."""
+    rate_hz: int = 0
+    """The rate this run samples at."""
 
 
 @dataclass(slots=True)
@@ -617,7 +620,7 @@ class PySpyRecorder:
             self.priority = lower_process(proc.pid)
         from collectors.pyspy.yielding import host_idle_jiffies
 
-        return _Chunk(proc, path, anchor, ready, host_idle_jiffies())
+        return _Chunk(proc, path, anchor, ready, host_idle_jiffies(), self.governor.rate_hz)
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         """Block until py-spy prints that it samples; returns that time. Raises the mapped failure."""
@@ -635,14 +638,25 @@ class PySpyRecorder:
         proc.wait()
         raise AttachError(f"py-spy did not start sampling process {self.pid} within {timeout_s:.0f} s")
 
-    def _end(self, chunk: _Chunk, cut_from: int | None, nxt: _Chunk | None) -> _Ended:
-        """Stop one py-spy run (if still running), read its file and account its cost (pacing thread)."""
+    def _cost(self, chunk: _Chunk) -> tuple[float | None, float, float | None]:
+        """(py-spy's CPU seconds, wall seconds, host's idle cores) of a run so far."""
         from collectors.pyspy.yielding import host_idle_jiffies, idle_cores, process_cpu_s
 
-        exited_itself = chunk.proc.poll() is not None
-        cpu_s = None if exited_itself else process_cpu_s(chunk.proc.pid)
+        cpu_s = None if chunk.proc.poll() is not None else process_cpu_s(chunk.proc.pid)
         wall_s = (time.time_ns() - chunk.ready_unix_ns) / 1e9
-        host_idle = idle_cores(chunk.idle_jiffies, host_idle_jiffies(), wall_s)
+        return cpu_s, wall_s, idle_cores(chunk.idle_jiffies, host_idle_jiffies(), wall_s)
+
+    def _end(
+        self,
+        chunk: _Chunk,
+        cut_from: int | None,
+        nxt: _Chunk | None,
+        cost: tuple[float | None, float, float | None] | None = None,
+    ) -> _Ended:
+        """Stop one py-spy run (if still running), read its file and account its cost (pacing thread).
+        `cost`: what `_cost` said just before the next run was launched, already given to the governor."""
+        exited_itself = chunk.proc.poll() is not None
+        cpu_s, wall_s, host_idle = cost if cost is not None else self._cost(chunk)
         if not exited_itself:
             chunk.proc.send_signal(signal.SIGINT)
         try:
@@ -662,8 +676,8 @@ class PySpyRecorder:
         except OSError:
             data = b""
         chunk.path.unlink(missing_ok=True)
-        rate = self.governor.rate_hz
-        self.governor.after_run(cpu_s, wall_s, host_idle)
+        if cost is None:
+            self.governor.after_run(cpu_s, wall_s, host_idle)
         return _Ended(
             data=data,
             anchor_unix_ns=chunk.anchor_unix_ns,
@@ -671,7 +685,7 @@ class PySpyRecorder:
             cut_to=nxt.ready_unix_ns if nxt is not None else None,
             final=nxt is None,
             exited_itself=exited_itself,
-            stats=(rate, wall_s, cpu_s, int(samples.group(1)) if samples else None),
+            stats=(chunk.rate_hz, wall_s, cpu_s, int(samples.group(1)) if samples else None),
         )
 
     def _run(self) -> None:
@@ -730,7 +744,12 @@ class PySpyRecorder:
                 self._stop.wait(POLL_S)
             ended_early = cur.proc.poll() is not None
             nxt: _Chunk | None = None
+            cost = None
             if not self._stop.is_set() and not ended_early:
+                # the next run's rate from this run's cost so far: decided after it ended, the rate would
+                # lag a whole run, and an attach of a few runs would never keep to its budget
+                cost = self._cost(cur)
+                self.governor.after_run(*cost)
                 try:
                     nxt = self._launch()
                 except Exception as exc:
@@ -738,7 +757,7 @@ class PySpyRecorder:
                         self.target_exited = True
                     else:
                         self.error = exc
-            ended = self._end(cur, cut_from, nxt)
+            ended = self._end(cur, cut_from, nxt, cost)
             self._undelivered.append(ended)
             self._to_decode.put(ended)
             if nxt is None:
