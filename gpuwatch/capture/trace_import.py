@@ -99,7 +99,11 @@ def _fork_writer(write_all, failure: list[BaseException]) -> int | None:
     if not hasattr(os, "fork") or threading.active_count() > 1:
         return None
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()  # a buffered line must not be printed by both processes
+        try:
+            if stream is not None:
+                stream.flush()  # a buffered line must not be printed by both processes
+        except (OSError, ValueError):  # a closed or broken stream: nothing of ours is waiting in it
+            pass
     try:
         pid = os.fork()
     except OSError:
