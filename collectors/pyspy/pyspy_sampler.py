@@ -423,6 +423,12 @@ def _clamp_before(states: list[ThreadState], cut_ns: int) -> list[ThreadState]:
 # ---- the chunked recorder -----------------------------------------------------------------------------
 
 
+def _own_cpu_s() -> float:
+    """This process's user + system CPU seconds (all its threads)."""
+    t = os.times()
+    return t.user + t.system
+
+
 POLL_S = 0.25
 """How often the pacing thread (at the job's priority) looks for a py-spy run that ended by itself and for
 decoded chunks to deliver: each wake-up can preempt the job on a host whose cores it keeps busy."""
@@ -443,6 +449,25 @@ class _Chunk:
     """The host's idle CPU ticks at `ready_unix_ns` (was the host saturated while this chunk ran?)."""
     rate_hz: int = 0
     """The rate this run samples at."""
+    cpu_at_ready_s: float | None = None
+    """py-spy's CPU seconds when it said it samples: its start-up (parsing the target's symbols), which the
+    chunk length pays for, not the rate."""
+    own_cpu_at_ready_s: float = 0.0
+    """This process's CPU seconds then (gpuwatch's own work is not the job's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RunCost:
+    """What one py-spy run cost so far (`PySpyRecorder._cost`)."""
+
+    cpu_s: float | None
+    """py-spy's CPU seconds in all, start-up included (reported)."""
+    sampling_cpu_s: float | None
+    """Its CPU seconds since it said it samples (what the rate governs)."""
+    wall_s: float
+    spare_cores: float | None
+    """Cores the job left: idle ones, plus what py-spy and this process used. An attach starting up (its
+    imports, py-spy's start-up) must not make an idle host look saturated and cut the rate for nothing."""
 
 
 @dataclass(slots=True)
@@ -618,9 +643,18 @@ class PySpyRecorder:
             from collectors.pyspy.yielding import lower_process
 
             self.priority = lower_process(proc.pid)
-        from collectors.pyspy.yielding import host_idle_jiffies
+        from collectors.pyspy.yielding import host_idle_jiffies, process_cpu_s
 
-        return _Chunk(proc, path, anchor, ready, host_idle_jiffies(), self.governor.rate_hz)
+        return _Chunk(
+            proc,
+            path,
+            anchor,
+            ready,
+            host_idle_jiffies(),
+            self.governor.rate_hz,
+            process_cpu_s(proc.pid),
+            _own_cpu_s(),
+        )
 
     def _wait_ready(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         """Block until py-spy prints that it samples; returns that time. Raises the mapped failure."""
@@ -638,25 +672,31 @@ class PySpyRecorder:
         proc.wait()
         raise AttachError(f"py-spy did not start sampling process {self.pid} within {timeout_s:.0f} s")
 
-    def _cost(self, chunk: _Chunk) -> tuple[float | None, float, float | None]:
-        """(py-spy's CPU seconds, wall seconds, host's idle cores) of a run so far."""
+    def _cost(self, chunk: _Chunk) -> _RunCost:
+        """What a run cost so far, and the cores the job left meanwhile."""
         from collectors.pyspy.yielding import host_idle_jiffies, idle_cores, process_cpu_s
 
         cpu_s = None if chunk.proc.poll() is not None else process_cpu_s(chunk.proc.pid)
         wall_s = (time.time_ns() - chunk.ready_unix_ns) / 1e9
-        return cpu_s, wall_s, idle_cores(chunk.idle_jiffies, host_idle_jiffies(), wall_s)
+        sampling = None if cpu_s is None or chunk.cpu_at_ready_s is None else cpu_s - chunk.cpu_at_ready_s
+        idle = idle_cores(chunk.idle_jiffies, host_idle_jiffies(), wall_s)
+        spare = idle
+        if idle is not None and wall_s > 0:
+            ours = (_own_cpu_s() - chunk.own_cpu_at_ready_s) + (sampling or 0.0)
+            spare = idle + max(0.0, ours) / wall_s
+        return _RunCost(cpu_s, sampling, wall_s, spare)
 
     def _end(
         self,
         chunk: _Chunk,
         cut_from: int | None,
         nxt: _Chunk | None,
-        cost: tuple[float | None, float, float | None] | None = None,
+        cost: _RunCost | None = None,
     ) -> _Ended:
         """Stop one py-spy run (if still running), read its file and account its cost (pacing thread).
         `cost`: what `_cost` said just before the next run was launched, already given to the governor."""
         exited_itself = chunk.proc.poll() is not None
-        cpu_s, wall_s, host_idle = cost if cost is not None else self._cost(chunk)
+        spent = cost if cost is not None else self._cost(chunk)
         if not exited_itself:
             chunk.proc.send_signal(signal.SIGINT)
         try:
@@ -677,7 +717,7 @@ class PySpyRecorder:
             data = b""
         chunk.path.unlink(missing_ok=True)
         if cost is None:
-            self.governor.after_run(cpu_s, wall_s, host_idle)
+            self.governor.after_run(spent.sampling_cpu_s, spent.wall_s, spent.spare_cores)
         return _Ended(
             data=data,
             anchor_unix_ns=chunk.anchor_unix_ns,
@@ -685,7 +725,7 @@ class PySpyRecorder:
             cut_to=nxt.ready_unix_ns if nxt is not None else None,
             final=nxt is None,
             exited_itself=exited_itself,
-            stats=(chunk.rate_hz, wall_s, cpu_s, int(samples.group(1)) if samples else None),
+            stats=(chunk.rate_hz, spent.wall_s, spent.cpu_s, int(samples.group(1)) if samples else None),
         )
 
     def _run(self) -> None:
@@ -749,7 +789,7 @@ class PySpyRecorder:
                 # the next run's rate from this run's cost so far: decided after it ended, the rate would
                 # lag a whole run, and an attach of a few runs would never keep to its budget
                 cost = self._cost(cur)
-                self.governor.after_run(*cost)
+                self.governor.after_run(cost.sampling_cpu_s, cost.wall_s, cost.spare_cores)
                 try:
                     nxt = self._launch()
                 except Exception as exc:

@@ -73,3 +73,50 @@ def test_idle_cores_from_two_readings_of_proc_stat() -> None:
     assert idle_cores(None, 5, 1.0) is None
     now = host_idle_jiffies()
     assert now is not None and now > 0  # this machine has /proc/stat
+
+
+def test_the_rate_is_kept_for_py_spys_sampling_not_its_start_up_nor_gpuwatchs_own_work(tmp_path) -> None:
+    """A run's cost as the governor sees it (pyspy_sampler.PySpyRecorder._cost), on real processes: a child
+    that burns 0.3 s of CPU before it "says it samples" and little after, while this process burns 0.3 s.
+    The start-up is not sampling cost, and this process's work is not the job's: the host is not saturated
+    by them, so the rate stays (the 3% budget would have cut it to a third)."""
+    import subprocess
+    import sys
+    import time
+
+    from collectors.pyspy.pyspy_sampler import PySpyRecorder, _Chunk, _own_cpu_s
+    from collectors.pyspy.yielding import host_idle_jiffies, process_cpu_s
+
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+            "print('ready', flush=True)\ntime.sleep(5)",
+        ],  # fmt: skip
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        rec = PySpyRecorder(
+            "py-spy", child.pid, rate_hz=100, chunk_s=2.0, subprocesses=False, on_chunk=lambda *a: None,
+            workdir=tmp_path, cpu_budget_cores=0.03,
+        )  # fmt: skip
+        at_ready = process_cpu_s(child.pid)
+        chunk = _Chunk(
+            child, tmp_path / "c.json", time.time_ns(), time.time_ns(), host_idle_jiffies(), 100, at_ready,
+            _own_cpu_s(),
+        )  # fmt: skip
+        t = time.process_time()
+        while time.process_time() - t < 0.3:  # gpuwatch's own work (an attach starting up)
+            pass
+        time.sleep(0.5)
+        cost = rec._cost(chunk)
+        assert cost.cpu_s is not None and at_ready is not None and cost.cpu_s >= 0.25  # start-up counted here
+        assert cost.sampling_cpu_s is not None and cost.sampling_cpu_s < 0.05  # ... not here
+        assert cost.spare_cores is not None and cost.spare_cores >= 0.5 * 0.3 / cost.wall_s
+        rate = rec.governor.after_run(cost.sampling_cpu_s, cost.wall_s, cost.spare_cores)
+        assert rate == 100
+    finally:
+        child.kill()
+        child.wait()
