@@ -91,8 +91,8 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     # attach at normal priority and without a CPU budget (what yielding to the job buys)
     "attach-noyield": ("attach", ["--no-yield", "--cpu-budget", "0"]),
     "attach-chunk8": ("attach", ["--chunk", "8"]),
-    # the saturated-host budget before it was lowered to 3% of a core
-    "attach-budget5": ("attach", ["--cpu-budget", "5"]),
+    # the saturated-host budget lowered from 5% of a core (about 65 Hz instead of 100 on a saturated host)
+    "attach-budget3": ("attach", ["--cpu-budget", "3"]),
     "attach-1000hz": ("attach", ["--rate", "1000"]),
     "pyspy-nb-1000hz": ("py-spy", ["--nonblocking", "--rate", "1000"]),
     "blocking-1000hz": ("py-spy", ["--rate", "1000"]),

@@ -80,9 +80,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cpu-budget",
         type=float,
-        default=3.0,
+        default=5.0,
         metavar="PCT",
-        help="py-spy's CPU allowance in percent of one core while the host's cores are saturated (default 3, "
+        help="py-spy's CPU allowance in percent of one core while the host's cores are saturated (default 5, "
         "4x that while a core is idle; the workers' py-spy gets half): a py-spy run over it lowers the rate of "
         "the next one, and the achieved rate is reported; 0 = no budget",
     )
