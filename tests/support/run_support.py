@@ -40,15 +40,19 @@ def gpuwatch_run(
     )
 
 
+def rank_spans(run_dir: Path, rank: int) -> tuple[SpanColumns, int]:
+    """One rank's spans as stored, and the run's anchor (unix ns) their times count from."""
+    reader = RunReader(run_dir)
+    try:
+        return reader.span_columns(rank), reader.anchor_unix_ns
+    finally:
+        reader.close()
+
+
 def budget_at(run_dir: Path, rank: int, bounds_unix_ns: list[int]) -> dict[str, float]:
     """The budget (percent per category) of one rank of a run with its steps replaced by the steps between
     consecutive wall-clock instants `bounds_unix_ns`: what a `gw.step()` at each of them would have given."""
-    reader = RunReader(run_dir)
-    try:
-        cols = reader.span_columns(rank)
-        anchor = reader.anchor_unix_ns
-    finally:
-        reader.close()
+    cols, anchor = rank_spans(run_dir, rank)
     is_step = cols.kind == SpanKind.STEP.value
     tid = int(cols.tid[is_step][0]) if is_step.any() else 0
     base = cols.take(~is_step)
@@ -86,12 +90,7 @@ def budget_at(run_dir: Path, rank: int, bounds_unix_ns: list[int]) -> dict[str, 
 
 def step_extent_unix_ns(run_dir: Path, rank: int) -> tuple[int, int, int]:
     """(steps, first start, last end) of the steps one rank of a run recorded, the ends in unix ns."""
-    reader = RunReader(run_dir)
-    try:
-        cols = reader.span_columns(rank)
-        anchor = reader.anchor_unix_ns
-    finally:
-        reader.close()
+    cols, anchor = rank_spans(run_dir, rank)
     is_step = cols.kind == SpanKind.STEP.value
     return (
         int(is_step.sum()),
