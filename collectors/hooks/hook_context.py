@@ -87,6 +87,10 @@ class HookContext:
         None: DataLoader regions stay whole."""
         self.last_loader_ns = 0
         """How long the inside of the last split DataLoader region took (ns)."""
+        self.loader_cpu_ns: dict[int, tuple[int, int]] = {}
+        """Gap serial of a split DataLoader region -> the training thread's CPU clock (ns) as it opened and
+        as it closed, for the sampler to tell the work there from the waits (it pops each one it reads)."""
+        self._loader_cpu_start_ns = -1
 
     # ---- clock -----------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -118,6 +122,7 @@ class HookContext:
         self.base_depth = self.depth
         wake = self.on_loader_enter
         if wake is not None:
+            self._loader_cpu_start_ns = time.thread_time_ns()
             wake()
         return outer
 
@@ -128,6 +133,9 @@ class HookContext:
         if self.probing:
             self._stop_probe()
         t = time.perf_counter_ns() + self._offset_ns
+        if self._loader_cpu_start_ns >= 0:
+            self.loader_cpu_ns[self.gap_serial] = (self._loader_cpu_start_ns, time.thread_time_ns())
+            self._loader_cpu_start_ns = -1
         self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end", True))
         self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped
         self.base_depth = outer

@@ -189,5 +189,5 @@ def test_saturated_workers_the_budget_holds_while_attach_yields(tmp_path: Path) 
     # spread; issue 9 stays open until the saturated case holds 5 points at under 3% overhead.
     for phase in ("data", "compute"):
         category = PHASE_TO_CATEGORY[phase]
-        assert abs(got[category] - want[phase]) <= SATURATED_TOLERANCE_PP, (category, got, want)
+        assert abs(got[category] - want[phase]) <= SATURATED_TOLERANCE_PP, f"{category}: {got} against {want}"
     assert set(doc["attach"]["dataloader_workers"]["pids"]) == workers

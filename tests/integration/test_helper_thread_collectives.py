@@ -50,7 +50,7 @@ def check(name: str, got: dict[str, float], want: dict[str, float]) -> None:
     print(f"{name}: sync measured {want['sync']:.1f}% got {got['sync']:.1f}%; compute measured "
           f"{want['compute']:.1f}% got {got['compute']:.1f}%; unattributed {got['unattributed']:.1f}%")  # fmt: skip
     assert want["sync"] > 25, want  # the plant took
-    assert abs(got["sync"] - want["sync"]) <= TOLERANCE_PP, (got, want)
+    assert abs(got["sync"] - want["sync"]) <= TOLERANCE_PP, f"{got} against {want}"
     assert got["unattributed"] < TOLERANCE_PP, got
     assert got["host_overhead"] < TOLERANCE_PP, got  # the wait is not the host's work
 

@@ -82,6 +82,7 @@ def assert_matches(rank_doc: dict, truth: dict[str, float]) -> None:
     got["host_overhead+unattributed"] = got["host_overhead"] + got["unattributed"]
     want = expected_budget(truth)
     table = "\n".join(f"  {c:28s} gpuwatch {got[c]:6.1f}%   truth {w:6.1f}%" for c, w in want.items())
+    print(f"rank {rank_doc['rank']}\n{table}")
     for category, value in want.items():
         assert abs(got[category] - value) <= TOLERANCE_PP, f"rank {rank_doc['rank']} {category}\n{table}"
 

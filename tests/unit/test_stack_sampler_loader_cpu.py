@@ -1,0 +1,103 @@
+"""The stack sampler inside a DataLoader region (num_workers=0): the training thread's CPU clock, read with
+each sample and as the region opens and closes, puts the work the samples did not land on where it belongs.
+
+Planted gaps with known CPU readings go through the sampler's own tiling (`StackSampler._gap`); the spans it
+emits are checked against the planted work, to the nanosecond. The end-to-end case (a real loader whose
+numpy augmentation falls between sleeps) is `tests/integration/test_watch_ground_truth.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collectors.hooks.hook_context import HookContext
+from collectors.hooks.stack_sampler import StackSampler
+from gpuwatch.records import Span
+
+MS = 1_000_000
+DATA, PREP = "data_loading", "cpu_preprocessing"
+
+
+class _Spans:
+    def __init__(self) -> None:
+        self.spans: list[Span] = []
+
+    def emit_span(self, span: Span) -> None:
+        self.spans.append(span)
+
+    def emit_sample(self, sample: Any) -> None:
+        pass
+
+    def note(self, key: str, message: str, **fields: Any) -> None:
+        pass
+
+
+def _sampler() -> tuple[StackSampler, _Spans]:
+    sink = _Spans()
+    return StackSampler(HookContext(sink, 0, 0)), sink
+
+
+def _emitted(sink: _Spans) -> list[tuple[int, int, str, str | None]]:
+    return [(s.start_ns, s.end_ns, s.category or "", (s.attrs or {}).get("from")) for s in sink.spans]
+
+
+def _teach(sampler: StackSampler, signature: tuple[str, str]) -> None:
+    """One earlier region of this loader in which a sample saw the augmentation."""
+    samples = [(10 * MS, PREP, "decode/augment (by name)", False, 1 * MS)]
+    sampler._gap(0, 20 * MS, signature, samples, inside_loader=True, cpu_ns=(0, 2 * MS))
+
+
+def test_work_between_two_waiting_samples_is_the_loaders_usual_work() -> None:
+    sampler, sink = _sampler()
+    sig = ("forward end", "DataLoader.__next__")
+    _teach(sampler, sig)
+    sink.spans.clear()
+    # 0-30 ms: samples at 5 and 15 ms saw the read; the thread used 1.2 ms of CPU between them
+    samples = [(5 * MS, DATA, "DataLoader.__next__", False, 100_000), (15 * MS, DATA, "x", False, 1_300_000)]
+    sampler._gap(0, 30 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 1_500_000))
+    spans = _emitted(sink)
+    # start -> first sample: 0.1 ms of CPU; first -> second: 1.2 ms; last -> end (collate): 0.2 ms
+    assert spans == [
+        (5 * MS - 100_000, 5 * MS, PREP, "thread_cpu"),
+        (15 * MS - 1_200_000, 15 * MS, PREP, "thread_cpu"),
+        (30 * MS - 200_000, 30 * MS, PREP, "thread_cpu"),
+    ]
+
+
+def test_a_sample_that_saw_the_work_takes_the_cpu_time_on_its_side() -> None:
+    sampler, sink = _sampler()
+    sig = ("a", "b")
+    samples = [
+        (5 * MS, DATA, "read", False, 0),
+        (10 * MS, PREP, "decode/augment (by name)", False, 2 * MS),  # the 2 ms before it: its work
+        (15 * MS, DATA, "read", False, 3 * MS),  # the 1 ms after the augmenting sample: its work too
+    ]
+    sampler._gap(0, 20 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 3 * MS))
+    assert _emitted(sink) == [(8 * MS, 10 * MS, PREP, None), (10 * MS, 11 * MS, PREP, None)]
+
+
+def test_a_busy_thread_between_waiting_samples_keeps_its_loading() -> None:
+    """On the CPU most of the time: the samples saw that work itself (the loader's own reading)."""
+    sampler, sink = _sampler()
+    sig = ("forward end", "DataLoader.__next__")
+    _teach(sampler, sig)
+    sink.spans.clear()
+    samples = [(5 * MS, DATA, "read", False, 4 * MS), (15 * MS, DATA, "read", False, 12 * MS)]
+    sampler._gap(0, 20 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 13 * MS))
+    assert [s for s in _emitted(sink) if s[0] >= 5 * MS and s[1] <= 15 * MS] == []
+
+
+def test_a_loader_never_seen_working_stays_loading() -> None:
+    sampler, sink = _sampler()
+    samples = [(5 * MS, DATA, "read", False, 100_000), (15 * MS, DATA, "read", False, 1_300_000)]
+    sampler._gap(0, 20 * MS, ("a", "b"), samples, inside_loader=True, cpu_ns=(0, 1_500_000))
+    assert sink.spans == []
+
+
+def test_an_unsampled_region_of_a_decoding_loader_is_decode_for_its_cpu_time() -> None:
+    sampler, sink = _sampler()
+    sig = ("forward end", "DataLoader.__next__")
+    _teach(sampler, sig)  # its samples so far: augmentation only
+    sink.spans.clear()
+    sampler._gap(100 * MS, 104 * MS, sig, None, inside_loader=True, cpu_ns=(50 * MS, 53 * MS))
+    assert _emitted(sink) == [(101 * MS, 104 * MS, PREP, None)]
