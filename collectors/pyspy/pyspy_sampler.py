@@ -422,6 +422,13 @@ def _clamp_before(states: list[ThreadState], cut_ns: int) -> list[ThreadState]:
 
 # ---- the chunked recorder -----------------------------------------------------------------------------
 
+LAUNCH_TRIES = 3
+TRANSIENT_FAILURE = re.compile(r"Failed to get stack traces|Failed to copy PyThreadState", re.I)
+"""What a non-blocking py-spy says when it read the target's interpreter while that changed under it (a
+process still importing torch, a thread starting): the next try succeeds. One of 5-15 attaches to a trainer
+that had just printed its pid failed so (tests/integration/test_attach_errors.py, ctrl_c)."""
+LAUNCH_RETRY_S = 0.3
+
 
 def _own_cpu_s() -> float:
     """This process's user + system CPU seconds (all its threads)."""
@@ -630,15 +637,24 @@ class PySpyRecorder:
         return self._spawner.submit(self._launch_now).result()
 
     def _launch_now(self) -> _Chunk:
-        self._seq += 1
-        path = self.workdir / f"chunk-{self._seq:06d}.json"
-        anchor = time.time_ns()
-        # own session: a Ctrl-C at the terminal reaches gpuwatch, which then stops py-spy in order
-        proc = subprocess.Popen(
-            self.command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-        )
-        anchor = (anchor + time.time_ns()) // 2
-        ready = self._wait_ready(proc)
+        for attempt in range(LAUNCH_TRIES):
+            self._seq += 1
+            path = self.workdir / f"chunk-{self._seq:06d}.json"
+            anchor = time.time_ns()
+            # own session: a Ctrl-C at the terminal reaches gpuwatch, which then stops py-spy in order
+            proc = subprocess.Popen(
+                self.command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            )
+            anchor = (anchor + time.time_ns()) // 2
+            try:
+                ready = self._wait_ready(proc)
+                break
+            except AttachError as exc:
+                path.unlink(missing_ok=True)
+                if attempt + 1 == LAUNCH_TRIES or not TRANSIENT_FAILURE.search(str(exc)):
+                    raise
+                if self._stop.wait(LAUNCH_RETRY_S):
+                    raise
         if self.lower_pyspy:
             from collectors.pyspy.yielding import lower_process
 

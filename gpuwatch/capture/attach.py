@@ -31,7 +31,7 @@ DEFAULT_RATE_HZ = 100
 DEFAULT_CHUNK_S = 2.0
 WORKER_CHUNK_S = 10.0
 CHILDREN_CHECK_S = 2.0
-"""How often attach looks for the target's first child processes (DataLoader workers) to sample them."""
+"""How often attach looks for new child processes of the target (DataLoader workers) to sample them."""
 DEFAULT_CPU_BUDGET_PCT = 5.0
 """py-spy's CPU allowance for the training process while the host is saturated, percent of one core. py-spy
 at 100 Hz takes 3.6-4.5% once sampling, so this keeps the full rate. 3% (about 65 Hz) measured less overhead
@@ -52,7 +52,7 @@ class AttachOptions:
     thread: str | None = None
     """Training thread override: a kernel thread id or a thread name."""
     subprocesses: bool = True
-    """Follow child processes (DataLoader workers), with a second, sparser py-spy."""
+    """Sample the target's child processes (DataLoader workers) too, each with a sparser py-spy of its own."""
     worker_rate_hz: int | None = None
     """Samples per second of the workers; None = a tenth of `rate_hz` (at least 5)."""
     cpu_budget_pct: float = DEFAULT_CPU_BUDGET_PCT
@@ -257,6 +257,7 @@ def attach(
         process_alive,
         pyspy_version,
     )
+    from collectors.pyspy.worker_recorders import WorkerRecorders
     from collectors.system.nvml_busy import NvmlBusySampler
     from gpuwatch.store.run_dir import run_for_process
     from gpuwatch.store.segment_writer import SegmentWriter
@@ -345,19 +346,24 @@ def attach(
         lower_pyspy=False,  # see PySpyRecorder: yielding here undercounted CPU work by 4-15 pp
         cpu_budget_cores=budget,
     )
+    # the workers (children), each by a py-spy of its own, sparsely: found by gpuwatch, not --subprocesses
+    # (collectors/pyspy/worker_recorders.py: a third of the cost)
     workers = (
-        PySpyRecorder(
-            pyspy,
+        WorkerRecorders(
             opts.pid,
-            rate_hz=worker_rate,
-            # py-spy --subprocesses costs ~0.08 CPU-s to start: long runs (the breakdown can lag)
-            chunk_s=max(opts.chunk_s, WORKER_CHUNK_S),
-            subprocesses=True,
-            on_chunk=on_chunk,
-            yield_cpu=opts.yield_cpu,
-            cpu_budget_cores=budget / 2,
-            min_rate_hz=1,
-            keep_pid=lambda p: p != opts.pid,
+            lambda worker_pid, share: PySpyRecorder(
+                pyspy,
+                worker_pid,
+                rate_hz=worker_rate,
+                # a py-spy start costs ~0.08 CPU-s: long runs (the breakdown can lag)
+                chunk_s=max(opts.chunk_s, WORKER_CHUNK_S),
+                subprocesses=False,
+                on_chunk=on_chunk,
+                yield_cpu=opts.yield_cpu,
+                cpu_budget_cores=share,
+                min_rate_hz=1,
+            ),
+            budget / 2,
         )
         if opts.subprocesses
         else None
@@ -370,12 +376,9 @@ def attach(
         )
     t0 = time.monotonic()
     recorder.start()  # from this thread, still at normal priority: py-spy starts with an accurate clock
-    # the workers' py-spy only once the target has children: following none cost 1.6% of a core (its
-    # --subprocesses scans and restarts) beside a job without DataLoader workers
-    workers_on = False
-    if workers is not None and _has_children(opts.pid):
-        workers_on = True
-        workers.start()
+    # a py-spy per worker as the target's children appear (a new epoch's loader starts new ones)
+    if workers is not None:
+        workers.poll()
     next_children_check = t0 + CHILDREN_CHECK_S
     # the /proc and NVML samplers' threads at the lowest priority; the caller's thread keeps its own
     samplers = _started_lowered(opts, lambda: _start_system_samplers(opts, anchor, rank, writer))
@@ -385,11 +388,9 @@ def attach(
             if opts.duration_s is not None and time.monotonic() - t0 >= opts.duration_s:
                 break
             stop.wait(0.1)
-            if workers is not None and not workers_on and time.monotonic() >= next_children_check:
+            if workers is not None and time.monotonic() >= next_children_check:
                 next_children_check += CHILDREN_CHECK_S
-                if _has_children(opts.pid):
-                    workers_on = True
-                    workers.start()
+                workers.poll()
             if progress is not None and time.monotonic() >= next_progress:
                 next_progress += progress_every_s
                 progress(_progress_line(time.monotonic() - t0, stacks))
@@ -407,7 +408,9 @@ def attach(
         placer.finish()
         target_exited = recorder.target_exited or not process_alive(opts.pid)
         report = _final_report(opts, stacks, recorder, busy_sampler, placer, target_exited)
-        report["sampling"] = sampling_report(recorder, workers if workers_on else None, stacks)
+        report["sampling"] = sampling_report(
+            recorder, workers if workers and workers.started else None, stacks
+        )
         if workers is not None and workers.error is not None and not target_exited:
             writer.note("attach_workers_sampler", f"worker sampling stopped: {workers.error}")
         writer.set_meta(attach={**run.meta["attach"], **report})
@@ -420,16 +423,6 @@ def attach(
             raise err
         raise AttachError(f"{err} (the run so far is kept in {out_dir})")
     return AttachResult(out_dir, status, report["sampled_s"], report)
-
-
-def _has_children(pid: int) -> bool:
-    """Whether process `pid` has a live child (one scan of /proc; False when it cannot be read)."""
-    from collectors.system.proc_sampler import all_processes
-
-    try:
-        return any(stat.ppid == pid for stat in all_processes().values())
-    except OSError:
-        return False
 
 
 def _progress_line(elapsed_s: float, stacks: Any) -> str:
@@ -498,7 +491,7 @@ def sampling_report(recorder: Any, workers: Any, stacks: Any) -> dict[str, Any]:
     rate = main["achieved_hz"] or float(main["last_rate_hz"])
     runs, window_s = stacks.category_runs()
     shares = stacks.training_shares_pct()
-    wstats = None if workers is None else _recorder_stats(workers)
+    wstats = None if workers is None else workers.stats()
     return {
         "training_process": main,
         "workers": wstats,

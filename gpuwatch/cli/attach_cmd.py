@@ -27,7 +27,8 @@ version py-spy cannot read / py-spy missing or failing, 2 no such process / not 
 
 Needs ptrace access to the target: the same user or root, CAP_SYS_PTRACE in containers, and
 kernel.yama.ptrace_scope=0 when Yama restricts it. py-spy always runs --nonblocking (it never stops the
-target), with --idle (waiting threads are seen) and --subprocesses (DataLoader workers are seen).
+target) and --idle (waiting threads are seen); the target's child processes (DataLoader workers) are
+found as they start and sampled each by a py-spy of its own, at --worker-rate and the lowest CPU priority.
 
 Examples:
   gpuwatch attach 4242 --duration 60             # one minute, then the report

@@ -180,3 +180,126 @@ def test_stopping_never_waits_for_the_lowered_decoder(monkeypatch: pytest.Monkey
     assert {"even", "odd"} <= leaves
     covered_s = sum(iv.end_unix_ns - iv.start_unix_ns for iv in got) / 1e9
     assert covered_s > 2.0, covered_s  # 3 s recorded, nothing lost at the cuts or the end
+
+
+WORKERS = """
+import ctypes, os, sys, time
+try:
+    ctypes.CDLL(None).prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)
+except Exception:
+    pass
+def parent_work():
+    time.sleep(0.002)
+def worker_work():
+    time.sleep(0.002)
+def epoch(n):
+    kids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:
+            t_end = time.time() + 1.5
+            while time.time() < t_end:
+                worker_work()
+            os._exit(0)
+        kids.append(pid)
+    return kids
+print(os.getpid(), flush=True)
+first = epoch(2)
+print(*first, flush=True)
+for k in first:
+    os.waitpid(k, 0)
+second = epoch(1)  # a new epoch's loader: new worker processes
+print(*second, flush=True)
+for k in second:
+    os.waitpid(k, 0)
+while True:
+    parent_work()
+"""
+
+
+def test_each_worker_gets_a_py_spy_of_its_own_as_it_appears_and_ends_with_it() -> None:
+    """`WorkerRecorders` on a real process tree: two workers, then (as a new epoch starts) a third. Each is
+    sampled by a py-spy of its own, without --subprocesses; none of them samples the parent, and a worker
+    that exits ends its sampling without an error."""
+    from collectors.pyspy.worker_recorders import WorkerRecorders, child_pids
+
+    proc = subprocess.Popen([sys.executable, "-c", WORKERS], stdout=subprocess.PIPE, text=True)
+    got: list[StackInterval] = []
+    lock = threading.Lock()
+
+    def on_chunk(ivs: list[StackInterval], final: bool) -> None:
+        with lock:
+            got.extend(ivs)
+
+    try:
+        parent = int(proc.stdout.readline())  # type: ignore[union-attr]
+        first = [int(x) for x in proc.stdout.readline().split()]  # type: ignore[union-attr]
+        assert sorted(child_pids(parent)) == sorted(first)
+        workers = WorkerRecorders(
+            parent,
+            lambda pid, share: PySpyRecorder(
+                find_pyspy(),
+                pid,
+                rate_hz=50,
+                chunk_s=0.5,
+                subprocesses=False,
+                on_chunk=on_chunk,
+                cpu_budget_cores=share,
+                min_rate_hz=1,
+            ),  # fmt: skip
+            budget_cores=0.1,
+        )
+        assert workers.poll() == 2
+        second = [int(x) for x in proc.stdout.readline().split()]  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        while second[0] not in workers.recorders and time.monotonic() < deadline:
+            workers.poll()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        workers.stop()
+        assert workers.error is None, workers.error
+        stats = workers.stats()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert set(workers.recorders) == {*first, *second}
+    assert all(not rec.subprocesses for rec in workers.recorders.values())
+    seen = {iv.pid for iv in got if any(f[1] == "worker_work" for f in iv.frames)}
+    assert seen == {*first, *second}, (seen, first, second)
+    assert parent not in {iv.pid for iv in got}
+    assert stats["processes"] == 3 and stats["asked_hz"] == 50 and stats["achieved_hz"] is not None
+
+
+def test_a_py_spy_that_fails_to_read_a_changing_interpreter_is_started_again(tmp_path) -> None:
+    """A non-blocking py-spy that read the interpreter while it changed says "Failed to get stack traces"
+    and exits; the next start succeeds. Here the first start of a py-spy fails just so (a wrapper that
+    prints py-spy's error once, then runs the real one): the recorder samples anyway."""
+    marker = tmp_path / "failed-once"
+    wrapper = tmp_path / "py-spy"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e "{marker}" ]; then touch "{marker}"; echo "Error: Failed to get stack traces" >&2; exit 1; fi\n'
+        f'exec "{find_pyspy()}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    proc = subprocess.Popen([sys.executable, "-c", TOGGLE], stdout=subprocess.PIPE, text=True)
+    got: list[StackInterval] = []
+    try:
+        pid = int(proc.stdout.readline())  # type: ignore[union-attr]
+        rec = PySpyRecorder(
+            str(wrapper),
+            pid,
+            rate_hz=100,
+            chunk_s=1.0,
+            subprocesses=False,
+            on_chunk=lambda ivs, f: got.extend(ivs),
+        )
+        rec.start()
+        time.sleep(2.0)
+        rec.stop()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert marker.exists()  # the first start did fail
+    assert rec.error is None, rec.error
+    assert {"even", "odd"} <= {leaf_function(iv) for iv in got}
