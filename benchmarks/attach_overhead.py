@@ -16,8 +16,9 @@ averaged geometrically over rounds. The noise floor is the same ratio for each b
 windows either side of it (two slots away, so if anything it overstates the noise). The machine's second core
 is left to the samplers (as on a GPU node with many cores); nothing is pinned unless `--pin` (trainer on CPU
 0, samplers on the others). Modes:
-  attach    `gpuwatch attach PID --rate 100 --duration S` (py-spy --nonblocking --idle --subprocesses in
-            2 s chunks, plus the /proc and NVML samplers and the Python side that classifies and writes the run)
+  attach    `gpuwatch attach PID --rate 100 --duration S` (py-spy --nonblocking --idle on the trainer in
+            2 s chunks, one sparser py-spy per DataLoader worker, the /proc and NVML samplers and the Python
+            side that classifies and writes the run)
   pyspy-nb  `py-spy record --nonblocking --idle --subprocesses --rate 100 --format chrometrace` alone (one
             run for the whole window: py-spy's share of attach)
   blocking  the same py-spy command without --nonblocking: py-spy's default mode, which stops every thread
@@ -91,8 +92,9 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     # attach at normal priority and without a CPU budget (what yielding to the job buys)
     "attach-noyield": ("attach", ["--no-yield", "--cpu-budget", "0"]),
     "attach-chunk8": ("attach", ["--chunk", "8"]),
-    # the saturated-host budget lowered from 5% of a core (about 65 Hz instead of 100 on a saturated host)
+    # the saturated-host budget (all of sampling's CPU, percent of one core) other than the default 5
     "attach-budget3": ("attach", ["--cpu-budget", "3"]),
+    "attach-budget8": ("attach", ["--cpu-budget", "8"]),
     "attach-1000hz": ("attach", ["--rate", "1000"]),
     "pyspy-nb-1000hz": ("py-spy", ["--nonblocking", "--rate", "1000"]),
     "blocking-1000hz": ("py-spy", ["--rate", "1000"]),

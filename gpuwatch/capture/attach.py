@@ -33,10 +33,17 @@ WORKER_CHUNK_S = 10.0
 CHILDREN_CHECK_S = 2.0
 """How often attach looks for new child processes of the target (DataLoader workers) to sample them."""
 DEFAULT_CPU_BUDGET_PCT = 5.0
-"""py-spy's CPU allowance for the training process while the host is saturated, percent of one core. py-spy
-at 100 Hz takes 3.6-4.5% once sampling, so this keeps the full rate. 3% (about 65 Hz) measured less overhead
-on the saturated benchmark (+4.56% against +8.70%, one run, `--modes attach,attach-budget5`), but short
-attaches then sampled too little on a loaded machine for the accuracy tests' 5 pp: left for issue 9."""
+"""What sampling may take while the host is saturated, percent of one core, all of it: the training process's
+py-spy gets `TRAINING_SHARE` of it, the workers' py-spys `WORKERS_SHARE`, and the rest is left for attach's
+own Python (decoding, classifying and writing the samples: 1-2% of a core at 100 Hz). On a saturated host
+every point of a core sampling takes is lost to the job: with the training process's py-spy alone at 5%
+and the workers' at 2.5% more, the saturated benchmark's trainer ran 7.1% slower (2 cores)."""
+TRAINING_SHARE = 0.6
+"""Of the budget, the training process's py-spy: 3% of a core by default, 60-75 Hz while saturated (py-spy
+takes 3.6-4.5% at 100 Hz once it samples)."""
+WORKERS_SHARE = 0.2
+"""Of the budget, the workers' py-spys together (a few Hz each while saturated; their shares' uncertainty
+is reported)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +63,9 @@ class AttachOptions:
     worker_rate_hz: int | None = None
     """Samples per second of the workers; None = a tenth of `rate_hz` (at least 5)."""
     cpu_budget_pct: float = DEFAULT_CPU_BUDGET_PCT
-    """py-spy's CPU allowance, percent of one core, while the host is saturated (4x that while it has a core
-    to spare); the workers' py-spy gets half of it. A py-spy run over it lowers the rate of the next one. 0
-    turns the budget off."""
+    """Sampling's CPU allowance, percent of one core, while the host is saturated (4x that while it has a core
+    to spare): `TRAINING_SHARE` of it for the training process's py-spy, `WORKERS_SHARE` for the workers'. A
+    py-spy run over its share lowers the rate of its next one. 0 turns the budget off."""
     yield_cpu: bool = True
     """Run the workers' py-spy and gpuwatch's own sampling threads at the lowest CPU priority (SCHED_IDLE, else
     nice 19). The training process's py-spy always runs at normal priority, held by `cpu_budget_pct`: at the
@@ -344,7 +351,7 @@ def attach(
         on_chunk=on_chunk,
         yield_cpu=opts.yield_cpu,
         lower_pyspy=False,  # see PySpyRecorder: yielding here undercounted CPU work by 4-15 pp
-        cpu_budget_cores=budget,
+        cpu_budget_cores=budget * TRAINING_SHARE,
     )
     # the workers (children), each by a py-spy of its own, sparsely: found by gpuwatch, not --subprocesses
     # (collectors/pyspy/worker_recorders.py: a third of the cost)
@@ -363,7 +370,7 @@ def attach(
                 cpu_budget_cores=share,
                 min_rate_hz=1,
             ),
-            budget / 2,
+            budget * WORKERS_SHARE,
         )
         if opts.subprocesses
         else None
@@ -376,10 +383,11 @@ def attach(
         )
     t0 = time.monotonic()
     recorder.start()  # from this thread, still at normal priority: py-spy starts with an accurate clock
-    # a py-spy per worker as the target's children appear (a new epoch's loader starts new ones)
-    if workers is not None:
-        workers.poll()
-    next_children_check = t0 + CHILDREN_CHECK_S
+    # a py-spy per worker as the target's children appear (a new epoch's loader starts new ones), once the
+    # training process's py-spy samples; and they stop before it. Without step markers the budget covers
+    # every span of the run, and workers sampled before or after the training thread left that time
+    # unattributed (10-19 points of a 10 s attach of a saturated job, whose py-spy starts and stops slowly)
+    next_children_check = t0
     # the /proc and NVML samplers' threads at the lowest priority; the caller's thread keeps its own
     samplers = _started_lowered(opts, lambda: _start_system_samplers(opts, anchor, rank, writer))
     next_progress = t0 + progress_every_s
@@ -388,16 +396,20 @@ def attach(
             if opts.duration_s is not None and time.monotonic() - t0 >= opts.duration_s:
                 break
             stop.wait(0.1)
-            if workers is not None and time.monotonic() >= next_children_check:
-                next_children_check += CHILDREN_CHECK_S
+            if (
+                workers is not None
+                and recorder.started_unix_ns is not None
+                and time.monotonic() >= next_children_check
+            ):
+                next_children_check = time.monotonic() + CHILDREN_CHECK_S
                 workers.poll()
             if progress is not None and time.monotonic() >= next_progress:
                 next_progress += progress_every_s
                 progress(_progress_line(time.monotonic() - t0, stacks))
     finally:
-        recorder.stop()
         if workers is not None:
             workers.stop()
+        recorder.stop()
         for s in samplers:
             s.stop()
         busy_sampler.stop()

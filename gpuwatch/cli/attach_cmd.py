@@ -83,9 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=5.0,
         metavar="PCT",
-        help="py-spy's CPU allowance in percent of one core while the host's cores are saturated (default 5, "
-        "4x that while a core is idle; the workers' py-spy gets half): a py-spy run over it lowers the rate of "
-        "the next one, and the achieved rate is reported; 0 = no budget",
+        help="what sampling may take, in percent of one core, while the host's cores are saturated (default 5, "
+        "4x that while a core is idle): 60%% of it for the training process's py-spy, 20%% for the workers', "
+        "the rest for gpuwatch's own work; a py-spy run over its share lowers the rate of the next one, and the "
+        "achieved rates are reported; 0 = no budget",
     )
     p.add_argument(
         "--no-yield",

@@ -18,7 +18,6 @@ from attach_support import Target, run_window, start_cli, step_starts, truth_pct
 from conftest import run_cli
 
 TOLERANCE_PP = 5.0
-SATURATED_TOLERANCE_PP = 8.0
 PHASE_TO_CATEGORY = {
     "data": "data_loading",
     "decode": "cpu_preprocessing",
@@ -180,14 +179,14 @@ def test_saturated_workers_the_budget_holds_while_attach_yields(tmp_path: Path) 
     w0, w1 = run_window(run)[:2] if det["used"] else doc["attach"]["sampled_unix_ns"]
     want = truth_pct(truth, (w0, w1))
     got = doc["summary"]["ranks"][0]["budget_pct"]
-    _show("saturated", {p: PHASE_TO_CATEGORY[p] for p in ("data", "compute")}, want, got)
+    # the loop's own line is host work by the budget's rules (the target times it apart); on a saturated host
+    # it also holds the waits for a core that fall there. Until the workers' py-spys were started after the
+    # training process's and stopped before it, their extra seconds came out unattributed (10-19 points)
+    want["host"] = want.get("host", 0.0)
+    got = {**got, "host": got["host_overhead"] + got["unattributed"]}
+    _show("saturated", {"data": "data_loading", "compute": "compute", "host": "host"}, want, got)
     print(f"saturated: sampled at {main['achieved_hz']} Hz, py-spy {main['cpu_pct_of_core']}% of a core")
     assert want["data"] > 20, want
-    # Not yet the 5 points issue 9 asks for: at the default settings the errors here ran 0.4-5.4 points over
-    # 9 runs on the 2-core VM (samples caught on the loop's own lines count as host_overhead), so this guards
-    # the regression it was written for (py-spy at SCHED_IDLE: compute 4-15 points short) with room for that
-    # spread; issue 9 stays open until the saturated case holds 5 points at under 3% overhead.
-    for phase in ("data", "compute"):
-        category = PHASE_TO_CATEGORY[phase]
-        assert abs(got[category] - want[phase]) <= SATURATED_TOLERANCE_PP, f"{category}: {got} against {want}"
+    for phase, category in (("data", "data_loading"), ("compute", "compute"), ("host", "host")):
+        assert abs(got[category] - want[phase]) <= TOLERANCE_PP, f"{category}: {got} against {want}"
     assert set(doc["attach"]["dataloader_workers"]["pids"]) == workers
