@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from collectors.base import RecordSink
+from collectors.hooks.thread_work_clock import ThreadWorkClock
 from gpuwatch.records import Span
 
 ACTIVE: HookContext | None = None
@@ -57,6 +58,8 @@ class HookContext:
         self._offset_ns = (time.time_ns() - anchor_unix_ns) - time.perf_counter_ns()
         self.train_ident = threading.get_ident()
         self.train_tid = threading.get_native_id()
+        self.train_clock = ThreadWorkClock(self.train_tid, self.train_ident)
+        """How long the training thread ran or waited for a CPU (the stack sampler splits loader regions by it)."""
         self.step = 0
         """Index of the step in progress (the next `gw.step()` closes it)."""
         self.distributed = False
@@ -88,8 +91,9 @@ class HookContext:
         self.last_loader_ns = 0
         """How long the inside of the last split DataLoader region took (ns)."""
         self.loader_cpu_ns: dict[int, tuple[int, int]] = {}
-        """Gap serial of a split DataLoader region -> the training thread's CPU clock (ns) as it opened and
-        as it closed, for the sampler to tell the work there from the waits (it pops each one it reads)."""
+        """Gap serial of a split DataLoader region -> the training thread's work clock (`train_clock`, ns) as
+        it opened and as it closed, for the sampler to tell the work there from the waits (it pops each one
+        it reads)."""
         self._loader_cpu_start_ns = -1
 
     # ---- clock -----------------------------------------------------------------------------------
@@ -122,7 +126,7 @@ class HookContext:
         self.base_depth = self.depth
         wake = self.on_loader_enter
         if wake is not None:
-            self._loader_cpu_start_ns = time.thread_time_ns()
+            self._loader_cpu_start_ns = self.train_clock.ns()
             wake()
         return outer
 
@@ -134,7 +138,9 @@ class HookContext:
             self._stop_probe()
         t = time.perf_counter_ns() + self._offset_ns
         if self._loader_cpu_start_ns >= 0:
-            self.loader_cpu_ns[self.gap_serial] = (self._loader_cpu_start_ns, time.thread_time_ns())
+            worked = self.train_clock.ns()
+            if worked >= 0:
+                self.loader_cpu_ns[self.gap_serial] = (self._loader_cpu_start_ns, worked)
             self._loader_cpu_start_ns = -1
         self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end", True))
         self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped
@@ -219,6 +225,8 @@ class HookContext:
         started): its region count and gaps start afresh."""
         self.train_ident = threading.get_ident()
         self.train_tid = threading.get_native_id()
+        old, self.train_clock = self.train_clock, ThreadWorkClock(self.train_tid, self.train_ident)
+        old.close()
         self.depth = 0
         self.base_depth = 0
         self.closed_gaps.clear()

@@ -18,8 +18,9 @@ region; the sampler splits that region too (`HookContext.enter_loader`: its insi
 data_loading, decode/transform/collate become cpu_preprocessing spans nested in the loader's span (the
 engine counts them as preprocessing). It is woken as such a region opens and samples at `loader_hz` while
 inside one, reading the stack only down to the loader's own frame. There it also reads the training thread's
-CPU clock with each sample: the samples land mostly where the thread waits (a read, a sleep), and the short
-decode or augmentation between two waits goes unseen, but not uncounted (`HIDDEN_WORK_MAX_CPU`).
+work clock (`collectors.hooks.thread_work_clock`: time on a CPU or waiting for one) with each sample: the
+samples land mostly where the thread waits (a read, a sleep), and the short decode or augmentation between
+two waits goes unseen, but not uncounted (`HIDDEN_WORK_MAX_CPU`).
 """
 
 from __future__ import annotations
@@ -64,16 +65,17 @@ began: its run starts there, not at the midpoint from the previous sample (which
 of the work before it; on a busy 2-core machine that put 3 points too many in data_loading)."""
 HIDDEN_WORK_MAX_CPU = 0.5
 """Inside a DataLoader region, between two samples that both saw the loader waiting (data_loading), the
-training thread's CPU clock says how long it worked in between. Where it was on the CPU for less than this
-share of that time, the samples saw waits, and the work between them is what the loader does between its
-waits: it goes to the work category this loader's samples saw most (decode, augment, collate:
-cpu_preprocessing), placed just before the later sample. Without the clock, numpy augmentation of each
-item after its 1.5 ms read (tests/support/planted_trainer.py, slow_loader) came out at 4.4-8.3% of the step
-against 8.5-12.1% measured: it holds the GIL, and the samples land in the reads. With it, 10.5-12.1% against
-9.2-10.7%. Where the thread was busy most of the time the samples saw that work itself, and it stays as
-sampled."""
+training thread's work clock says how long it worked in between. Where it worked for less than this share of
+that time, the samples saw waits, and the work between them is what the loader does between its waits: it
+goes to the work category this loader's samples saw most (decode, augment, collate: cpu_preprocessing),
+placed just before the later sample. Without the clock, numpy augmentation of each item after its 1.5 ms read
+(tests/support/planted_trainer.py, slow_loader) came out at 4.4-8.3% of the step against 8.5-12.1% measured:
+it holds the GIL, and the samples land in the reads. With the CPU clock, 10.5-12.1% against 9.2-10.7% on a
+quiet machine, but 4.1% against 7.8% in a CI run, where the augmentation also waited for a core: hence CPU
+plus run-queue time. Where the thread worked most of the time the samples saw that work itself, and it stays
+as sampled."""
 HIDDEN_WORK_MIN_NS = 20_000
-"""Thread CPU between two waits below this is the loader's own bookkeeping, not worth a span."""
+"""Work between two waits below this is the loader's own bookkeeping, not worth a span."""
 BACKOFF_MAX = 4
 """While ticks find nothing to sample (the training thread inside hooked regions, every closed gap explained
 by a learned signature), the tick interval doubles up to this many times `1 / hz`; a sample, or a gap whose
@@ -83,8 +85,8 @@ DATA_LOADING = Category.DATA_LOADING.value
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
 _INFERRED = {"inferred": True}
 """The attrs of every inferred span (one shared dict, read-only: one fewer allocation per gap)."""
-_HIDDEN = {"inferred": True, "from": "thread_cpu"}
-"""The attrs of work found by the thread's CPU clock between two samples (`HIDDEN_WORK_MAX_CPU`)."""
+_HIDDEN = {"inferred": True, "from": "thread_work_clock"}
+"""The attrs of work found by the thread's work clock between two samples (`HIDDEN_WORK_MAX_CPU`)."""
 
 
 def _torch_profiler_on() -> bool:
@@ -146,9 +148,7 @@ class StackSampler(Collector):
         self._thread: threading.Thread | None = None
         self._samples: dict[
             int, list[tuple[int, str, str, bool, int]]
-        ] = {}  # serial -> (t_ns, category, label, late, training thread CPU ns or -1)
-        self._clock_ident: int | None = None
-        self._clock: int | None = None
+        ] = {}  # serial -> (t_ns, category, label, late, training thread's work clock ns or -1)
         self._signatures: dict[tuple[str, str], _Signature] = {}
         self._pending: collections.deque[tuple[int, int, tuple[str, str], bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
@@ -243,7 +243,7 @@ class StackSampler(Collector):
             frame = sys._current_frames().get(ctx.train_ident)
             if frame is not None and ctx.depth == base and serial == ctx.gap_serial:
                 t = ctx.now_ns()
-                cpu = self._train_cpu_ns() if base > 0 else -1  # the thread is alive: its frame is here
+                cpu = ctx.train_clock.ns() if base > 0 else -1
                 category, label = self.classify(frame, in_loader=base > 0)
                 del frame
                 self.samples += 1
@@ -260,24 +260,6 @@ class StackSampler(Collector):
             samples = self._samples[serial] = []
         if len(samples) < MAX_SAMPLES_PER_GAP:
             samples.append((t, category, label, late, cpu_ns))
-
-    def _train_cpu_ns(self) -> int:
-        """The training thread's CPU time (its own clock), or -1 where the OS has none. Called only while its
-        frame was just seen: a thread that ended has no clock to read (and its id may be reused)."""
-        ident = self.ctx.train_ident
-        if ident != self._clock_ident:
-            self._clock_ident = ident
-            try:
-                self._clock = time.pthread_getcpuclockid(ident)
-            except (AttributeError, OSError, OverflowError):
-                self._clock = None
-        if self._clock is None:
-            return -1
-        try:
-            return time.clock_gettime_ns(self._clock)
-        except OSError:
-            self._clock = None
-            return -1
 
     @staticmethod
     def classify(frame: object, *, in_loader: bool = False) -> tuple[str, str]:
@@ -350,7 +332,7 @@ class StackSampler(Collector):
     ) -> None:
         """Spans tiling one closed gap from its samples (or its signature). Inside a DataLoader region the
         loader's own span already says data_loading: only other categories are emitted there; `cpu_ns`: the
-        training thread's CPU clock as that region opened and closed."""
+        training thread's work clock as that region opened and closed."""
         skip = DATA_LOADING if inside_loader else None
         if end - start < MIN_GAP_NS:
             return
@@ -412,11 +394,11 @@ class StackSampler(Collector):
         samples: list[tuple[int, str, str, bool, int]],
         sig: _Signature,
     ) -> None:
-        """A DataLoader region's work from its samples and the training thread's CPU clock, read as the region
+        """A DataLoader region's work from its samples and the training thread's work clock, read as the region
         opened and closed and with each sample.
 
-        Between two readings the thread was on the CPU for the clock's difference, and waited (read, slept)
-        the rest: data_loading, which the loader's own span already says. The CPU time is the work a sample
+        Between two readings the thread worked (ran, or waited for a core) for the clock's difference, and
+        waited (read, slept) the rest: data_loading, which the loader's own span already says. The work is what a sample
         at either end saw (the later one first); between two samples that both saw the loader waiting, it
         is the work this loader's samples saw most (`HIDDEN_WORK_MAX_CPU`). A span ends at the later sample
         (a sample that waits marks where the work before it ended), or starts at the earlier one where only

@@ -58,9 +58,9 @@ def test_work_between_two_waiting_samples_is_the_loaders_usual_work() -> None:
     spans = _emitted(sink)
     # start -> first sample: 0.1 ms of CPU; first -> second: 1.2 ms; last -> end (collate): 0.2 ms
     assert spans == [
-        (5 * MS - 100_000, 5 * MS, PREP, "thread_cpu"),
-        (15 * MS - 1_200_000, 15 * MS, PREP, "thread_cpu"),
-        (30 * MS - 200_000, 30 * MS, PREP, "thread_cpu"),
+        (5 * MS - 100_000, 5 * MS, PREP, "thread_work_clock"),
+        (15 * MS - 1_200_000, 15 * MS, PREP, "thread_work_clock"),
+        (30 * MS - 200_000, 30 * MS, PREP, "thread_work_clock"),
     ]
 
 
