@@ -27,6 +27,10 @@ from collectors.base import RecordSink
 from collectors.hooks.thread_work_clock import ThreadWorkClock
 from gpuwatch.records import Span
 
+LOADER_CLOCK_MIN_NS = 1_000_000
+"""A split DataLoader region reads the training thread's work clock as it opens and closes (two reads, ~4 us)
+only when the previous one took this long: a loader handing over in-memory tensors in microseconds has no
+waits to tell its work from, and 4 us is 0.1% of a 3 ms step."""
 ACTIVE: HookContext | None = None
 """The context of the running watch in this process, or None: every hook checks this first."""
 
@@ -126,7 +130,8 @@ class HookContext:
         self.base_depth = self.depth
         wake = self.on_loader_enter
         if wake is not None:
-            self._loader_cpu_start_ns = self.train_clock.ns()
+            if self.last_loader_ns >= LOADER_CLOCK_MIN_NS:
+                self._loader_cpu_start_ns = self.train_clock.ns()
             wake()
         return outer
 

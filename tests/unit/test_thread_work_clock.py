@@ -51,6 +51,9 @@ def test_a_thread_that_ended_reads_minus_one() -> None:
     got: list[int] = []
     t = threading.Thread(target=lambda: got.append(threading.get_native_id()))
     t.start()
-    t.join()
+    t.join()  # Python's part is over; the kernel's task goes a moment later
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/self/task/{got[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     clock = ThreadWorkClock(got[0], t.ident or 0)
     assert clock.ns() == -1
