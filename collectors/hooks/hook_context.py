@@ -132,6 +132,9 @@ class HookContext:
         if wake is not None:
             if self.last_loader_ns >= LOADER_CLOCK_MIN_NS:
                 self._loader_cpu_start_ns = self.train_clock.ns()
+            if self.probe_keys and key in self.probe_keys and self.on_probe_start is not None:
+                self.probe_keys.discard(key)  # its work was never sampled: trace this region's calls
+                self.probing = self.on_probe_start(key)
             wake()
         return outer
 

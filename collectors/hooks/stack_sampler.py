@@ -344,7 +344,7 @@ class StackSampler(Collector):
                     self._unexplained = True
                     self._want_probe(signature[0])
             elif cpu_ns is not None:
-                self._loader_gap_by_cpu(start, end, cpu_ns, [], sig)
+                self._loader_gap_by_cpu(start, end, cpu_ns, [], sig, signature[0])
             else:
                 category, label = sig.dominant()
                 if category != skip:
@@ -363,7 +363,7 @@ class StackSampler(Collector):
         if cpu_ns is not None and all(cpu >= 0 for *_, cpu in samples):
             for _t, category, label, _late, _cpu in samples:
                 sig.add(category, label, 1)
-            self._loader_gap_by_cpu(start, end, cpu_ns, samples, sig)
+            self._loader_gap_by_cpu(start, end, cpu_ns, samples, sig, signature[0])
             return
         # runs of equal category; a change splits at the midpoint between the two samples, or where a late
         # sample found the thread waiting (LATE_NS)
@@ -393,6 +393,7 @@ class StackSampler(Collector):
         cpu_ns: tuple[int, int],
         samples: list[tuple[int, str, str, bool, int]],
         sig: _Signature,
+        loader_key: str,
     ) -> None:
         """A DataLoader region's work from its samples and the training thread's work clock, read as the region
         opened and closed and with each sample.
@@ -402,7 +403,9 @@ class StackSampler(Collector):
         at either end saw (the later one first); between two samples that both saw the loader waiting, it
         is the work this loader's samples saw most (`HIDDEN_WORK_MAX_CPU`). A span ends at the later sample
         (a sample that waits marks where the work before it ended), or starts at the earlier one where only
-        that one saw the work; the last stretch of the region ends with its work (collate).
+        that one saw the work; the last stretch of the region ends with its work (collate). Where the
+        thread worked between waits but no sample of this loader ever saw what, the next such region is
+        probed (its calls traced, `StackSampler`), which names the work for the regions after it.
         """
         work = [(n, c) for c, n in sig.counts.items() if c != DATA_LOADING]
         usual = max(work)[1] if work else None
@@ -421,8 +424,13 @@ class StackSampler(Collector):
             elif not samples and sig.dominant()[0] != DATA_LOADING:  # unsampled: what it did when sampled
                 category, label = sig.dominant()
                 self._emit(end - cpu, end, category, label, 0, inferred=True)
-            elif usual is not None and HIDDEN_WORK_MIN_NS <= cpu < HIDDEN_WORK_MAX_CPU * wall:
-                self._emit(cur[0] - cpu, cur[0], usual, sig.labels[usual], 0, inferred=True, attrs=_HIDDEN)
+            elif HIDDEN_WORK_MIN_NS <= cpu < HIDDEN_WORK_MAX_CPU * wall:
+                if usual is None:
+                    self._want_probe(loader_key)
+                else:
+                    self._emit(
+                        cur[0] - cpu, cur[0], usual, sig.labels[usual], 0, inferred=True, attrs=_HIDDEN
+                    )
             prev = cur
 
     def _want_probe(self, key: str) -> None:

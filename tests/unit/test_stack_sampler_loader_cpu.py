@@ -87,11 +87,20 @@ def test_a_busy_thread_between_waiting_samples_keeps_its_loading() -> None:
     assert [s for s in _emitted(sink) if s[0] >= 5 * MS and s[1] <= 15 * MS] == []
 
 
-def test_a_loader_never_seen_working_stays_loading() -> None:
+def test_a_loader_never_seen_working_stays_loading_and_its_next_region_is_probed() -> None:
     sampler, sink = _sampler()
     samples = [(5 * MS, DATA, "read", False, 100_000), (15 * MS, DATA, "read", False, 1_300_000)]
-    sampler._gap(0, 20 * MS, ("a", "b"), samples, inside_loader=True, cpu_ns=(0, 1_500_000))
+    sampler._gap(0, 20 * MS, ("DataLoader.__next__", "b"), samples, inside_loader=True, cpu_ns=(0, 1_500_000))
     assert sink.spans == []
+    # the thread worked between the waits, and nothing named that work: the next region gets its calls traced
+    assert "DataLoader.__next__" in sampler.ctx.probe_keys
+
+
+def test_a_loader_that_only_waits_is_not_probed() -> None:
+    sampler, sink = _sampler()
+    samples = [(5 * MS, DATA, "read", False, 0), (15 * MS, DATA, "read", False, 10_000)]
+    sampler._gap(0, 20 * MS, ("DataLoader.__next__", "b"), samples, inside_loader=True, cpu_ns=(0, 12_000))
+    assert sink.spans == [] and not sampler.ctx.probe_keys
 
 
 def test_an_unsampled_region_of_a_decoding_loader_is_decode_for_its_cpu_time() -> None:
