@@ -253,6 +253,8 @@ class Watcher:
 
             if ACTIVE is self.ctx:
                 activate(None)
+            if self.ctx is not None:
+                self.ctx.train_clock.close()  # its /proc file (a watch per notebook cell leaks none)
             if self.writer is not None:
                 self.writer.set_meta(**self._final_meta())
                 self.writer.close(status)
@@ -388,6 +390,8 @@ class Watcher:
                 pass
         if self.ctx is not None and ACTIVE is self.ctx:
             activate(None)
+        if self.ctx is not None:
+            self.ctx.train_clock.close()
         if self.writer is not None:
             try:
                 self.writer.close("failed_to_start")

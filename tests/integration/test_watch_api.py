@@ -433,3 +433,14 @@ def test_safetensors_saves_and_loads_are_checkpoint_io(tmp_path: Path) -> None:
     ckpt = {r["name"]: r for r in rows if r["category"] == "checkpoint_io"}
     assert set(ckpt) == {"safetensors.save_file", "safetensors.load_file"}
     assert ckpt["safetensors.save_file"]["attrs"]["path"] == str(path)
+
+
+def test_watches_one_after_another_leave_no_file_open(tmp_path: Path) -> None:
+    """A watch per notebook cell: each one's files (segments, the training thread's /proc clock) close."""
+    import os
+
+    fds = set(os.listdir("/proc/self/fd"))
+    for i in range(5):
+        with gpuwatch.watch(tmp_path / f"run{i}") as gw:
+            gw.step()
+    assert set(os.listdir("/proc/self/fd")) <= fds
