@@ -22,14 +22,19 @@ MAX_WORKERS = 64
 
 def child_pids(pid: int) -> list[int]:
     """The live children of `pid`, then theirs, from /proc/PID/task/*/children (one small read per thread of
-    the process), or from a scan of /proc where the kernel does not list children."""
+    the process), or from one scan of /proc where the kernel does not list children."""
+    if not os.path.exists("/proc/thread-self/children"):  # no CONFIG_PROC_CHILDREN
+        from collectors.system.proc_sampler import all_processes, descendants
+
+        try:
+            return [stat.pid for stat in descendants(pid, all_processes())]
+        except OSError:
+            return []
     out: list[int] = []
     seen = {pid}
     todo = [pid]
     while todo:
-        parent = todo.pop(0)
-        kids = _children(parent)
-        for kid in kids:
+        for kid in _children(todo.pop(0)):
             if kid not in seen:
                 seen.add(kid)
                 out.append(kid)
@@ -47,20 +52,9 @@ def _children(pid: int) -> list[int]:
         try:
             with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
                 out += [int(x) for x in f.read().split()]
-        except FileNotFoundError:
-            return _children_by_scan(pid)  # no CONFIG_PROC_CHILDREN: never there for any thread
         except (OSError, ValueError):
             continue  # the thread ended meanwhile
     return out
-
-
-def _children_by_scan(pid: int) -> list[int]:
-    from collectors.system.proc_sampler import all_processes
-
-    try:
-        return [stat.pid for stat in all_processes().values() if stat.ppid == pid]
-    except OSError:
-        return []
 
 
 class WorkerRecorders:

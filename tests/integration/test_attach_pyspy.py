@@ -21,12 +21,18 @@ import pytest
 
 from collectors.pyspy.pyspy_sampler import PySpyRecorder, StackInterval, find_pyspy
 
-TOGGLE = """
+ANY_TRACER = """
 import ctypes, os, time
 try:
     ctypes.CDLL(None).prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)  # Yama: any tracer
 except Exception:
     pass
+"""
+"""The targets' first lines: any process of this user may trace them (Yama), as py-spy must."""
+
+TOGGLE = (
+    ANY_TRACER
+    + """
 def even():
     while int(time.time() * 10) % 2 == 0:
         pass
@@ -38,13 +44,11 @@ while True:
     even()
     odd()
 """
+)
 
-FORKED = """
-import ctypes, os, time
-try:
-    ctypes.CDLL(None).prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)
-except Exception:
-    pass
+FORKED = (
+    ANY_TRACER
+    + """
 def parent_work():
     time.sleep(0.002)
 def child_work():
@@ -57,6 +61,7 @@ print(os.getpid(), pid, flush=True)
 while True:
     parent_work()
 """
+)
 
 
 def record(
@@ -182,12 +187,9 @@ def test_stopping_never_waits_for_the_lowered_decoder(monkeypatch: pytest.Monkey
     assert covered_s > 2.0, covered_s  # 3 s recorded, nothing lost at the cuts or the end
 
 
-WORKERS = """
-import ctypes, os, sys, time
-try:
-    ctypes.CDLL(None).prctl(0x59616D61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)
-except Exception:
-    pass
+WORKERS = (
+    ANY_TRACER
+    + """
 def parent_work():
     time.sleep(0.002)
 def worker_work():
@@ -215,6 +217,7 @@ for k in second:
 while True:
     parent_work()
 """
+)
 
 
 def test_each_worker_gets_a_py_spy_of_its_own_as_it_appears_and_ends_with_it() -> None:
