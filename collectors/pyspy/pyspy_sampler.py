@@ -246,14 +246,21 @@ def probe_threads(pyspy: str, pid: int, *, timeout_s: float = 30.0) -> list[Thre
             unsupported Python version).
     """
     cmd = [pyspy, "dump", "--json", "--nonblocking", "--pid", str(pid)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise AttachError(f"py-spy dump of process {pid} did not finish within {timeout_s:.0f} s") from None
-    except OSError as exc:
-        raise AttachError(f"cannot run py-spy ({pyspy}): {exc.strerror or exc}") from None
-    if proc.returncode != 0:
-        raise pyspy_failure(pid, (proc.stderr + proc.stdout).decode(errors="replace"))
+    for attempt in range(LAUNCH_TRIES):  # a trainer just started changes its interpreter under the reads
+        try:
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AttachError(
+                f"py-spy dump of process {pid} did not finish within {timeout_s:.0f} s"
+            ) from None
+        except OSError as exc:
+            raise AttachError(f"cannot run py-spy ({pyspy}): {exc.strerror or exc}") from None
+        if proc.returncode == 0:
+            break
+        output = (proc.stderr + proc.stdout).decode(errors="replace")
+        if attempt + 1 == LAUNCH_TRIES or not TRANSIENT_FAILURE.search(output):
+            raise pyspy_failure(pid, output)
+        time.sleep(LAUNCH_RETRY_S)
     try:
         threads = msgspec.json.decode(proc.stdout, type=list[_DumpThread])
     except msgspec.DecodeError as exc:
@@ -426,7 +433,8 @@ LAUNCH_TRIES = 3
 TRANSIENT_FAILURE = re.compile(r"Failed to get stack traces|Failed to copy PyThreadState", re.I)
 """What a non-blocking py-spy says when it read the target's interpreter while that changed under it (a
 process still importing torch, a thread starting): the next try succeeds. One of 5-15 attaches to a trainer
-that had just printed its pid failed so (tests/integration/test_attach_errors.py, ctrl_c)."""
+that had just printed its pid failed so (tests/integration/test_attach_errors.py, ctrl_c); the pre-flight
+`py-spy dump` of `probe_threads` too (1 in 5 of that test's runs)."""
 LAUNCH_RETRY_S = 0.3
 
 
@@ -550,6 +558,9 @@ class PySpyRecorder:
         cpu_budget_cores: py-spy's CPU allowance as a fraction of one core; a run over it lowers the rate of
             the next (0 = no budget).
         keep_pid: only stacks of processes for which this is True reach `on_chunk` (None = all).
+        spare_cores_at_start: the cores the job left while the caller started (`yielding.HostReading`): on a
+            saturated host the first run already keeps to the budget (`RateGovernor.begin`). None: the rate
+            asked until a run has measured its cost.
 
     `stop()` ends sampling (SIGINT to the running py-spy, which then writes its last chunk). When the target
     exits, py-spy ends on its own; `target_exited` is then True. A py-spy failure is kept in `error`.
@@ -570,6 +581,7 @@ class PySpyRecorder:
         cpu_budget_cores: float = 0.0,
         min_rate_hz: int = 5,
         keep_pid: Callable[[int], bool] | None = None,
+        spare_cores_at_start: float | None = None,
     ) -> None:
         from collectors.pyspy.yielding import RateGovernor
 
@@ -583,6 +595,7 @@ class PySpyRecorder:
         self.lower_pyspy = yield_cpu if lower_pyspy is None else lower_pyspy
         self.keep_pid = keep_pid
         self.governor = RateGovernor(rate_hz, cpu_budget_cores, min_hz=min(min_rate_hz, rate_hz))
+        self.governor.begin(spare_cores_at_start)
         self.priority = "normal"
         """The CPU priority py-spy ran at ("SCHED_IDLE", "nice 19", ...)."""
         self.chunk_stats: list[ChunkStats] = []

@@ -10,51 +10,14 @@ recorder per worker as it appears; a worker that exits (a new epoch's loader sta
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
 from collectors.pyspy.pyspy_sampler import PySpyRecorder, process_alive
+from collectors.system.proc_sampler import child_pids
 
 MAX_WORKERS = 64
 """Worker processes sampled at once; more (a process pool) are left out, and counted."""
-
-
-def child_pids(pid: int) -> list[int]:
-    """The live children of `pid`, then theirs, from /proc/PID/task/*/children (one small read per thread of
-    the process), or from one scan of /proc where the kernel does not list children."""
-    if not os.path.exists("/proc/thread-self/children"):  # no CONFIG_PROC_CHILDREN
-        from collectors.system.proc_sampler import all_processes, descendants
-
-        try:
-            return [stat.pid for stat in descendants(pid, all_processes())]
-        except OSError:
-            return []
-    out: list[int] = []
-    seen = {pid}
-    todo = [pid]
-    while todo:
-        for kid in _children(todo.pop(0)):
-            if kid not in seen:
-                seen.add(kid)
-                out.append(kid)
-                todo.append(kid)
-    return out
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return []
-    out: list[int] = []
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
-                out += [int(x) for x in f.read().split()]
-        except (OSError, ValueError):
-            continue  # the thread ended meanwhile
-    return out
 
 
 class WorkerRecorders:

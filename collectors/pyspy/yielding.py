@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,52 @@ IDLE_BUDGET_FACTOR = 4.0
 the job nothing, and the full rate keeps short stretches visible (a cap all the same, against runaways)."""
 
 
+PRIOR_SAMPLE_CPU_S = 0.8e-3
+"""py-spy's CPU per sample before any run has measured it, for a first run on a saturated host: 0.66-0.75 ms
+on this 2-core VM for a torch trainer of 3 Python threads (`--nonblocking --idle`, 6 s runs at 20-100 Hz: 175
+reads of the target's memory a sample, most of it system time), 0.1-0.2 ms on a bare-metal host."""
+STARTUP_PROBE_S = 0.25
+"""The shortest look at the host before the first py-spy run decides whether it starts saturated."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostReading:
+    """The host's idle ticks and this process's CPU (its reaped children's too) at one moment: two of them
+    say how many cores the job left in between (`spare_cores_since`)."""
+
+    t_s: float
+    idle_jiffies: int | None
+    own_cpu_s: float
+
+    @staticmethod
+    def now() -> HostReading:
+        t = os.times()
+        return HostReading(
+            time.monotonic(), host_idle_jiffies(), t.user + t.system + t.children_user + t.children_system
+        )
+
+    def spare_cores_since(self, earlier: HostReading) -> float | None:
+        """Cores left idle between `earlier` and this reading, plus what this process (and the py-spy runs
+        it reaped) used meanwhile: an attach starting up must not take its own start-up for the job's."""
+        wall_s = self.t_s - earlier.t_s
+        idle = idle_cores(earlier.idle_jiffies, self.idle_jiffies, wall_s)
+        if idle is None:
+            return None
+        return idle + max(0.0, self.own_cpu_s - earlier.own_cpu_s) / wall_s
+
+
+def spare_cores_at_start(since: HostReading, stop: threading.Event | None = None) -> float | None:
+    """The cores the job has left since `since` (taken as attach started), looking for at least
+    `STARTUP_PROBE_S` in all (waits for the rest, unless `stop` is set meanwhile)."""
+    left = STARTUP_PROBE_S - (time.monotonic() - since.t_s)
+    if left > 0:
+        if stop is not None:
+            stop.wait(left)
+        else:
+            time.sleep(left)
+    return HostReading.now().spare_cores_since(since)
+
+
 @dataclass(slots=True)
 class RateGovernor:
     """The sampling rate of the next py-spy run, kept inside a CPU budget.
@@ -162,6 +209,17 @@ class RateGovernor:
 
     def __post_init__(self) -> None:
         self.rate_hz = self.asked_hz
+
+    def begin(self, spare_cores: float | None) -> int:
+        """The first run's rate, before any run has measured py-spy's cost: on a host that left less than
+        `SATURATED_BELOW_CORES` while attach started, what the budget allows at `PRIOR_SAMPLE_CPU_S` a
+        sample (the asked rate's first run took 1.5-2 times the budget there, for a whole run); else the
+        rate asked. Unknown (None) keeps the rate asked."""
+        if spare_cores is None or self.budget_cores <= 0 or spare_cores >= SATURATED_BELOW_CORES:
+            return self.rate_hz
+        self.last_saturated = True
+        self.rate_hz = max(self.min_hz, min(self.asked_hz, int(self.budget_cores / PRIOR_SAMPLE_CPU_S)))
+        return self.rate_hz
 
     def after_run(self, cpu_s: float | None, wall_s: float, host_idle_cores: float | None = None) -> int:
         """Record one finished py-spy run; returns the rate for the next one."""

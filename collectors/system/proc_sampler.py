@@ -153,9 +153,59 @@ def descendants(root_pid: int, processes: dict[int, ProcStat]) -> list[ProcStat]
     return out
 
 
+def child_pids(pid: int) -> list[int]:
+    """The live children of `pid`, then theirs, from /proc/PID/task/*/children (one small read per thread of
+    the process), or from one scan of /proc where the kernel does not list children."""
+    if not os.path.exists("/proc/thread-self/children"):  # no CONFIG_PROC_CHILDREN
+        try:
+            return [stat.pid for stat in descendants(pid, all_processes())]
+        except OSError:
+            return []
+    out: list[int] = []
+    seen = {pid}
+    todo = [pid]
+    while todo:
+        for kid in _children(todo.pop(0)):
+            if kid not in seen:
+                seen.add(kid)
+                out.append(kid)
+                todo.append(kid)
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                out += [int(x) for x in f.read().split()]
+        except (OSError, ValueError):
+            continue  # the thread ended meanwhile
+    return out
+
+
+def live_descendants(pid: int) -> list[ProcStat]:
+    """The live descendants of `pid` (children first, then theirs), each stat read once: the target's own
+    /proc children lists (`child_pids`), not a stat of every process on the host (1.7 ms a call with 64
+    processes here; a GPU node runs hundreds)."""
+    out: list[ProcStat] = []
+    for kid in child_pids(pid):
+        try:
+            stat = read_stat(f"/proc/{kid}/stat")
+        except OSError:  # unreadable (hidepid): not one we can sample
+            continue
+        if stat is not None and stat.state not in _GONE_STATES:
+            out.append(stat)
+    return out
+
+
 def process_tree_pids(root_pid: int) -> set[int]:
     """`root_pid` and all its live descendants: the pids whose GPU use belongs to a trainer."""
-    return {root_pid, *(s.pid for s in descendants(root_pid, all_processes()))}
+    return {root_pid, *(s.pid for s in live_descendants(root_pid))}
 
 
 class ProcSampler(SamplerThread):
@@ -272,7 +322,7 @@ class ProcSampler(SamplerThread):
         self._prev_thread_ticks = current
 
     def _sample_children(self, t_ns: int, dt_s: float | None) -> None:
-        kids = descendants(self.pid, all_processes())
+        kids = live_descendants(self.pid)
         self._child_pids = frozenset(k.pid for k in kids)
         current: dict[tuple[int, int], int] = {}
         total_ticks = 0

@@ -265,6 +265,7 @@ def attach(
         pyspy_version,
     )
     from collectors.pyspy.worker_recorders import WorkerRecorders
+    from collectors.pyspy.yielding import HostReading, spare_cores_at_start
     from collectors.system.nvml_busy import NvmlBusySampler
     from gpuwatch.store.run_dir import run_for_process
     from gpuwatch.store.segment_writer import SegmentWriter
@@ -280,6 +281,7 @@ def attach(
         )
     if opts.duration_s is not None and opts.duration_s <= 0:
         raise UsageError(f"--duration must be positive, not {opts.duration_s}")
+    host_at_start = HostReading.now()  # is the host saturated? (the first py-spy run's rate)
     check_target(opts.pid)
     pyspy = find_pyspy(opts.pyspy)
     threads = probe_threads(pyspy, opts.pid)
@@ -341,6 +343,9 @@ def attach(
             writer.note("attach_error", f"processing samples failed: {type(exc).__name__}: {exc}")
 
     budget = opts.cpu_budget_pct / 100.0
+    # on a saturated host the first runs keep to the budget too: at the asked rate the first (2 s) run took
+    # 1.5-2x its share, and the workers' (10 s) runs twice theirs, before any run had measured its cost
+    spare_at_start = spare_cores_at_start(host_at_start, stop) if budget > 0 else None
     # the training process alone at the full rate; its workers (children) sparsely, by a second py-spy
     recorder = PySpyRecorder(
         pyspy,
@@ -352,6 +357,7 @@ def attach(
         yield_cpu=opts.yield_cpu,
         lower_pyspy=False,  # see PySpyRecorder: yielding here undercounted CPU work by 4-15 pp
         cpu_budget_cores=budget * TRAINING_SHARE,
+        spare_cores_at_start=spare_at_start,
     )
     # the workers (children), each by a py-spy of its own, sparsely: found by gpuwatch, not --subprocesses
     # (collectors/pyspy/worker_recorders.py: a third of the cost)
@@ -369,6 +375,7 @@ def attach(
                 yield_cpu=opts.yield_cpu,
                 cpu_budget_cores=share,
                 min_rate_hz=1,
+                spare_cores_at_start=spare_at_start,
             ),
             budget * WORKERS_SHARE,
         )

@@ -160,7 +160,7 @@ def test_saturated_workers_the_budget_holds_while_attach_yields(tmp_path: Path) 
     truth = tmp_path / "truth.jsonl"
     run = tmp_path / "run"
     with Target(
-        "saturated", "--workers", "2", "--read-latency", "0", "--worker-image", "640", truth=truth
+        "saturated", "--workers", "2", "--read-latency", "0", "--worker-image", "960", truth=truth
     ) as target:
         workers = target.children()
         proc = run_cli(

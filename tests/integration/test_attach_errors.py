@@ -166,11 +166,13 @@ def test_ctrl_c_stops_cleanly_with_a_complete_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with Target("bench", "--width", "256", "--depth", "2", "--batch", "32") as target:
         attach = start_cli("attach", target.pid, "--out", run)  # no --duration: until Ctrl-C
-        if not wait_for(lambda: any(run.glob("rank*/spans-*.jsonl")), 60):
+        if not wait_for(lambda: any(run.glob("rank*/spans-*.jsonl")) or attach.poll() is not None, 60):
             attach.kill()
             out, err = attach.communicate(timeout=30)
             files = sorted(str(p.relative_to(run)) for p in run.rglob("*")) if run.exists() else []
-            raise AssertionError(f"no span segment after 60 s; files={files}; attach stderr:\n{err[-3000:]}")
+            raise AssertionError(
+                f"no span segment (attach ended or 60 s); files={files}; stderr:\n{err[-3000:]}"
+            )
         attach.send_signal(signal.SIGINT)
         out, err = attach.communicate(timeout=60)
     assert attach.returncode == 0, err

@@ -120,3 +120,36 @@ def test_the_rate_is_kept_for_py_spys_sampling_not_its_start_up_nor_gpuwatchs_ow
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_first_run_on_a_saturated_host_starts_at_the_rate_the_budget_allows() -> None:
+    from collectors.pyspy.yielding import PRIOR_SAMPLE_CPU_S
+
+    gov = RateGovernor(asked_hz=100, budget_cores=0.03)
+    assert gov.begin(spare_cores=0.2) == int(0.03 / PRIOR_SAMPLE_CPU_S) < 100
+    assert gov.last_saturated  # and its runs are long ones (SATURATED_CHUNK_FACTOR)
+    assert gov.saturated_runs == 0  # no run has been measured yet
+    assert RateGovernor(asked_hz=100, budget_cores=0.03).begin(spare_cores=1.2) == 100  # a core to spare
+    assert RateGovernor(asked_hz=100, budget_cores=0.03).begin(spare_cores=None) == 100  # unknown: as asked
+    assert RateGovernor(asked_hz=100, budget_cores=0.0).begin(spare_cores=0.0) == 100  # no budget
+    assert RateGovernor(asked_hz=20, budget_cores=0.03).begin(spare_cores=0.0) == 20  # never above the ask
+    assert RateGovernor(asked_hz=100, budget_cores=0.001, min_hz=5).begin(spare_cores=0.0) == 5
+
+
+def test_the_host_reading_counts_this_process_s_own_work_as_spare() -> None:
+    """Two real readings around 0.3 s of this process's CPU: whatever else the machine runs, the cores the
+    job left include what this process used (an attach starting up is not the job saturating the host)."""
+    import time
+
+    from collectors.pyspy.yielding import HostReading, spare_cores_at_start
+
+    first = HostReading.now()
+    t = time.process_time()
+    while time.process_time() - t < 0.3:
+        pass
+    later = HostReading.now()
+    spare = later.spare_cores_since(first)
+    assert spare is not None and spare >= 0.8 * 0.3 / (later.t_s - first.t_s)
+    t0 = time.monotonic()
+    assert spare_cores_at_start(HostReading.now()) is not None
+    assert time.monotonic() - t0 >= 0.2  # it looks for STARTUP_PROBE_S (0.25 s) at least
