@@ -95,6 +95,15 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     # the saturated-host budget (all of sampling's CPU, percent of one core) other than the default 5
     "attach-budget3": ("attach", ["--cpu-budget", "3"]),
     "attach-budget8": ("attach", ["--cpu-budget", "8"]),
+    # attach barely sampling (5 Hz, workers 1 Hz): what attach costs besides its samples (its processes'
+    # wake-ups, start-up, the /proc sampler, the writer)
+    "attach-rate5": ("attach", ["--rate", "5", "--worker-rate", "1"]),
+    # what a sample costs the job: py-spy on the training process alone at the rate attach keeps to on the
+    # saturated host, against a process of the same CPU footprint that never reads the target (it wakes as
+    # often and spins as long as py-spy's 0.7 ms a sample): the same slowdown says it is the CPU and the
+    # wake-ups, a smaller one says it is py-spy's reads of the target's memory
+    "pyspy-main-37": ("py-spy-main", ["--nonblocking", "--rate", "37"]),
+    "burn-37": ("burn", ["--rate", "37", "--spin-ms", "0.7"]),
     "attach-1000hz": ("attach", ["--rate", "1000"]),
     "pyspy-nb-1000hz": ("py-spy", ["--nonblocking", "--rate", "1000"]),
     "blocking-1000hz": ("py-spy", ["--rate", "1000"]),
@@ -412,17 +421,20 @@ def window_sampler_cmd(mode: str, pid: int, seconds: float, out: Path) -> list[s
     rate = [] if "--rate" in extra else ["--rate", "100"]
     if tool == "proc-api":
         return [sys.executable, str(HERE), "--proc-api", str(pid), "--duration", f"{seconds:.2f}", *extra]
+    if tool == "burn":
+        return [sys.executable, str(HERE), "--burn", "--duration", f"{seconds:.2f}", *extra]
     if tool.startswith("attach"):
         head = ["-m", "gpuwatch", "attach"] if tool == "attach" else [str(HERE), "--attach-api"]
         return [sys.executable, *head, str(pid), *rate,
                 "--duration", f"{seconds:.2f}", "--out", str(out), *extra]  # fmt: skip
     cmd = [pyspy_exe(), "record", "--pid", str(pid), "--duration", str(math.ceil(seconds))]
-    return cmd + PYSPY_FLAGS + rate + ["--output", str(out)] + extra
+    flags = PYSPY_FLAGS if tool == "py-spy" else [f for f in PYSPY_FLAGS if f != "--subprocesses"]
+    return cmd + flags + rate + ["--output", str(out)] + extra
 
 
 def wait_ready(proc: subprocess.Popen[bytes], mode: str, timeout_s: float = 60.0) -> None:
     """Block until the sampler says it samples: attach's first progress line, py-spy's "Sampling process"."""
-    is_attach = SAMPLERS[mode][0] != "py-spy"
+    is_attach = not SAMPLERS[mode][0].startswith("py-spy")
     stream = proc.stderr if is_attach else proc.stdout
     marker = b"sampling process" if is_attach else b"Sampling process"
     assert stream is not None
@@ -501,7 +513,7 @@ def run_window(mode: str, rnd: int, pid: int, args: argparse.Namespace, out: Pat
     t0 = time.monotonic()
     proc = subprocess.Popen(
         cmd,
-        stdout=subprocess.DEVNULL if SAMPLERS[mode][0] != "py-spy" else subprocess.PIPE,
+        stdout=subprocess.PIPE if SAMPLERS[mode][0].startswith("py-spy") else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         cwd=ROOT,
         preexec_fn=pin,
@@ -570,6 +582,26 @@ def proc_api(argv: list[str]) -> None:
     print(f"gpuwatch attach: sampling process {a.pid} with /proc only", file=sys.stderr, flush=True)
     time.sleep(a.duration)
     sampler.stop()
+
+
+def burn(argv: list[str]) -> None:
+    """A CPU footprint without reads of the target: wakes --rate times a second and spins --spin-ms each time,
+    at normal priority, as a py-spy sampling at that rate does (mode burn-37)."""
+    p = argparse.ArgumentParser(prog="burn")
+    p.add_argument("--rate", type=float, required=True)
+    p.add_argument("--spin-ms", type=float, required=True)
+    p.add_argument("--duration", type=float, required=True)
+    a = p.parse_args(argv)
+    print("gpuwatch attach: sampling process (a burner: no reads)", file=sys.stderr, flush=True)
+    period, spin = 1.0 / a.rate, a.spin_ms / 1000.0
+    t_next = time.monotonic()
+    end = t_next + a.duration
+    while t_next < end:
+        c0 = time.thread_time()
+        while time.thread_time() - c0 < spin:
+            pass
+        t_next += period
+        time.sleep(max(0.0, t_next - time.monotonic()))
 
 
 def window_plan(modes: list[str], rounds: int, shuffle: bool, seed: int) -> list[tuple[str, int]]:
@@ -862,6 +894,9 @@ def main() -> None:
         return
     if sys.argv[1:2] == ["--proc-api"]:
         proc_api(sys.argv[2:])
+        return
+    if sys.argv[1:2] == ["--burn"]:
+        burn(sys.argv[2:])
         return
     args = p.parse_args()
     twins = args.design == "twins"
