@@ -214,10 +214,11 @@ class RateGovernor:
         """The first run's rate, before any run has measured py-spy's cost: on a host that left less than
         `SATURATED_BELOW_CORES` while attach started, what the budget allows at `PRIOR_SAMPLE_CPU_S` a
         sample (the asked rate's first run took 1.5-2 times the budget there, for a whole run); else the
-        rate asked. Unknown (None) keeps the rate asked."""
+        rate asked. Unknown (None) keeps the rate asked. The first run keeps the short chunk all the same
+        (`last_saturated` stays False until a run is measured): a live view (`gpuwatch top --pid`) shows the
+        first samples after one chunk, not after five."""
         if spare_cores is None or self.budget_cores <= 0 or spare_cores >= SATURATED_BELOW_CORES:
             return self.rate_hz
-        self.last_saturated = True
         self.rate_hz = max(self.min_hz, min(self.asked_hz, int(self.budget_cores / PRIOR_SAMPLE_CPU_S)))
         return self.rate_hz
 
