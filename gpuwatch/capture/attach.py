@@ -504,11 +504,12 @@ def sampling_report(recorder: Any, workers: Any, stacks: Any) -> dict[str, Any]:
 
     Rates are per thread: py-spy's own sample count over the threads it saw and the seconds it sampled.
     """
-    from collectors.pyspy.yielding import share_uncertainty_pp
+    from collectors.pyspy.yielding import REAL_OVER_MODEL, share_uncertainty_pp
 
     main = _recorder_stats(recorder)
     rate = main["achieved_hz"] or float(main["last_rate_hz"])
     runs, window_s = stacks.category_runs()
+    steps = stacks.steps_emitted  # detected steps: the stretches too short to be seen recur in each
     shares = stacks.training_shares_pct()
     wstats = None if workers is None else workers.stats()
     return {
@@ -516,7 +517,11 @@ def sampling_report(recorder: Any, workers: Any, stacks: Any) -> dict[str, Any]:
         "workers": wstats,
         "workers_share_uncertainty_pp": _worker_uncertainty_pp(wstats, stacks.workers),
         "share_uncertainty_pp": {
-            cat: round(share_uncertainty_pp(n, 1.0 / rate if rate > 0 else 1.0, window_s), 2)
+            cat: round(
+                REAL_OVER_MODEL
+                * share_uncertainty_pp(n, 1.0 / rate if rate > 0 else 1.0, window_s, steps, shares.get(cat)),
+                2,
+            )
             for cat, n in runs.items()
         },
         "training_shares_pct": shares,

@@ -1,7 +1,7 @@
 """`gpuwatch attach` against real running trainers with planted causes, checked against the truth each
 program measured itself (time.perf_counter per phase, cut to exactly the window attach reports on).
 
-The budget must match the measured truth within 5 percentage points per category after ~10 s of sampling;
+The budget must match the measured truth within 5 percentage points per category after 10-30 s of sampling;
 the detected steps must line up with the program's own steps; what the DataLoader worker does must match
 what the worker measured. Real py-spy (non-blocking), real DataLoader worker processes, real JPEG decode,
 real torch.save to disk.
@@ -163,8 +163,11 @@ def test_saturated_workers_the_budget_holds_while_attach_yields(tmp_path: Path) 
         "saturated", "--workers", "2", "--read-latency", "0", "--worker-image", "960", truth=truth
     ) as target:
         workers = target.children()
+        # 30 s, not the 10 s of the other tests: steps of 40-120 ms sampled at the ~35 Hz the budget allows
+        # here are each off by up to a sample (yielding.share_uncertainty_pp: 2-3 points over 10 s); over 10 s
+        # that came to 5.0 points once in CI (data 25.8% against 30.8%), 3-5 beside a CPU hog, and 2-2.5 over 30 s
         proc = run_cli(
-            "attach", target.pid, "--duration", "10", "--out", run, "--json", "--quiet", timeout=180
+            "attach", target.pid, "--duration", "30", "--out", run, "--json", "--quiet", timeout=180
         )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
