@@ -92,8 +92,9 @@ SAMPLERS: dict[str, tuple[str, list[str]]] = {
     # attach at normal priority and without a CPU budget (what yielding to the job buys)
     "attach-noyield": ("attach", ["--no-yield", "--cpu-budget", "0"]),
     "attach-chunk8": ("attach", ["--chunk", "8"]),
-    # the saturated-host budget (all of sampling's CPU, percent of one core) other than the default 5
+    # the saturated-host budget (all of sampling's CPU, percent of one core) other than the default 2.5
     "attach-budget3": ("attach", ["--cpu-budget", "3"]),
+    "attach-budget5": ("attach", ["--cpu-budget", "5"]),
     "attach-budget8": ("attach", ["--cpu-budget", "8"]),
     # attach barely sampling (5 Hz, workers 1 Hz): what attach costs besides its samples (its processes'
     # wake-ups, start-up, the /proc sampler, the writer)

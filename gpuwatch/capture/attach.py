@@ -32,15 +32,20 @@ DEFAULT_CHUNK_S = 2.0
 WORKER_CHUNK_S = 10.0
 CHILDREN_CHECK_S = 2.0
 """How often attach looks for new child processes of the target (DataLoader workers) to sample them."""
-DEFAULT_CPU_BUDGET_PCT = 5.0
+DEFAULT_CPU_BUDGET_PCT = 2.5
 """What sampling may take while the host is saturated, percent of one core, all of it: the training process's
 py-spy gets `TRAINING_SHARE` of it, the workers' py-spys `WORKERS_SHARE`, and the rest is left for attach's
 own Python (decoding, classifying and writing the samples: 1-2% of a core at 100 Hz). On a saturated host
-every point of a core sampling takes is lost to the job: with the training process's py-spy alone at 5%
-and the workers' at 2.5% more, the saturated benchmark's trainer ran 7.1% slower (2 cores)."""
+every point of a core sampling takes is lost to the job, and then some (a wake-up preempts a worker mid-decode):
+with the training process's py-spy alone at 5% and the workers' at 2.5% more, the saturated benchmark's trainer
+ran 7.1% slower (2 cores); at a budget of 5 (sampling 4.6-5.0% of a core, the training process at ~37 Hz) it
+ran +3.05%, +2.59% and +5.11% slower in three runs of 12 rounds (`benchmarks/attach_overhead.py --workload
+saturated`), against +0.25% for attach at 5 Hz (1.2% of a core). Hence 2.5: the training process at ~18 Hz
+on such a host, enough for steps of 100 ms and more (a step of 40 ms at 18 Hz is a sample or two, and the
+uncertainty attach reports says so)."""
 TRAINING_SHARE = 0.6
-"""Of the budget, the training process's py-spy: 3% of a core by default, 60-75 Hz while saturated (py-spy
-takes 3.6-4.5% at 100 Hz once it samples)."""
+"""Of the budget, the training process's py-spy: 1.5% of a core by default, about 18 Hz while saturated
+(`yielding.PRIOR_SAMPLE_CPU_S`: 0.66-0.75 ms of py-spy's CPU a sample on the 2-core VM)."""
 WORKERS_SHARE = 0.2
 """Of the budget, the workers' py-spys together (a few Hz each while saturated; their shares' uncertainty
 is reported)."""

@@ -81,9 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cpu-budget",
         type=float,
-        default=5.0,
+        default=2.5,  # capture.attach.DEFAULT_CPU_BUDGET_PCT (not imported: the CLI starts without it)
         metavar="PCT",
-        help="what sampling may take, in percent of one core, while the host's cores are saturated (default 5, "
+        help="what sampling may take, in percent of one core, while the host's cores are saturated (default 2.5, "
         "4x that while a core is idle): 60%% of it for the training process's py-spy, 20%% for the workers', "
         "the rest for gpuwatch's own work; a host saturated as attach starts gets first runs inside it already, "
         "a py-spy run over its share lowers the rate of the next one, and the achieved rates are reported; "

@@ -180,3 +180,11 @@ def test_the_host_reading_counts_this_process_s_own_work_as_spare() -> None:
     t0 = time.monotonic()
     assert spare_cores_at_start(HostReading.now()) is not None
     assert time.monotonic() - t0 >= 0.2  # it looks for STARTUP_PROBE_S (0.25 s) at least
+
+
+def test_the_cli_default_budget_is_attachs() -> None:
+    from gpuwatch.capture.attach import DEFAULT_CPU_BUDGET_PCT, AttachOptions
+    from gpuwatch.cli.main import build_parser
+
+    args = build_parser().parse_args(["attach", str(os.getpid())])
+    assert args.cpu_budget == DEFAULT_CPU_BUDGET_PCT == AttachOptions(pid=1).cpu_budget_pct
