@@ -121,6 +121,9 @@ class RunFollower:
         self._said_ended = False
         self._said_skipped: set[str] = set()
         self._views: dict[int | None, LiveView] = {}
+        self._deferred: set[int | None] = set()
+        """Windows whose analysis is behind their data, waiting to be due: looked at again on every call, new
+        data or not (a run that pauses must still get its last steps on screen)."""
         self._analyses: dict[int | None, _Analysis] = {}
         self.analyses = 0
         """How many window analyses were made (benchmarks/top_follow.py reports their pace)."""
@@ -281,11 +284,13 @@ class RunFollower:
         Summary is recomputed only when the window moved (a step completed on every rank, a writer ended;
         any new data for the whole run), and while the run grows no faster than keeps that analysis under
         `max_analysis_cpu` of a core; a run that has ended gets its final numbers at once, and `force`
-        recomputes now."""
+        recomputes now; an analysis put off is made once due, whether or not more data came."""
         if not self._ranks:
             return None
         cached = self._views.get(window_steps)
-        if cached is not None and cached.version == self.version and not force:
+        fresh = cached is not None and cached.version == self.version and window_steps not in self._deferred
+        if fresh and not force:
+            assert cached is not None
             return cached
         key = self._analysis_key(window_steps)
         done = self._analyses.get(window_steps)
@@ -295,6 +300,12 @@ class RunFollower:
             done = _Analysis(key, summary, label, time.thread_time() - t0, time.monotonic())
             self._analyses[window_steps] = done
             self.analyses += 1
+        if done.key != key:
+            self._deferred.add(window_steps)
+        else:
+            self._deferred.discard(window_steps)
+        if cached is not None and cached.version == self.version and cached.summary is done.summary:
+            return cached  # nothing moved since: the same view, so the screen is not drawn again
         view = LiveView(
             run_dir=str(self.run_dir),
             run_id=self.run_id,
