@@ -1,5 +1,3 @@
-import sys
+from gpuwatch.cli import console_main
 
-from gpuwatch.cli import main
-
-sys.exit(main())
+console_main()

@@ -222,3 +222,59 @@ def test_directory_with_other_json_files(tmp_path: Path) -> None:
 
     (folder / "broken.pt.trace.json.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     assert run_cli("import", folder, "--out", tmp_path / "run3").returncode == RUNTIME
+
+
+def _arguments(parser) -> list[tuple]:  # type: ignore[no-untyped-def]
+    return [
+        (a.dest, tuple(a.option_strings), a.nargs, a.default, a.required, a.help)
+        for a in parser._actions  # noqa: SLF001 (argparse keeps no public list)
+    ]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_command_parses_as_with_the_whole_parser(command: str) -> None:
+    """`main` builds only the named command's arguments: they must be those of the whole parser."""
+    import argparse
+
+    from gpuwatch.cli.main import build_parser
+
+    def sub(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        (group,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+        return group.choices[command]
+
+    whole, alone = sub(build_parser()), sub(build_parser(only=command))
+    assert _arguments(alone) == _arguments(whole)
+    assert alone.format_help() == whole.format_help()
+
+
+def test_summary_does_not_build_the_other_commands_arguments(tmp_path: Path, good_trace: Path) -> None:
+    """`gpuwatch summary` imports no other command's module, and its fast exit (`os._exit` after a flush)
+    still delivers all of its output."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env
+
+    assert run_cli("import", good_trace, "--out", tmp_path / "run").returncode == 0
+    preamble = (
+        "import atexit, sys\n"
+        "sys.argv = ['gpuwatch', 'summary', sys.argv[1], '--json', '--no-cache']\n"
+        "atexit.register(lambda: print(sorted(m for m in sys.modules if m.startswith('gpuwatch.cli.')),"
+        " file=sys.stderr))\n"
+    )
+
+    def summary(entry: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", preamble + entry, str(tmp_path / "run")],
+            capture_output=True, text=True, timeout=120, env=cli_env(), cwd=ROOT,
+        )  # fmt: skip
+
+    fast = summary("from gpuwatch.cli import console_main; console_main()")
+    assert fast.returncode == 0, fast.stderr
+    assert json.loads(fast.stdout)["ranks"][0]["steps"] == 2  # all of it arrived, as one document
+    assert fast.stderr == ""  # the fast exit runs no atexit handler: nothing printed the modules
+    plain = summary("from gpuwatch.cli import main; sys.exit(main(sys.argv[1:]))")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == fast.stdout
+    modules = ["gpuwatch.cli.arguments", "gpuwatch.cli.main", "gpuwatch.cli.summary_cmd"]
+    assert plain.stderr.strip() == str(modules)
