@@ -289,14 +289,15 @@ except ImportError:  # pragma: no cover - isal is a dependency; a platform witho
     _crc32, _inflate, _INFLATE_ERRORS = zlib.crc32, zlib.decompress, (zlib.error,)
 
 
-def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
-    """Parse one trace file into an `ImportedTrace`.
+def import_trace(path: Path, *, default_rank: int = 0, split: bool = False) -> ImportedTrace:
+    """Parse one trace file into an `ImportedTrace`. `split`: a large trace may be read by this process and a
+    forked child, half each (`split_import`); only where no other thread runs and a second core is free.
 
     Raises:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
     data = read_trace_bytes(path)
-    trace, acc = _read_events(path, data)
+    trace, acc = _read_events(path, data, split=split)
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
     rank_source = "trace"
@@ -318,9 +319,10 @@ def import_trace(path: Path, *, default_rank: int = 0) -> ImportedTrace:
 
 
 def import_traces(
-    paths: list[str], *, on_skip: Callable[[Path, str], None] | None = None
+    paths: list[str], *, on_skip: Callable[[Path, str], None] | None = None, split: bool = False
 ) -> list[ImportedTrace]:
-    """Import every trace under `paths`, one per rank.
+    """Import every trace under `paths`, one per rank. `split`: as for `import_trace`, where the files are
+    read one at a time (several large ones go to one process each).
 
     Files named on the command line must be traces. Files found inside a directory that are valid JSON
     but not profiler traces (a TensorBoard plugin's other files, a config) are skipped and reported to
@@ -342,7 +344,7 @@ def import_traces(
             outcome: ImportedTrace | NotATraceError
             if outcomes is None:
                 try:
-                    outcome = import_trace(path, default_rank=len(results))
+                    outcome = import_trace(path, default_rank=len(results), split=split)
                 except NotATraceError as exc:
                     outcome = exc
             else:
@@ -381,10 +383,20 @@ def _too_deep(path: Path) -> TraceFormatError:
     return TraceFormatError(f"{path} is not a usable trace (JSON nested too deeply)")
 
 
-def _read_events(path: Path, data: bytes | bytearray) -> tuple[_Trace | _WholeTrace, _Accumulator]:
-    """The trace's top level, and its events gathered into columns: in one pass up to `_ONE_PASS_BYTES`;
-    above, chunk by chunk, with the top level read from around the event array (`_split_top`); anything
-    unusual the careful way (the whole document checked first, the array in one piece if a cut fails)."""
+def _read_events(
+    path: Path, data: bytes | bytearray, *, split: bool = False
+) -> tuple[_Trace | _WholeTrace, _Accumulator]:
+    """The trace's top level, and its events gathered into columns: with `split`, from `SPLIT_MIN_BYTES` on,
+    half by a forked child (`split_import.read_split`); else in one pass up to `_ONE_PASS_BYTES`; above,
+    chunk by chunk, with the top level read from around the event array (`_split_top`); anything unusual the
+    careful way (the whole document checked first, the array in one piece if a cut fails)."""
+    if split:
+        from collectors.kineto.split_import import SPLIT_MIN_BYTES, read_split
+
+        if len(data) >= SPLIT_MIN_BYTES:
+            read = read_split(data)
+            if read is not None:
+                return read
     if len(data) <= _ONE_PASS_BYTES:
         whole = _decode_whole(data)
         if whole is not None:
@@ -394,9 +406,9 @@ def _read_events(path: Path, data: bytes | bytearray) -> tuple[_Trace | _WholeTr
             acc.add(decoded)
             return whole, acc
     else:
-        split = _split_top(data)
-        if split is not None:
-            top, events_view = split
+        around = _split_top(data)
+        if around is not None:
+            top, events_view = around
             acc = _Accumulator()
             try:
                 for chunk in _event_chunks(events_view, top=top):
@@ -478,10 +490,9 @@ class _BadCut(Exception):
     pass
 
 
-def _event_chunks(events: memoryview, top: _WholeTrace | None = None) -> Iterator[list[Any]]:
-    """Decode the event array `_CHUNK_BYTES` at a time, cutting between two events. With `top`, `events`
-    runs on to the end of the document: the last piece is decoded as the rest of the top level, whose keys
-    are set on `top`."""
+def _chunk_bounds(events: memoryview) -> list[tuple[int, int]]:
+    """Where `_event_chunks` cuts the event array: (start, end) of each piece, `_CHUNK_BYTES` or a little more,
+    each cut at the comma between two events."""
     n = len(events)
     cuts: list[int] = []
     pos = _CHUNK_BYTES
@@ -491,10 +502,24 @@ def _event_chunks(events: memoryview, top: _WholeTrace | None = None) -> Iterato
             break
         cuts.append(m.start(1))  # the comma between two events
         pos = m.start(1) + _CHUNK_BYTES
-    starts = [0] + [c + 1 for c in cuts]
-    ends = [*cuts, n]
-    for k, (lo, hi) in enumerate(zip(starts, ends)):
-        last = k == len(cuts)
+    return list(zip([0] + [c + 1 for c in cuts], [*cuts, n]))
+
+
+def _event_chunks(
+    events: memoryview,
+    top: _WholeTrace | None = None,
+    bounds: list[tuple[int, int]] | None = None,
+    pieces: range | None = None,
+) -> Iterator[list[Any]]:
+    """Decode the event array `_CHUNK_BYTES` at a time, cutting between two events. With `top`, `events`
+    runs on to the end of the document: the last piece is decoded as the rest of the top level, whose keys
+    are set on `top`. `bounds`: `_chunk_bounds(events)`, if already found; `pieces`: which of them to decode
+    (all by default)."""
+    bounds = _chunk_bounds(events) if bounds is None else bounds
+    final = len(bounds) - 1
+    for k in range(len(bounds)) if pieces is None else pieces:
+        lo, hi = bounds[k]
+        last = k == final
         if last and top is not None:
             yield _rest_of_top(b"".join((b'{"traceEvents":', b"" if k == 0 else b"[", events[lo:hi])), top)
             return
@@ -701,6 +726,38 @@ class _Accumulator:
         ):  # fmt: skip
             self.parts[key].append(arr)
         self.n += n
+
+    def compact(self) -> _Accumulator:
+        """Itself with each column in one piece: what a split read's child sends back (`split_import`)."""
+        for key, arrs in self.parts.items():
+            if len(arrs) > 1:
+                self.parts[key] = [np.concatenate(arrs)]
+        return self
+
+    def merge(self, later: _Accumulator) -> None:
+        """Append the events of `later`, which came after this one's in the trace: its name codes are
+        renumbered into this one's, its args indices shifted; the result is what one accumulator given all
+        the chunks in order would hold, up to which code a name has."""
+        remap = np.empty(len(later.name_values), dtype=np.int64)
+        codes = self.name_code
+        for raw, code in later.name_code.items():
+            mine = codes.get(raw)
+            if mine is None:
+                mine = codes[raw] = len(self.name_values)
+                self.name_values.append(later.name_values[code])
+                self.name_device_kind.append(later.name_device_kind[code])
+                self.name_host_cat.append(later.name_host_cat[code])
+                self.name_step.append(later.name_step[code])
+            remap[code] = mine
+        for key, arrs in later.parts.items():
+            self.parts[key].extend([remap[a] for a in arrs] if key == "code" else arrs)
+        self.args.update({i + self.n: a for i, a in later.args.items()})
+        for c, cls in later.cat_class.items():
+            self.cat_class.setdefault(c, cls)
+        self.skipped.update(later.skipped)
+        self.thread_names.update(later.thread_names)  # a later name of a thread wins, as in one pass
+        self.events_total += later.events_total
+        self.n += later.n
 
     def _other_phases(self, events: list[_Event]) -> None:
         for ev in events:

@@ -29,7 +29,7 @@ def import_to_run(
         raise UsageError(f"{out_path} already holds a run; choose a new --out directory")
     if out_path.exists() and not out_path.is_dir():
         raise UsageError(f"--out {out_path} exists and is not a directory")
-    results = import_traces(paths, on_skip=on_skip)
+    results = import_traces(paths, on_skip=on_skip, split=True)  # a large single trace on two cores
     writers: list[SegmentWriter] = []
     run_id = ""
     for res in results:

@@ -442,3 +442,131 @@ def test_a_worker_that_cannot_run_leaves_the_import_to_this_process(
     (folder / "rank1.json").write_text('{"traceEvents": [')
     with pytest.raises(TraceFormatError, match="not valid JSON"):
         import_traces([str(folder)])
+
+
+def _same_name_codes(a, b) -> None:
+    """Equal names share a code in both, unequal ones do not (the numbers themselves may differ)."""
+    pairs = set(zip(a.name_code.tolist(), b.name_code.tolist()))
+    assert len({x for x, _ in pairs}) == len({y for _, y in pairs}) == len(pairs)
+
+
+def test_split_read_equals_one_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large trace read half here and half in a forked child gives exactly the one-process import: the
+    keys after the event array (read by the child), names first seen in either half, collectives' args
+    (their indices shift by the first half's spans). Args holding arrays of objects (where a cut between
+    `}, {"` lands inside an event) send it back to one process, with the same result."""
+    import collectors.kineto.kineto_import as ki
+    import collectors.kineto.split_import as si
+
+    def trace_with(extra_args: dict[str, Any], name: str) -> Path:
+        tr = planted_rank(3, realistic=True, rank=1, world_size=4)
+        for k in range(0, len(tr.events), 40):
+            if tr.events[k].get("cat") == "cpu_op":
+                tr.events[k]["args"].update(extra_args)
+        last = tr.events[-1]
+        tr.events.append({"ph": "X", "cat": "cpu_op", "name": "only_in_the_second_half", "pid": last["pid"],
+                          "tid": last["tid"], "ts": last["ts"], "dur": 1, "args": {}})  # fmt: skip
+        doc = json.loads(tr.write(tmp_path / f"{name}-as-written.json").read_text())
+        events = doc.pop("traceEvents")
+        path = tmp_path / f"{name}.json"
+        after = {k: doc.pop(k) for k in ("distributedInfo", "baseTimeNanoseconds")}  # read by the child
+        path.write_text(json.dumps({**doc, "traceEvents": events, **after}))
+        return path
+
+    plain = trace_with({"text": 'a}, {"b'}, "plain")
+    tricky = trace_with({"groups": [{"a": 1}, {"b": 2}]}, "tricky")
+    references = {p: import_trace(p) for p in (plain, tricky)}
+    monkeypatch.setattr(si, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(ki, "_CHUNK_BYTES", 5000)
+    assert si.can_split(), "needs fork, two cores and no other thread"
+    assert si.read_split(plain.read_bytes()) is not None
+    assert len(ki._chunk_bounds(ki._split_top(plain.read_bytes())[1])) > 4
+    assert si.read_split(tricky.read_bytes()) is None  # a cut inside an event: one process reads it
+    for path, reference in references.items():
+        got = import_trace(path, split=True)
+        assert (got.rank, got.world_size, got.events_total, got.skipped) == (
+            1, 4, reference.events_total, reference.skipped,
+        )  # fmt: skip
+        assert got.thread_names == reference.thread_names
+        _same_columns(got.spans, reference.spans)
+        _same_name_codes(got.spans, reference.spans)
+        assert "only_in_the_second_half" in got.spans.name.tolist()
+        assert (got.spans.kind == "collective").sum() == (reference.spans.kind == "collective").sum() > 0
+
+
+def test_a_split_read_whose_child_fails_is_read_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child's half fails (here: its decoder raises): the trace is read again in this process, whole, and
+    no child is left behind; a bad cut in this process's half does the same."""
+    import collectors.kineto.kineto_import as ki
+    import collectors.kineto.split_import as si
+
+    path = planted_rank(2, realistic=True).write(tmp_path / "t.json")
+    reference = import_trace(path)
+    monkeypatch.setattr(si, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(ki, "_CHUNK_BYTES", 5000)
+    parent, real_chunks = os.getpid(), si._event_chunks
+
+    def failing_in(who: str):  # type: ignore[no-untyped-def]
+        def chunks(*args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+            if (os.getpid() == parent) == (who == "parent"):
+                raise ki._BadCut() if who == "parent" else MemoryError("planted")
+            return real_chunks(*args, **kwargs)
+
+        return chunks
+
+    for who in ("child", "parent"):
+        monkeypatch.setattr(si, "_event_chunks", failing_in(who))
+        assert si.read_split(path.read_bytes()) is None, who
+        with pytest.raises(ChildProcessError):
+            os.waitpid(-1, os.WNOHANG)  # no child of this process is left, running or unreaped
+        got = import_trace(path, split=True)
+        _same_columns(got.spans, reference.spans)
+
+
+def test_split_read_of_a_real_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collectors.kineto.kineto_import as ki
+    import collectors.kineto.split_import as si
+
+    path = shared_trace_path("nccl_parser_config")
+    whole = import_trace(path)
+    monkeypatch.setattr(si, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(ki, "_CHUNK_BYTES", 100_000)
+    assert si.read_split(ki.read_trace_bytes(path)) is not None
+    got = import_trace(path, split=True)
+    assert got.events_total == whole.events_total and got.thread_names == whole.thread_names
+    _same_columns(got.spans, whole.spans)
+    _same_name_codes(got.spans, whole.spans)
+
+
+def test_the_import_command_splits_large_traces(tmp_path: Path) -> None:
+    """`gpuwatch import` of one large trace takes the split read (made to split a small one here), and its
+    run reads as the run of a one-process import."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, cli_env, summary_json
+
+    path = shared_trace_path("nccl_parser_config")
+    assert run_cli("import", path, "--out", tmp_path / "plain").returncode == 0
+    code = (
+        "import sys\n"
+        "import collectors.kineto.kineto_import as ki, collectors.kineto.split_import as si\n"
+        "si.SPLIT_MIN_BYTES, ki._CHUNK_BYTES, real = 0, 100_000, si.read_split\n"
+        "def spy(data):\n"
+        "    read = real(data)\n"
+        "    print('split' if read is not None else 'not split', file=sys.stderr)\n"
+        "    return read\n"
+        "si.read_split = spy\n"
+        "sys.argv = ['gpuwatch', 'import', sys.argv[1], '--out', sys.argv[2]]\n"
+        "from gpuwatch.cli import console_main; console_main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(path), str(tmp_path / "split")],
+        capture_output=True, text=True, timeout=120, env=cli_env(), cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr.startswith("split\n"), proc.stderr
+    plain, split = summary_json(tmp_path / "plain"), summary_json(tmp_path / "split")
+    for a, b in zip(plain["ranks"], split["ranks"], strict=True):
+        assert a["budget_pct"] == b["budget_pct"] and a["steps"] == b["steps"]
