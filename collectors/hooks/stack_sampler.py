@@ -49,6 +49,12 @@ PROBE_EVERY_NS = 250_000
 """While probing, one stack every this many ns of the training thread's own events."""
 PROBE_RETRY_STEPS = 20
 """A signature still unexplained after a probe is probed again this many steps later."""
+THIN_SAMPLES = 3
+"""A signature learned from fewer samples than this is not trusted with a long gap (`PROBE_MIN_GAP_NS`) that
+no tick sampled: the gap waits, as an unexplained one does, and the signature is probed. Its few samples may
+be ticks that got the GIL at a gap's edge (returning from a hooked C call, `torch.autograd.backward`'s
+wrapper) while the gap itself is pure Python no tick can enter: one such sample made a 4 ms bookkeeping gap
+compute in every step of a CI run (host_overhead 1.4% where the loop spent 17.8%)."""
 MAX_SIGNATURES = 10_000
 """Gap signatures remembered (span names with a counter in them would otherwise grow this forever)."""
 LOADER_HZ = 200.0
@@ -103,8 +109,10 @@ class _Signature:
     labels: dict[str, str] = field(default_factory=dict)
     best: tuple[str, str] | None = None
     """(category, label) with the most samples, kept as samples are added: read for every inferred gap."""
+    samples: int = 0
 
     def add(self, category: str, label: str, n: int) -> None:
+        self.samples += n
         self.counts[category] = self.counts.get(category, 0) + n
         self.labels[category] = label
         self.best = None
@@ -124,7 +132,8 @@ class StackSampler(Collector):
     calls, sleeps, I/O), so a short gap of pure-Python work can go unsampled step after step. A gap
     signature that stays unexplained although its gaps are long is therefore *probed*: the next gap that
     opens after the same hook is traced on the training thread itself (`sys.setprofile`, only for that one
-    gap, only if no other profile function is set) and stacks are taken from the trace events.
+    gap, only if no other profile function is set) and stacks are taken from the trace events. So is a
+    signature learned from fewer than `THIN_SAMPLES` samples, whose long gaps wait meanwhile.
 
     Args:
         ctx: the process's hook context (training thread, gaps, sink, clock).
@@ -318,7 +327,7 @@ class StackSampler(Collector):
                 ctx.loader_cpu_ns.pop(serial, None)
         if self._learned or final:
             self._learned = False
-            self._retry_pending()
+            self._retry_pending(final)
 
     def _gap(
         self,
@@ -338,9 +347,10 @@ class StackSampler(Collector):
             return
         if not samples:
             sig = self._signatures.get(signature)
-            if sig is None:
-                self._pending.append((start, end, signature, inside_loader))
-                if end - start >= PROBE_MIN_GAP_NS:
+            long_gap = end - start >= PROBE_MIN_GAP_NS
+            if sig is None or (long_gap and cpu_ns is None and sig.samples < THIN_SAMPLES):
+                self._hold((start, end, signature, inside_loader))
+                if long_gap:
                     self._unexplained = True
                     self._want_probe(signature[0])
             elif cpu_ns is not None:
@@ -358,8 +368,8 @@ class StackSampler(Collector):
                 if len(self._signatures) >= MAX_SIGNATURES
                 else self._signatures.setdefault(signature, _Signature())
             )
-        if not sig.counts:
-            self._learned = True
+        if sig.samples < THIN_SAMPLES <= sig.samples + len(samples) or not sig.counts:
+            self._learned = True  # first learned, or trusted with long gaps from now on: held gaps may go
         if cpu_ns is not None and all(cpu >= 0 for *_, cpu in samples):
             for _t, category, label, _late, _cpu in samples:
                 sig.add(category, label, 1)
@@ -441,20 +451,33 @@ class StackSampler(Collector):
         self._probed_at[key] = step
         self.ctx.probe_keys.add(key)
 
-    def _retry_pending(self) -> None:
+    def _hold(self, gap: tuple[int, int, tuple[str, str], bool]) -> None:
+        """Keep a gap until its signature is learned (or trusted, `THIN_SAMPLES`); when too many wait, the
+        oldest goes as its signature says now, or is dropped (left unattributed) if it has none."""
+        if len(self._pending) == MAX_PENDING_GAPS:
+            self._release(self._pending.popleft(), final=True)
+        self._pending.append(gap)
+
+    def _retry_pending(self, final: bool = False) -> None:
         still: collections.deque[tuple[int, int, tuple[str, str], bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
         )
         while self._pending:
-            start, end, signature, inside_loader = self._pending.popleft()
-            sig = self._signatures.get(signature)
-            if sig is None:
-                still.append((start, end, signature, inside_loader))
-                continue
-            category, label = sig.dominant()
-            if not (inside_loader and category == DATA_LOADING):
-                self._emit(start, end, category, label, 0, inferred=True)
+            gap = self._pending.popleft()
+            if not self._release(gap, final):
+                still.append(gap)
         self._pending = still
+
+    def _release(self, gap: tuple[int, int, tuple[str, str], bool], final: bool) -> bool:
+        """Emit a held gap as its signature says, if it has one it can be trusted with (any, when `final`)."""
+        start, end, signature, inside_loader = gap
+        sig = self._signatures.get(signature)
+        if sig is None or (sig.samples < THIN_SAMPLES and not final and end - start >= PROBE_MIN_GAP_NS):
+            return False
+        category, label = sig.dominant()
+        if not (inside_loader and category == DATA_LOADING):
+            self._emit(start, end, category, label, 0, inferred=True)
+        return True
 
     def _emit(
         self,

@@ -110,3 +110,38 @@ def test_an_unsampled_region_of_a_decoding_loader_is_decode_for_its_cpu_time() -
     sink.spans.clear()
     sampler._gap(100 * MS, 104 * MS, sig, None, inside_loader=True, cpu_ns=(50 * MS, 53 * MS))
     assert _emitted(sink) == [(101 * MS, 104 * MS, PREP, None)]
+
+
+def test_a_long_gap_is_not_given_to_a_signature_of_one_edge_sample() -> None:
+    """One tick got the GIL at the edge of a pure-Python gap (leaving `backward`'s wrapper: compute); the
+    gaps after it, which no tick can enter, wait and their signature is probed; once the probe's samples say
+    host_overhead, they go there. Short gaps, and gaps when the sampler stops, go as the signature says."""
+    sampler, sink = _sampler()
+    sig = ("backward", "step")
+    edge = [(100_000, "compute", "torch.autograd", False, -1)]
+    sampler._gap(0, 4 * MS, sig, edge, inside_loader=False)
+    assert [s[2] for s in _emitted(sink)] == ["compute"]  # what its one sample saw: all this gap can say
+    sink.spans.clear()
+    sampler._gap(10 * MS, 14 * MS, sig, None, inside_loader=False)  # long, unsampled: held
+    sampler._gap(20 * MS, 20 * MS + 50_000, sig, None, inside_loader=False)  # short: as the signature says
+    assert [(s.start_ns, s.end_ns, s.category) for s in sink.spans] == [
+        (20 * MS, 20 * MS + 50_000, "compute")
+    ]
+    assert "backward" in sampler.ctx.probe_keys
+    sink.spans.clear()
+    probe = [(30 * MS + k * 250_000, "host_overhead", "loop.py:bookkeeping", False, -1) for k in range(16)]
+    sampler._gap(30 * MS, 34 * MS, sig, probe, inside_loader=False)  # the probed gap
+    sampler._drain(final=False)
+    spans = sorted((s.start_ns, s.end_ns, s.category) for s in sink.spans)
+    assert spans == [(10 * MS, 14 * MS, "host_overhead"), (30 * MS, 34 * MS, "host_overhead")]
+
+
+def test_held_gaps_of_a_thin_signature_go_as_it_says_when_sampling_ends() -> None:
+    sampler, sink = _sampler()
+    sig = ("backward", "step")
+    sampler._gap(0, 4 * MS, sig, [(100_000, "compute", "torch.autograd", False, -1)], inside_loader=False)
+    sink.spans.clear()
+    sampler._gap(10 * MS, 14 * MS, sig, None, inside_loader=False)
+    assert sink.spans == []
+    sampler.stop()  # never started: stop drains what is held
+    assert [(s.start_ns, s.end_ns, s.category) for s in sink.spans] == [(10 * MS, 14 * MS, "compute")]
