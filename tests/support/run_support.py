@@ -49,9 +49,12 @@ def rank_spans(run_dir: Path, rank: int) -> tuple[SpanColumns, int]:
         reader.close()
 
 
-def budget_at(run_dir: Path, rank: int, bounds_unix_ns: list[int]) -> dict[str, float]:
+def budget_at(
+    run_dir: Path, rank: int, bounds_unix_ns: list[int], *, include_warmup: bool = False
+) -> dict[str, float]:
     """The budget (percent per category) of one rank of a run with its steps replaced by the steps between
-    consecutive wall-clock instants `bounds_unix_ns`: what a `gw.step()` at each of them would have given."""
+    consecutive wall-clock instants `bounds_unix_ns`: what a `gw.step()` at each of them would have given
+    (warm-up steps left out as `gpuwatch summary` leaves them, unless `include_warmup`)."""
     cols, anchor = rank_spans(run_dir, rank)
     is_step = cols.kind == SpanKind.STEP.value
     tid = int(cols.tid[is_step][0]) if is_step.any() else 0
@@ -84,7 +87,7 @@ def budget_at(run_dir: Path, rank: int, bounds_unix_ns: list[int]) -> dict[str, 
             for name in steps
         }
     )
-    totals = compute_rank_budget(rank, merged).total_pct()
+    totals = compute_rank_budget(rank, merged, include_warmup=include_warmup).total_pct()
     return {c.value: totals[c] for c in CATEGORIES}
 
 
