@@ -516,11 +516,24 @@ def test_a_split_read_whose_child_fails_is_read_in_one_process(
 
         return chunks
 
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
     for who in ("child", "parent"):
         monkeypatch.setattr(si, "_event_chunks", failing_in(who))
+        forked.clear()
+        monkeypatch.setattr(os, "fork", fork)
         assert si.read_split(path.read_bytes()) is None, who
+        monkeypatch.setattr(os, "fork", real_fork)
+        assert len(forked) == 1
         with pytest.raises(ChildProcessError):
-            os.waitpid(-1, os.WNOHANG)  # no child of this process is left, running or unreaped
+            os.waitpid(forked[0], os.WNOHANG)  # the split's child is gone and reaped, not left running
         got = import_trace(path, split=True)
         _same_columns(got.spans, reference.spans)
 
