@@ -56,7 +56,12 @@ def read_split(data: bytes | bytearray) -> tuple[_WholeTrace, _Accumulator] | No
     half = next(k for k, (lo, _) in enumerate(bounds) if lo >= len(events) // 2 or k == len(bounds) - 1)
     half = max(half, 1)
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or process slot for a child: one process reads it
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
     if pid == 0:  # the child: the second half, pickled into the pipe, then gone without any teardown
         code = 1
         try:

@@ -538,6 +538,31 @@ def test_a_split_read_whose_child_fails_is_read_in_one_process(
         _same_columns(got.spans, reference.spans)
 
 
+def test_a_split_read_that_cannot_fork_is_read_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No child can be started (EAGAIN, ENOMEM): the trace is read in one process, and the pipe meant for the
+    child is closed, not leaked."""
+    import errno
+
+    import collectors.kineto.kineto_import as ki
+    import collectors.kineto.split_import as si
+
+    path = planted_rank(2, realistic=True).write(tmp_path / "t.json")
+    reference = import_trace(path)
+    monkeypatch.setattr(si, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(ki, "_CHUNK_BYTES", 5000)
+
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    fds = len(os.listdir("/proc/self/fd"))
+    assert si.read_split(path.read_bytes()) is None
+    assert len(os.listdir("/proc/self/fd")) == fds
+    _same_columns(import_trace(path, split=True).spans, reference.spans)
+
+
 def test_split_read_of_a_real_trace(monkeypatch: pytest.MonkeyPatch) -> None:
     import collectors.kineto.kineto_import as ki
     import collectors.kineto.split_import as si
