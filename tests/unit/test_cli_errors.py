@@ -253,7 +253,7 @@ def test_summary_does_not_build_the_other_commands_arguments(tmp_path: Path, goo
     import subprocess
     import sys
 
-    from conftest import ROOT, cli_env
+    from conftest import ROOT, run_program
 
     assert run_cli("import", good_trace, "--out", tmp_path / "run").returncode == 0
     preamble = (
@@ -264,10 +264,7 @@ def test_summary_does_not_build_the_other_commands_arguments(tmp_path: Path, goo
     )
 
     def summary(entry: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", preamble + entry, str(tmp_path / "run")],
-            capture_output=True, text=True, timeout=120, env=cli_env(), cwd=ROOT,
-        )  # fmt: skip
+        return run_program([sys.executable, "-c", preamble + entry, tmp_path / "run"], cwd=ROOT)
 
     fast = summary("from gpuwatch.cli import console_main; console_main()")
     assert fast.returncode == 0, fast.stderr

@@ -581,10 +581,9 @@ def test_split_read_of_a_real_trace(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_import_command_splits_large_traces(tmp_path: Path) -> None:
     """`gpuwatch import` of one large trace takes the split read (made to split a small one here), and its
     run reads as the run of a one-process import."""
-    import subprocess
     import sys
 
-    from conftest import ROOT, cli_env, summary_json
+    from conftest import ROOT, run_program, summary_json
 
     path = shared_trace_path("nccl_parser_config")
     assert run_cli("import", path, "--out", tmp_path / "plain").returncode == 0
@@ -600,10 +599,7 @@ def test_the_import_command_splits_large_traces(tmp_path: Path) -> None:
         "sys.argv = ['gpuwatch', 'import', sys.argv[1], '--out', sys.argv[2]]\n"
         "from gpuwatch.cli import console_main; console_main()\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(path), str(tmp_path / "split")],
-        capture_output=True, text=True, timeout=120, env=cli_env(), cwd=ROOT,
-    )  # fmt: skip
+    proc = run_program([sys.executable, "-c", code, path, tmp_path / "split"], cwd=ROOT)
     assert proc.returncode == 0 and proc.stderr.startswith("split\n"), proc.stderr
     plain, split = summary_json(tmp_path / "plain"), summary_json(tmp_path / "split")
     for a, b in zip(plain["ranks"], split["ranks"], strict=True):
