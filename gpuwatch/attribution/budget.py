@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuwatch.attribution import intervals as iv
-from gpuwatch.attribution.value_codes import ValueCodes, span_categories, span_kinds
+from gpuwatch.attribution.value_codes import ValueCodes, kind_is, span_categories, span_kinds
 from gpuwatch.attribution.warmup import warmup_steps
 from gpuwatch.records import (
     CATEGORIES,
@@ -63,7 +63,7 @@ def launch_ns(cols: SpanColumns, idx: np.ndarray) -> tuple[np.ndarray, np.ndarra
     own start); it is None when the trace has no runtime call with a correlation id at all.
     """
     launch = cols.start_ns[idx].copy()
-    runtime = np.flatnonzero((cols.kind == SpanKind.RUNTIME.value) & (cols.correlation >= 0))
+    runtime = np.flatnonzero(kind_is(cols, SpanKind.RUNTIME.value) & (cols.correlation >= 0))
     if runtime.size == 0:
         return launch, None
     r_corr = cols.correlation[runtime]

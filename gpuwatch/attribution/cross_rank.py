@@ -22,6 +22,7 @@ from gpuwatch.attribution import intervals as iv
 from gpuwatch.attribution.budget import CAT_INDEX, RankBudget, launch_ns
 from gpuwatch.attribution.clock_align import ClockOffsets, estimate_offsets
 from gpuwatch.attribution.step_labels import StepLabels, TagCause, tag_cause
+from gpuwatch.attribution.value_codes import kind_is
 from gpuwatch.records import CATEGORIES, Category, SpanColumns, SpanKind
 
 
@@ -81,7 +82,7 @@ def _collective_keys(cols: SpanColumns, budget: RankBudget) -> tuple[np.ndarray,
     profiling), so it is only trusted within a step: key (side, group, "step", step number, n-th in that
     step). Step numbers (ProfilerStep#N) are the training iteration, the same on every rank.
     """
-    is_coll = (cols.kind == SpanKind.COLLECTIVE.value) & (cols.seq >= 0)
+    is_coll = kind_is(cols, SpanKind.COLLECTIVE.value) & (cols.seq >= 0)
     device = is_coll & (cols.stream >= 0)
     # On GPU ranks match device kernels (their start is when the rank really arrived); else host calls.
     pick = device if (budget.mode == "device" and device.any()) else is_coll & (cols.stream < 0)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpuwatch.attribution.budget import RankBudget
+from gpuwatch.attribution.value_codes import kind_is
 from gpuwatch.records import SpanColumns, SpanKind
 
 NO_STAGE = "(none)"
@@ -40,7 +41,7 @@ def step_labels(cols: SpanColumns, budget: RankBudget) -> StepLabels:
     n = budget.step_ids.size
     stage = np.full(n, NO_STAGE, dtype=object)
     tags: dict[str, np.ndarray] = {}
-    mask = (cols.kind == SpanKind.STEP.value) & (cols.tid == budget.training_tid)
+    mask = kind_is(cols, SpanKind.STEP.value) & (cols.tid == budget.training_tid)
     if cols.attrs is None or n == 0 or not mask.any():
         return StepLabels(stage, tags, False)
     idx = np.flatnonzero(mask)

@@ -60,3 +60,11 @@ def span_kinds(cols: SpanColumns) -> ValueCodes:
 def span_categories(cols: SpanColumns) -> ValueCodes:
     """The spans' categories coded (from `category_code` when the producer set it)."""
     return ValueCodes.of(cols.category, cols.category_code, CATEGORY_OR_NONE)
+
+
+def kind_is(cols: SpanColumns, kind: str) -> np.ndarray:
+    """Mask of the spans of one kind: an integer comparison where the producer coded the kinds (an import),
+    else one string comparison per span (cheaper than coding the column for a single question)."""
+    if cols.kind_code is not None:
+        return cols.kind_code == SPAN_KINDS.index(kind)
+    return cols.kind == kind
