@@ -296,8 +296,11 @@ def import_trace(path: Path, *, default_rank: int = 0, split: bool = False) -> I
     Raises:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
-    data = read_trace_bytes(path)
-    trace, acc = _read_events(path, data, split=split)
+    read = None if split else _read_streamed(path)
+    if read is None:
+        trace, acc = _read_events(path, read_trace_bytes(path), split=split)
+    else:
+        trace, acc = read
     dist = trace.distributedInfo or {}
     rank = _as_int(dist.get("rank"))
     rank_source = "trace"
@@ -316,6 +319,28 @@ def import_trace(path: Path, *, default_rank: int = 0, split: bool = False) -> I
     res = acc.finish(path, trace, rank, world_size, dist)
     res.rank_source = rank_source
     return res
+
+
+def _read_streamed(path: Path) -> tuple[_WholeTrace, _Accumulator] | None:
+    """A large gzip trace read as it is inflated (`stream_import`), or None: a small or plain JSON file, one
+    that cannot be read (reported by the careful path), or one whose layout the stream cannot cut."""
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"\x1f\x8b":
+                return None
+            fh.seek(-4, 2)
+            size_hint = int.from_bytes(fh.read(4), "little")
+    except OSError:
+        return None
+    from collectors.kineto.stream_import import STREAM_MIN_BYTES, read_streamed
+
+    if size_hint < STREAM_MIN_BYTES:  # ISIZE is the size modulo 4 GiB: a 4 GiB+ trace may read whole
+        return None
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    return read_streamed(path, raw)
 
 
 def import_traces(
