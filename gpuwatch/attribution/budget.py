@@ -237,7 +237,7 @@ def compute_rank_budget(
 
     host_tids = {tid}
     if mode == "device":  # threads that launch device work (the autograd thread runs backward launches)
-        host_tids |= set(np.unique(cols.tid[kinds.eq(SpanKind.RUNTIME.value) & ~is_device]).tolist())
+        host_tids |= set(iv.unique_sorted(cols.tid[kinds.eq(SpanKind.RUNTIME.value) & ~is_device]).tolist())
     on_host = ~is_device & np.isin(cols.tid, list(host_tids)) & ~kinds.isin(_NOT_ACTIVITY.tolist())
     # a span that says "unattributed" (a thread blocked on another thread: stack samplers) is no activity
     waiting = on_host & cats.eq(Category.UNATTRIBUTED.value)
@@ -366,7 +366,7 @@ def _other_thread_collectives(
     the training threads' waits on another thread (`waiting`) that such a collective overlaps: the whole
     wait, hand-off to and from the helper thread included, is waiting for that communication."""
     own = cols.tid == tid
-    pids = np.unique(cols.pid[own & ~is_device]) if own.any() else np.zeros(0, dtype=np.int64)
+    pids = iv.unique_sorted(cols.pid[own & ~is_device]) if own.any() else np.zeros(0, dtype=np.int64)
     mask = (
         ~is_device
         & cats.eq(Category.SYNC.value)

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from gpuwatch.attribution.order_stats import median, percentile
+
 MIN_COLLECTIVES = 3
 """Fewer matched collectives between two domains than this: no estimate (offset 0)."""
 _FAR_NS = (-(2**62), 2**62)
@@ -70,10 +72,10 @@ def estimate_offsets(
         if ref not in ends or len(ends) < 2:
             continue
         used += 1
-        ref_end = float(np.median(ends[ref]))
+        ref_end = median(np.asarray(ends[ref]))
         for d, values in ends.items():
             if d != ref:
-                diffs[d].append(int(round(float(np.median(values)) - ref_end)))
+                diffs[d].append(int(round(median(np.asarray(values)) - ref_end)))
                 low_ns[d] = max(low_ns.get(d, _FAR_NS[0]), max(starts[d]) - min(ends[ref]))
                 high_ns[d] = min(high_ns.get(d, _FAR_NS[1]), min(ends[d]) - max(starts[ref]))
     per_domain: dict[str, int] = {}
@@ -81,10 +83,10 @@ def estimate_offsets(
     for d, values in diffs.items():
         if len(values) >= MIN_COLLECTIVES:
             arr = np.array(values, dtype=np.float64)
-            per_domain[d] = int(round(float(np.median(arr))))
+            per_domain[d] = int(round(median(arr)))
             if low_ns[d] <= high_ns[d]:
                 per_domain[d] = min(max(per_domain[d], low_ns[d]), high_ns[d])
-            q1, q3 = np.percentile(arr, [25, 75])
+            q1, q3 = percentile(arr, 25), percentile(arr, 75)
             spread[d] = int(round(float(q3 - q1)))
     return ClockOffsets(
         offsets_ns={r: per_domain.get(domains[r], 0) for r in ranks},

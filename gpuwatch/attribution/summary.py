@@ -20,6 +20,7 @@ import numpy as np
 from gpuwatch.attribution.analysis import RunAnalysis
 from gpuwatch.attribution.budget import RankBudget
 from gpuwatch.attribution.cross_rank import RankSyncSplit
+from gpuwatch.attribution.order_stats import median, percentile
 from gpuwatch.attribution.overview import ROLES as OVERVIEW_ROLES
 from gpuwatch.attribution.overview import OverviewBreakdown
 from gpuwatch.attribution.recommendations import Recommendation
@@ -80,9 +81,9 @@ class StepTimeMs:
         if not step_ms.size:
             return cls(median=0.0, mean=0.0, p90=0.0, min=0.0, max=0.0)
         return cls(
-            median=float(np.median(step_ms)),
+            median=median(step_ms),
             mean=float(step_ms.mean()),
-            p90=float(np.percentile(step_ms, 90)),
+            p90=percentile(step_ms, 90),
             min=float(step_ms.min()),
             max=float(step_ms.max()),
         )

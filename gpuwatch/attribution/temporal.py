@@ -45,7 +45,7 @@ def _device_temporal(cols: SpanColumns, budget: RankBudget) -> TemporalBreakdown
     idx = np.flatnonzero(device)
     step_ids, step_start_ns, _, _ = budget.all_steps()  # warm-up included: HTA knows none
     # HTA filters only when the trace has two or more ProfilerStep names, by when the work was launched
-    if budget.steps_from_markers and np.unique(step_ids).size > 1:
+    if budget.steps_from_markers and iv.unique_sorted(step_ids).size > 1:
         launch, found = launch_ns(cols, idx)
         keep = launch < step_start_ns.max()
         if found is not None:

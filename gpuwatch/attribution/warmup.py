@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpuwatch.attribution.order_stats import median
+
 WARMUP_FACTOR = 2.0
 """A leading step is warm-up when its wall time exceeds this many times the reference (median) step."""
 MAX_WARMUP_STEPS = 3
@@ -50,7 +52,7 @@ def warmup_steps(step_ns: np.ndarray, *, from_markers: bool = True) -> tuple[int
     if window == 0:
         return 0, 0
     rest = step_ns[window:]
-    reference = int(np.median(rest))
+    reference = int(median(rest))
     bar = max(WARMUP_FACTOR * reference, float(rest.max()))
     count = 0
     while count < window and step_ns[count] > bar:
