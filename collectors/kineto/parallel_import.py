@@ -2,23 +2,26 @@
 
 A million-event rank costs about 3 s of one core to import (inflate, decode, columns), and ranks are
 independent until the analysis, so a job's traces are imported side by side when there are several large
-ones, cores to spare and memory for them. Each worker is a fresh interpreter (not a fork: the importing
-process may already run threads) that imports one file and writes its `ImportedTrace` to its stdout, pickled
-whole (numpy columns pickle fast; the object columns share a few hundred distinct strings, which pickle
-writes once each). Plain child processes, not a multiprocessing pool, whose resource tracker would outlive
+ones, cores to spare and memory for them. Each worker is an interpreter of its own (not a fork: the
+importing process may already run threads) that imports one file after another and writes each
+`ImportedTrace` to its stdout, pickled whole (numpy columns pickle fast; the object columns share a few
+hundred distinct strings, which pickle writes once each). Plain child processes, not a multiprocessing pool, whose resource tracker would outlive
 the import in a long-lived caller.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections.abc import Generator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, cast
 
 from collectors.kineto.kineto_import import ImportedTrace, NotATraceError, import_trace
 from gpuwatch.errors import GpuwatchError
@@ -53,55 +56,171 @@ def worker_count(files: list[Path]) -> int:
 def import_each(files: list[Path], workers: int) -> Generator[ImportedTrace | NotATraceError, None, None]:
     """`import_trace` of each file in `workers` processes, in file order (the default rank of a trace that
     names none is its position). A file that is valid JSON but no trace comes back as its NotATraceError;
-    any other failure is raised here, as the sequential import would."""
-    with ThreadPoolExecutor(workers, thread_name_prefix="gpuwatch-import") as pool:
-        futures = [pool.submit(_run_worker, path, i) for i, path in enumerate(files)]
+    any other failure is raised here, as the sequential import would.
+
+    Each worker is started once and imports the next file nobody has taken until none is left: a fresh
+    interpreter per file cost 0.15-0.2 s of CPU each (Python, numpy and msgspec imported again), and a
+    worker that goes on reuses the memory it freed instead of faulting in new pages. A worker that cannot
+    start or dies leaves its file to this process, and the next file gets a new worker."""
+    futures: list[Future[ImportedTrace | NotATraceError]] = [Future() for _ in files]
+    jobs = iter(list(enumerate(files)))
+    take = threading.Lock()
+    stop = threading.Event()
+    live: list[_Worker] = []
+
+    def serve() -> None:
+        worker: _Worker | None = None
         try:
-            for future in futures:
-                yield future.result()
+            while not stop.is_set():
+                with take:
+                    job = next(jobs, None)
+                if job is None:
+                    return
+                index, path = job
+                future = futures[index]
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    if worker is None:
+                        worker = _Worker.start(live)
+                    outcome = worker.run(path, index) if worker is not None else None
+                    if outcome is None:  # no worker, or it died on this file: this process imports it
+                        worker = _Worker.end(worker, live)
+                        if stop.is_set():
+                            raise RuntimeError("import stopped")
+                        outcome = _import_here(path, index)
+                    kind, value = outcome
+                    if kind == "raise":
+                        future.set_exception(value)
+                    else:
+                        future.set_result(value)
+                except BaseException as exc:  # noqa: BLE001 - reaches the caller through the future
+                    future.set_exception(exc)
         finally:
+            _Worker.end(worker, live)
+
+    threads = [
+        threading.Thread(target=serve, name=f"gpuwatch-import-{k}", daemon=True) for k in range(workers)
+    ]
+    for thread in threads:
+        thread.start()
+    done = False
+    try:
+        for k, future in enumerate(futures):
+            outcome = future.result()
+            done = k == len(futures) - 1  # closed after the last one: the workers leave as usual
+            yield outcome
+    finally:
+        if not done:  # a file failed the import, or the caller stopped: no more work for anyone
+            stop.set()
             for future in futures:
                 future.cancel()
+            for worker in list(live):
+                worker.kill()
+        for thread in threads:
+            thread.join()
+
+
+class _Worker:
+    """One long-lived worker process: a line (path, default rank) in, a length-prefixed pickle out."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+
+    @classmethod
+    def start(cls, live: list[_Worker]) -> _Worker | None:
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER, json.dumps(sys.path)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:  # no interpreter to run (an embedded Python), no process slot
+            return None
+        worker = cls(proc)
+        live.append(worker)
+        return worker
+
+    def run(self, path: Path, default_rank: int) -> tuple[str, Any] | None:
+        """The worker's outcome for one file, or None when it is gone (it could not start, or died)."""
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            stdin.write(json.dumps([str(path), default_rank]).encode() + b"\n")
+            stdin.flush()
+            head = stdout.read(8)
+            if len(head) != 8:
+                return None
+            size = int.from_bytes(head, "little")
+            payload = bytearray(size)
+            if cast(io.BufferedReader, stdout).readinto(payload) != size:
+                return None
+            return pickle.loads(payload)  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - a broken pipe, a truncated or foreign payload
+            return None
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+
+    @staticmethod
+    def end(worker: _Worker | None, live: list[_Worker]) -> None:
+        """Close `worker`'s input (it leaves when it reads the end) and reap it; None, for the caller."""
+        if worker is None:
+            return None
+        try:
+            if worker.proc.stdin is not None:
+                worker.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            worker.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.proc.wait()
+        for stream in (worker.proc.stdout,):
+            if stream is not None:
+                stream.close()
+        if worker in live:
+            live.remove(worker)
+        return None
 
 
 _WORKER = (
-    "import json, pickle, sys\n"
+    "import json, sys\n"
     "sys.path[:0] = json.loads(sys.argv[1])\n"
     "from collectors.kineto.parallel_import import worker_main\n"
-    "worker_main(sys.argv[2], int(sys.argv[3]))\n"
+    "worker_main()\n"
 )
 
 
-def _run_worker(path: Path, default_rank: int) -> ImportedTrace | NotATraceError:
-    proc = subprocess.run(
-        [sys.executable, "-c", _WORKER, json.dumps(sys.path), str(path), str(default_rank)],
-        capture_output=True,
-        check=False,
-    )
+def _import_here(path: Path, default_rank: int) -> tuple[str, Any]:
     try:
-        kind, value = pickle.loads(proc.stdout)
-    except Exception:  # noqa: BLE001 - no worker (an embedded interpreter, no memory for it): do it here
-        try:
-            return import_trace(path, default_rank=default_rank)
-        except NotATraceError as exc:
-            return exc
-    if kind == "raise":
-        raise value
-    return value  # type: ignore[no-any-return]
-
-
-def worker_main(path: str, default_rank: int) -> None:
-    """A worker's body: one file imported, its result (or its error) pickled to stdout."""
-    try:
-        out: tuple[str, object] = ("ok", import_trace(Path(path), default_rank=default_rank))
+        return ("ok", import_trace(path, default_rank=default_rank))
     except NotATraceError as exc:
-        out = ("ok", exc)
+        return ("ok", exc)
     except GpuwatchError as exc:
-        out = ("raise", exc)
-    except Exception as exc:  # noqa: BLE001 - a bug of ours: the parent reports it as one
-        out = ("raise", RuntimeError(f"{type(exc).__name__}: {exc}"))
-    sys.stdout.buffer.write(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
-    sys.stdout.flush()
+        return ("raise", exc)
+
+
+def worker_main() -> None:
+    """A worker's body: for each line of stdin (a file and its default rank), the file imported and its
+    result (or its error) pickled to stdout after its length; it leaves at the end of stdin."""
+    out = sys.stdout.buffer
+    for line in sys.stdin.buffer:
+        path, default_rank = json.loads(line)
+        try:
+            outcome: tuple[str, object] = _import_here(Path(path), int(default_rank))
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: the parent reports it as one
+            outcome = ("raise", RuntimeError(f"{type(exc).__name__}: {exc}"))
+        payload = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write(len(payload).to_bytes(8, "little"))
+        out.write(payload)
+        out.flush()
+        del outcome, payload
 
 
 def _json_bytes(path: Path) -> int:

@@ -604,3 +604,67 @@ def test_the_import_command_splits_large_traces(tmp_path: Path) -> None:
     plain, split = summary_json(tmp_path / "plain"), summary_json(tmp_path / "split")
     for a, b in zip(plain["ranks"], split["ranks"], strict=True):
         assert a["budget_pct"] == b["budget_pct"] and a["steps"] == b["steps"]
+
+
+def _four_ranks(tmp_path: Path) -> Path:
+    folder = tmp_path / "job"
+    folder.mkdir()
+    for rank in range(4):
+        planted_rank(2, realistic=True, rank=rank, world_size=4).write(folder / f"rank{rank}.json")
+    return folder
+
+
+def test_a_worker_imports_file_after_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, four files: each worker process is started once and goes on to the next file."""
+    import collectors.kineto.parallel_import as par
+
+    folder = _four_ranks(tmp_path)
+    sequential = import_traces([str(folder)])
+    monkeypatch.setattr(par, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(par, "worker_count", lambda files: 2)
+    started: list[Any] = []
+    real_start = par._Worker.start
+
+    def start(live):  # type: ignore[no-untyped-def]
+        worker = real_start(live)
+        started.append(worker.proc)
+        return worker
+
+    monkeypatch.setattr(par._Worker, "start", staticmethod(start))
+    parallel = import_traces([str(folder)])
+    assert [r.rank for r in parallel] == [0, 1, 2, 3]
+    for a, b in zip(parallel, sequential, strict=True):
+        _same_columns(a.spans, b.spans)
+    assert len(started) == 2
+    assert all(proc.returncode == 0 for proc in started)  # each left at the end of its input, reaped
+
+
+def test_a_worker_that_dies_leaves_its_file_to_this_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed in the middle of a file (here: it exits on rank1.json): that file is imported here,
+    the next one gets a new worker, and the result is the sequential import's."""
+    import collectors.kineto.parallel_import as par
+
+    folder = _four_ranks(tmp_path)
+    sequential = import_traces([str(folder)])
+    monkeypatch.setattr(par, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(par, "worker_count", lambda files: 2)
+    monkeypatch.setattr(
+        par,
+        "_WORKER",
+        "import json, os, sys\n"
+        "sys.path[:0] = json.loads(sys.argv[1])\n"
+        "import collectors.kineto.parallel_import as p\n"
+        "real = p._import_here\n"
+        "p._import_here = lambda path, r: os._exit(9) if path.name == 'rank1.json' else real(path, r)\n"
+        "p.worker_main()\n",
+    )
+    here: list[str] = []
+    real_here = par._import_here
+    monkeypatch.setattr(par, "_import_here", lambda path, r: here.append(path.name) or real_here(path, r))
+    parallel = import_traces([str(folder)])
+    assert here == ["rank1.json"]
+    for a, b in zip(parallel, sequential, strict=True):
+        assert a.rank == b.rank
+        _same_columns(a.spans, b.spans)
