@@ -15,12 +15,10 @@ per distinct value, because a Python loop over a million events costs as much as
 from __future__ import annotations
 
 import functools
-import gzip
 import operator
 import re
-import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -30,6 +28,7 @@ import msgspec
 import numpy as np
 
 from collectors.kineto.kineto_rules import DTYPE_BYTES, device_kind, host_category
+from collectors.kineto.trace_bytes import read_trace_bytes
 from gpuwatch.errors import TraceFormatError, UsageError
 from gpuwatch.records import CATEGORY_OR_NONE, DEVICE_KIND_CATEGORY, SPAN_KINDS, SpanColumns, SpanKind
 
@@ -123,7 +122,6 @@ _ONE_PASS_BYTES = 128 << 20
 """Traces up to this size (decompressed JSON) are decoded in one pass, events included: their event objects
 take about as much memory again. Larger ones are read twice, the top level skipping the events (0.08 s for 54
 MB), then the events chunk by chunk, so memory stays the trace's bytes plus one chunk."""
-_MAX_INFLATE_RATIO = 64
 _MAX_NAME_CHARS = 8192
 """Longer names are cut here (real kernel names reach a few thousand characters): the name rules are
 regular expressions, and a hostile 2 MB name would cost seconds in each of them."""
@@ -247,58 +245,19 @@ def find_trace_files(paths: list[str]) -> list[Path]:
     return found
 
 
-def read_trace_bytes(path: Path) -> bytes | bytearray:
-    """The decompressed JSON bytes of a trace file. Raises TraceFormatError on a corrupt or truncated gzip."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TraceFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return _gunzip(raw)
-    except (EOFError, gzip.BadGzipFile, OSError, *_INFLATE_ERRORS) as exc:
-        raise TraceFormatError(f"corrupt or truncated gzip file {path}: {exc}") from None
-
-
-def _gunzip(raw: bytes) -> bytes:
-    """Inflate in one call into an output buffer sized from the gzip trailer (`gzip.decompress` grows its
-    output and holds it twice at the peak: 100 MB extra for a 50 MB trace). The first member's CRC is
-    checked by the inflater; a result whose length or CRC is not the trailer's came from one of several
-    concatenated members (rare) and the file is inflated again member by member.
-
-    ISA-L (`isal`) inflates 2x faster than zlib, and its CRC is 6x faster: 0.058 + 0.005 s against 0.104 +
-    0.029 s (and 0.163 s for the chunked loop this replaced) for the 53 MB of HTA's df_index_resolver trace.
-    zlib is the fallback without it."""
-    size_hint = int.from_bytes(raw[-4:], "little")  # ISIZE: the uncompressed size modulo 2**32
-    # a damaged trailer must not allocate gigabytes: JSON traces inflate 10-30x, and past the cap it grows
-    bufsize = max(min(size_hint, _MAX_INFLATE_RATIO * len(raw)), 1 << 16)
-    out = _inflate(raw, 31, bufsize)
-    if len(out) % 2**32 != size_hint or _crc32(out) != int.from_bytes(raw[-8:-4], "little"):
-        return gzip.decompress(raw)
-    return out
-
-
-try:
-    from isal.isal_zlib import crc32 as _crc32
-    from isal.isal_zlib import decompress as _inflate
-    from isal.isal_zlib import error as _isal_error
-
-    _INFLATE_ERRORS: tuple[Any, ...] = (zlib.error, _isal_error)
-except ImportError:  # pragma: no cover - isal is a dependency; a platform without its wheel still imports
-    _crc32, _inflate, _INFLATE_ERRORS = zlib.crc32, zlib.decompress, (zlib.error,)
-
-
-def import_trace(path: Path, *, default_rank: int = 0, split: bool = False) -> ImportedTrace:
+def import_trace(
+    path: Path, *, default_rank: int = 0, split: bool = False, data: bytes | bytearray | None = None
+) -> ImportedTrace:
     """Parse one trace file into an `ImportedTrace`. `split`: a large trace may be read by this process and a
     forked child, half each (`split_import`); only where no other thread runs and a second core is free.
+    `data`: the file's JSON bytes, already read (`trace_bytes.read_trace_bytes`).
 
     Raises:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
-    read = None if split else _read_streamed(path)
+    read = None if split or data is not None else _read_streamed(path)
     if read is None:
-        trace, acc = _read_events(path, read_trace_bytes(path), split=split)
+        trace, acc = _read_events(path, read_trace_bytes(path) if data is None else data, split=split)
     else:
         trace, acc = read
     dist = trace.distributedInfo or {}
@@ -344,10 +303,15 @@ def _read_streamed(path: Path) -> tuple[_WholeTrace, _Accumulator] | None:
 
 
 def import_traces(
-    paths: list[str], *, on_skip: Callable[[Path, str], None] | None = None, split: bool = False
+    paths: list[str],
+    *,
+    on_skip: Callable[[Path, str], None] | None = None,
+    split: bool = False,
+    preloaded: Mapping[Path, bytes | bytearray] | None = None,
 ) -> list[ImportedTrace]:
     """Import every trace under `paths`, one per rank. `split`: as for `import_trace`, where the files are
-    read one at a time (several large ones go to one process each).
+    read one at a time (several large ones go to one process each). `preloaded`: JSON bytes already read,
+    by file path (as `paths` names it), used where this process reads that file.
 
     Files named on the command line must be traces. Files found inside a directory that are valid JSON
     but not profiler traces (a TensorBoard plugin's other files, a config) are skipped and reported to
@@ -369,7 +333,8 @@ def import_traces(
             outcome: ImportedTrace | NotATraceError
             if outcomes is None:
                 try:
-                    outcome = import_trace(path, default_rank=len(results), split=split)
+                    data = preloaded.get(path) if preloaded else None
+                    outcome = import_trace(path, default_rank=len(results), split=split, data=data)
                 except NotATraceError as exc:
                     outcome = exc
             else:

@@ -20,7 +20,6 @@ from collectors.kineto.kineto_import import (
     _CHUNK_BYTES,
     _EVENT_BOUNDARY,
     _EVENTS_KEY,
-    _INFLATE_ERRORS,
     _LIST_DECODER,
     _WHOLE_DECODER,
     _Accumulator,
@@ -28,6 +27,7 @@ from collectors.kineto.kineto_import import (
     _rest_of_top,
     _WholeTrace,
 )
+from collectors.kineto.trace_bytes import INFLATE_ERRORS as _INFLATE_ERRORS
 from gpuwatch.errors import TraceFormatError
 
 try:
