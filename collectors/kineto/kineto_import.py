@@ -18,7 +18,7 @@ import functools
 import operator
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -307,11 +307,12 @@ def import_traces(
     *,
     on_skip: Callable[[Path, str], None] | None = None,
     split: bool = False,
-    preloaded: Mapping[Path, bytes | bytearray] | None = None,
+    preloaded: dict[Path, bytes | bytearray] | None = None,
 ) -> list[ImportedTrace]:
     """Import every trace under `paths`, one per rank. `split`: as for `import_trace`, where the files are
     read one at a time (several large ones go to one process each). `preloaded`: JSON bytes already read,
-    by file path (as `paths` names it), used where this process reads that file.
+    by file path (as `paths` names it), used (and taken out, so that it is freed with the import's other
+buffers) where this process reads that file.
 
     Files named on the command line must be traces. Files found inside a directory that are valid JSON
     but not profiler traces (a TensorBoard plugin's other files, a config) are skipped and reported to
@@ -333,7 +334,7 @@ def import_traces(
             outcome: ImportedTrace | NotATraceError
             if outcomes is None:
                 try:
-                    data = preloaded.get(path) if preloaded else None
+                    data = preloaded.pop(path, None) if preloaded else None
                     outcome = import_trace(path, default_rank=len(results), split=split, data=data)
                 except NotATraceError as exc:
                     outcome = exc

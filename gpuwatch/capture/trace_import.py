@@ -128,7 +128,8 @@ class _Preload:
         """{path: its JSON bytes}, or {} (joined: no thread of ours runs when the import forks)."""
         if self.thread is not None:
             self.thread.join()
-        return {self.path: self.data} if self.path is not None and self.data is not None else {}
+        data, self.data = self.data, None  # the importer's alone from here: freed once it is parsed
+        return {self.path: data} if self.path is not None and data is not None else {}
 
 
 def _fork_writer(write_all, failure: list[BaseException]) -> int | None:
