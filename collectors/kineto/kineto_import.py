@@ -246,18 +246,25 @@ def find_trace_files(paths: list[str]) -> list[Path]:
 
 
 def import_trace(
-    path: Path, *, default_rank: int = 0, split: bool = False, data: bytes | bytearray | None = None
+    path: Path,
+    *,
+    default_rank: int = 0,
+    split: bool = False,
+    data: bytes | bytearray | None = None,
+    after_split: Any = None,
 ) -> ImportedTrace:
     """Parse one trace file into an `ImportedTrace`. `split`: a large trace may be read by this process and a
     forked child, half each (`split_import`); only where no other thread runs and a second core is free.
-    `data`: the file's JSON bytes, already read (`trace_bytes.read_trace_bytes`).
+    `data`: the file's JSON bytes, already read (`trace_bytes.read_trace_bytes`). `after_split`: what the
+    split's child does once its half is sent (`split_import.AfterHalf`), where the trace is split.
 
     Raises:
         TraceFormatError: invalid JSON, or JSON that is not a Chrome/Kineto trace, or no usable events.
     """
     read = None if split or data is not None else _read_streamed(path)
     if read is None:
-        trace, acc = _read_events(path, read_trace_bytes(path) if data is None else data, split=split)
+        raw = read_trace_bytes(path) if data is None else data
+        trace, acc = _read_events(path, raw, split=split, after_split=after_split)
     else:
         trace, acc = read
     dist = trace.distributedInfo or {}
@@ -308,19 +315,20 @@ def import_traces(
     on_skip: Callable[[Path, str], None] | None = None,
     split: bool = False,
     preloaded: dict[Path, bytes | bytearray] | None = None,
+    after_split: Any = None,
 ) -> list[ImportedTrace]:
     """Import every trace under `paths`, one per rank. `split`: as for `import_trace`, where the files are
-    read one at a time (several large ones go to one process each). `preloaded`: JSON bytes already read,
-    by file path (as `paths` names it), used (and taken out, so that it is freed with the import's other
-buffers) where this process reads that file.
+        read one at a time (several large ones go to one process each). `preloaded`: JSON bytes already read,
+        by file path (as `paths` names it), used (and taken out, so that it is freed with the import's other
+    buffers) where this process reads that file. `after_split`: as for `import_trace`.
 
-    Files named on the command line must be traces. Files found inside a directory that are valid JSON
-    but not profiler traces (a TensorBoard plugin's other files, a config) are skipped and reported to
-    `on_skip(path, reason)`; corrupt ones still fail the import, since they are likely a rank's trace.
+        Files named on the command line must be traces. Files found inside a directory that are valid JSON
+        but not profiler traces (a TensorBoard plugin's other files, a config) are skipped and reported to
+        `on_skip(path, reason)`; corrupt ones still fail the import, since they are likely a rank's trace.
 
-    Raises:
-        UsageError: two files claim one rank, or a directory holds no trace at all.
-        TraceFormatError: a corrupt or truncated trace.
+        Raises:
+            UsageError: two files claim one rank, or a directory holds no trace at all.
+            TraceFormatError: a corrupt or truncated trace.
     """
     from collectors.kineto.parallel_import import import_each, worker_count
 
@@ -335,7 +343,9 @@ buffers) where this process reads that file.
             if outcomes is None:
                 try:
                     data = preloaded.pop(path, None) if preloaded else None
-                    outcome = import_trace(path, default_rank=len(results), split=split, data=data)
+                    outcome = import_trace(
+                        path, default_rank=len(results), split=split, data=data, after_split=after_split
+                    )
                 except NotATraceError as exc:
                     outcome = exc
             else:
@@ -375,7 +385,7 @@ def _too_deep(path: Path) -> TraceFormatError:
 
 
 def _read_events(
-    path: Path, data: bytes | bytearray, *, split: bool = False
+    path: Path, data: bytes | bytearray, *, split: bool = False, after_split: Any = None
 ) -> tuple[_Trace | _WholeTrace, _Accumulator]:
     """The trace's top level, and its events gathered into columns: with `split`, from `SPLIT_MIN_BYTES` on,
     half by a forked child (`split_import.read_split`); else in one pass up to `_ONE_PASS_BYTES`; above,
@@ -385,7 +395,7 @@ def _read_events(
         from collectors.kineto.split_import import SPLIT_MIN_BYTES, read_split
 
         if len(data) >= SPLIT_MIN_BYTES:
-            read = read_split(data)
+            read = read_split(data, after_split)
             if read is not None:
                 return read
     if len(data) <= _ONE_PASS_BYTES:

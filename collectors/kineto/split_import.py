@@ -14,6 +14,7 @@ import os
 import pickle
 import signal
 import threading
+from typing import Any, Protocol
 
 from collectors.kineto.kineto_import import (
     _Accumulator,
@@ -40,10 +41,27 @@ def can_split() -> bool:
     return hasattr(os, "fork") and cores >= 2 and threading.active_count() == 1
 
 
-def read_split(data: bytes | bytearray) -> tuple[_WholeTrace, _Accumulator] | None:
+class AfterHalf(Protocol):
+    """More work for the split's child once it has sent its half (`read_split(after=)`): the child is a fork
+    of this process with the trace's modules loaded, and idle while this one merges and finishes."""
+
+    def run(self) -> int:
+        """In the child, after its half is sent: the work, and the child's exit code. Must not raise."""
+        ...
+
+    def forked(self, pid: int) -> None:
+        """In this process, when the split read succeeded: the child's pid (it runs `run` now; reaping it is
+        the caller's). Not called when the read failed: the child is then ended and reaped here."""
+        ...
+
+
+def read_split(
+    data: bytes | bytearray, after: AfterHalf | None = None
+) -> tuple[_WholeTrace, _Accumulator] | None:
     """The trace's top level and its events in columns, as `kineto_import._read_events` gives them, read half
     here and half in a forked child. None where it cannot be split (no fork, one core, threads running, an
-    unusual layout) or the child did not finish: the caller then reads it in one process."""
+    unusual layout) or the child did not finish: the caller then reads it in one process. `after`: what the
+    child does once its half is sent, instead of leaving."""
     if not can_split():
         return None
     found = _split_top(data)
@@ -73,9 +91,15 @@ def read_split(data: bytes | bytearray) -> tuple[_WholeTrace, _Accumulator] | No
             payload = pickle.dumps((acc.compact(), [getattr(top, k) for k in TOP_KEYS]), protocol=5)
             with os.fdopen(write_fd, "wb") as out:
                 out.write(payload)
+            del payload, acc
             code = 0
         except BaseException:  # _BadCut, a bad event, memory, a signal: the parent reads it all itself
-            pass
+            os._exit(code)
+        if after is not None:
+            try:
+                code = after.run()
+            except BaseException:  # noqa: BLE001 - its own failure, reported by its exit code
+                code = 1
         os._exit(code)
     os.close(write_fd)
     done = False
@@ -89,14 +113,27 @@ def read_split(data: bytes | bytearray) -> tuple[_WholeTrace, _Accumulator] | No
             except _BadCut:
                 return None
             payload = inp.read()
-            _, status = os.waitpid(pid, 0)
-            done = True
+            reaped = after is None
+            if reaped:
+                _, status = os.waitpid(pid, 0)
+                ok = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            else:  # the child goes on to `after.run()`: its half is all there when its payload is
+                ok = True
+            later: _Accumulator | None = None
+            top_values: list[Any] = []
+            if ok and payload:
+                try:
+                    later, top_values = pickle.loads(payload)
+                except Exception:  # noqa: BLE001 - a truncated payload: the child did not finish
+                    later = None
+            done = reaped or later is not None
         finally:
             if not done:  # this half failed (or was interrupted): the child must not outlive it
                 _end_child(pid)
-    if not payload or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
+    if later is None:
         return None
-    later, top_values = pickle.loads(payload)
+    if after is not None:
+        after.forked(pid)
     acc.merge(later)
     for key, value in zip(TOP_KEYS, top_values):
         if value is not None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import threading
 import time
 from pathlib import Path
 
+from gpuwatch.capture.import_writer import SPLIT_WRITER_MAX_SPANS, SplitWriter, child_succeeded, fork_writer
 from gpuwatch.errors import UsageError
 from gpuwatch.store.run_dir import RUN_FILE, run_for_process
 from gpuwatch.store.segment_writer import SegmentWriter
@@ -28,10 +28,63 @@ def import_to_run(
     if out_path.exists() and not out_path.is_dir():
         raise UsageError(f"--out {out_path} exists and is not a directory")
     preload = _Preload.start(paths)  # the file inflates on a thread while numpy and msgspec load here
-    from collectors.kineto.kineto_import import import_traces
+    split_writer = SplitWriter()  # a single large trace's split child stays on as the writer
+    try:
+        from collectors.kineto.kineto_import import import_traces
 
-    # a large single trace on two cores
-    results = import_traces(paths, on_skip=on_skip, split=True, preloaded=preload.result())
+        results = import_traces(
+            paths, on_skip=on_skip, split=True, preloaded=preload.result(), after_split=split_writer
+        )
+        writers = _writers_for(out_path, results)
+    except BaseException:
+        split_writer.cancel()
+        raise
+    run_id = writers[0].run.run_id
+
+    # Segments are written by a child process while this one analyses the same columns, still in memory,
+    # and keeps the summary next to the run: the first `gpuwatch summary` then reads nothing back. A child,
+    # not a thread: importing DuckDB (0.1 s) and its COPY hold the GIL for most of their 0.3 s (216k-event
+    # trace, 4 alternated runs: 1.25-1.38 s with the thread, 1.16-1.28 s with a child). Where fork is not
+    # available or threads are running, a thread does it, as before.
+    failure: list[BaseException] = []
+
+    def write_all() -> None:
+        try:
+            for writer, res in zip(writers, results):
+                writer.write_span_columns(res.spans)
+                writer.close()
+        except BaseException as exc:  # re-raised on the caller's thread
+            failure.append(exc)
+
+    child = thread = None
+    by_split = sum(len(res.spans) for res in results) <= SPLIT_WRITER_MAX_SPANS and split_writer.send(
+        writers, [res.spans for res in results]
+    )
+    if not by_split:
+        split_writer.cancel()
+        child = fork_writer(write_all, failure)
+        if child is None:
+            thread = threading.Thread(target=write_all, name="gpuwatch-import-writer")
+            thread.start()
+    doc = _summary_in_memory(out_path, run_id, writers, results)
+    if thread is not None:
+        thread.join()
+    elif not (split_writer.finish() if by_split else child is not None and child_succeeded(child)):
+        write_all()  # the child failed: write here, where an error reaches the user as it would have
+    if failure:
+        raise failure[0]
+    if progress is not None:
+        for res in results:
+            progress(res)
+    if doc is not None:
+        from gpuwatch.store import summary_cache
+
+        summary_cache.store(out_path, doc)
+    return run_id, results
+
+
+def _writers_for(out_path: Path, results: list) -> list[SegmentWriter]:
+    """One synchronous writer per imported rank, all in one new run."""
     writers: list[SegmentWriter] = []
     run_id = ""
     for res in results:
@@ -56,43 +109,7 @@ def import_to_run(
         )
         writers.append(SegmentWriter(out_path, run, background=False))
         run_id = writers[0].run.run_id
-
-    # Segments are written by a forked child process while this one analyses the same columns, still in
-    # memory, and keeps the summary next to the run: the first `gpuwatch summary` then reads nothing back.
-    # A child, not a thread: importing DuckDB (0.2 s) and its COPY hold the GIL for most of their 0.3 s, and
-    # forked pages are shared, so the columns are not copied (216k-event trace, 4 alternated runs: 1.25-1.38 s
-    # with the thread, 1.16-1.28 s with the child).
-    # Where fork is not available or threads are running, a thread does it, as before.
-    failure: list[BaseException] = []
-
-    def write_all() -> None:
-        try:
-            for writer, res in zip(writers, results):
-                writer.write_span_columns(res.spans)
-                writer.close()
-        except BaseException as exc:  # re-raised on the caller's thread
-            failure.append(exc)
-
-    child = _fork_writer(write_all, failure)
-    thread = None
-    if child is None:
-        thread = threading.Thread(target=write_all, name="gpuwatch-import-writer")
-        thread.start()
-    doc = _summary_in_memory(out_path, run_id, writers, results)
-    if thread is not None:
-        thread.join()
-    elif child is not None and not _child_succeeded(child):
-        write_all()  # the child failed: write here, where an error reaches the user as it would have
-    if failure:
-        raise failure[0]
-    if progress is not None:
-        for res in results:
-            progress(res)
-    if doc is not None:
-        from gpuwatch.store import summary_cache
-
-        summary_cache.store(out_path, doc)
-    return run_id, results
+    return writers
 
 
 class _Preload:
@@ -130,39 +147,6 @@ class _Preload:
             self.thread.join()
         data, self.data = self.data, None  # the importer's alone from here: freed once it is parsed
         return {self.path: data} if self.path is not None and data is not None else {}
-
-
-def _fork_writer(write_all, failure: list[BaseException]) -> int | None:
-    """Run `write_all` in a forked child; its pid, or None where this process should not fork (no
-    `os.fork`, or other threads running, which a fork would leave half-copied)."""
-    if not hasattr(os, "fork") or threading.active_count() > 1:
-        return None
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()  # a buffered line must not be printed by both processes
-        except (OSError, ValueError):  # a closed or broken stream: nothing of ours is waiting in it
-            pass
-    try:
-        pid = os.fork()
-    except OSError:
-        return None
-    if pid == 0:  # the child: write, then leave without running the parent's exit handlers
-        code = 1
-        try:
-            write_all()
-            code = 1 if failure else 0
-        finally:
-            os._exit(code)
-    return pid
-
-
-def _child_succeeded(pid: int) -> bool:
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        return False
-    return os.waitstatus_to_exitcode(status) == 0
 
 
 def _summary_in_memory(out_path: Path, run_id: str, writers: list, results: list) -> dict | None:

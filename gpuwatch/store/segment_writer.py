@@ -96,6 +96,22 @@ class SegmentWriter:
             self._thread = threading.Thread(target=self._loop, name="gpuwatch-writer", daemon=True)
             self._thread.start()
 
+    # ---- handing a synchronous writer to another process (`gpuwatch import`'s writer child) ----------
+    def __getstate__(self) -> dict[str, Any]:
+        if self._thread is not None:
+            raise TypeError("a SegmentWriter with a background thread cannot be pickled")
+        state = dict(self.__dict__)
+        for key in ("_lock", "_stop", "_encoder", "_thread"):
+            del state[key]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._encoder = msgspec.json.Encoder()
+        self._thread = None
+
     # ---- producers (any thread; never block) -------------------------------------------------
     def emit_span(self, span: Span) -> None:
         if len(self._spans) >= self.max_queue:
