@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gpuwatch.schema import SCHEMA_VERSION as SCHEMA_VERSION  # the layout's version, re-exported here
+
 if TYPE_CHECKING:  # only annotations: the records stay importable without loading numpy
     import numpy as np
-
-SCHEMA_VERSION = 1
-"""Version of the on-disk run layout and segment columns; bumped on any incompatible change."""
 
 
 class Category(enum.StrEnum):

@@ -42,19 +42,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gpuwatch.store.run_dir import read_run_marker
-
     run_dir = Path(args.run_dir)
-    read_run_marker(run_dir)  # not a run / another schema: the one-line error, before anything else
     use_cache = not args.rank and not args.no_cache
     if args.json and use_cache and not args.include_warmup:
         from gpuwatch.store import summary_cache
 
-        doc = summary_cache.load(run_dir)  # the stored document as it is: no numpy, no analysis to import
+        # the stored document as it is: no numpy, no analysis, not even the record types to import
+        doc = summary_cache.load(run_dir)
         if doc is not None:
             json.dump(doc, sys.stdout, indent=1)
             sys.stdout.write("\n")
             return 0
+    from gpuwatch.store.run_dir import read_run_marker
+
+    read_run_marker(run_dir)  # not a run / another schema: the one-line error, before the analysis
     from gpuwatch.attribution.summary import load_summary
 
     summary = load_summary(run_dir, ranks=args.rank, use_cache=use_cache, include_warmup=args.include_warmup)

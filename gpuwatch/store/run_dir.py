@@ -27,9 +27,10 @@ from typing import Any
 from gpuwatch import __version__
 from gpuwatch.errors import RunDirError, RunDirUsageError
 from gpuwatch.records import SCHEMA_VERSION, Run
+from gpuwatch.store.run_files import RUN_FILE as RUN_FILE
+from gpuwatch.store.run_files import WRITER_FILE as WRITER_FILE
+from gpuwatch.store.run_files import write_json_atomic as write_json_atomic
 
-RUN_FILE = "gpuwatch-run.json"
-WRITER_FILE = "writer.json"
 SEGMENT_RE = re.compile(r"^(spans|samples)-(\d{6,})-(\d{6,})\.(jsonl|parquet)$")
 
 
@@ -42,20 +43,6 @@ class Segment:
     first: int
     last: int
     fmt: str
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to `path` so that a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, default=str))
-        os.replace(tmp, path)
-    except OSError:
-        try:  # no half-written temp file left behind (a full disk)
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise
 
 
 def new_run_id() -> str:

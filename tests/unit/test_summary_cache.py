@@ -80,3 +80,39 @@ def test_a_stored_summary_from_another_gpuwatch_is_not_used(tmp_path: Path) -> N
     data["fingerprint"] = "0" * 64
     cache.write_text(json.dumps(data))
     assert summary(run)["ranks"][0]["budget_pct"]["sync"] == pytest.approx(100.0)
+
+
+def test_a_stored_summary_prints_without_the_record_types_or_numpy(tmp_path: Path) -> None:
+    """The cached path of `summary --json` loads neither numpy nor the record types (msgspec, dataclasses):
+    it prints in the time Python takes to start. What it prints is the stored document."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, run_program
+
+    run = tmp_path / "run"
+    assert run_cli("import", HTA_TRACES / "trace_filter", "--out", run).returncode == 0
+    code = (
+        "import sys\n"
+        "sys.argv = ['gpuwatch', 'summary', sys.argv[1], '--json']\n"
+        "from gpuwatch.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "heavy = [m for m in ('numpy', 'msgspec', 'dataclasses', 'gpuwatch.records', 'hashlib') if m in sys.modules]\n"
+        "print(heavy, file=sys.stderr)\n"
+        "sys.exit(code)\n"
+    )
+    proc: subprocess.CompletedProcess[str] = run_program([sys.executable, "-c", code, run], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "[]"
+    assert json.loads(proc.stdout) == json.loads((run / summary_cache.CACHE_FILE).read_text())["summary"]
+
+
+def test_a_stored_summary_is_not_used_under_a_marker_of_another_schema(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_cli("import", HTA_TRACES / "trace_filter", "--out", run).returncode == 0
+    assert summary_cache.load(run) is not None
+    marker = json.loads((run / "gpuwatch-run.json").read_text())
+    (run / "gpuwatch-run.json").write_text(json.dumps({**marker, "schema_version": 999}))
+    assert summary_cache.load(run) is None
+    proc = run_cli("summary", run, "--json")
+    assert proc.returncode != 0 and "schema" in proc.stderr  # the full path's one-line error, as before
