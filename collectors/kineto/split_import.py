@@ -45,6 +45,11 @@ class AfterHalf(Protocol):
     """More work for the split's child once it has sent its half (`read_split(after=)`): the child is a fork
     of this process with the trace's modules loaded, and idle while this one merges and finishes."""
 
+    def claim(self) -> bool:
+        """In this process, before the fork: True if this split's child should take the work (False once
+        an earlier split took it: one child only, where several large files are read one by one)."""
+        ...
+
     def run(self) -> int:
         """In the child, after its half is sent: the work, and the child's exit code. Must not raise."""
         ...
@@ -73,6 +78,8 @@ def read_split(
         return None
     half = next(k for k, (lo, _) in enumerate(bounds) if lo >= len(events) // 2 or k == len(bounds) - 1)
     half = max(half, 1)
+    if after is not None and not after.claim():
+        after = None
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()

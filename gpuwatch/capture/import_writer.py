@@ -68,6 +68,7 @@ class SplitWriter:
 
     def __init__(self) -> None:
         self.pid: int | None = None
+        self._claimed = False
         self._read_fd, self._write_fd = os.pipe()
         try:  # 1 MB instead of 64 KB: the columns pass in a dozen hand-offs, not two hundred
             import fcntl
@@ -75,6 +76,12 @@ class SplitWriter:
             fcntl.fcntl(self._write_fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
         except (ImportError, OSError):
             pass
+
+    def claim(self) -> bool:
+        """The first split read's child takes the writing; any later one (several large files read one
+        after the other) leaves after its half, as without a writer."""
+        claimed, self._claimed = self._claimed, True
+        return not claimed and self._write_fd >= 0
 
     # ---- in the split's child ------------------------------------------------------------------------
     def run(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -66,7 +67,13 @@ def import_to_run(
         if child is None:
             thread = threading.Thread(target=write_all, name="gpuwatch-import-writer")
             thread.start()
-    doc = _summary_in_memory(out_path, run_id, writers, results)
+    try:
+        doc = _summary_in_memory(out_path, run_id, writers, results)
+    except BaseException:  # Ctrl-C: no writer child left behind (a thread finishes its write)
+        split_writer.cancel()
+        if child is not None:
+            _end(child)
+        raise
     if thread is not None:
         thread.join()
     elif not (split_writer.finish() if by_split else child is not None and child_succeeded(child)):
@@ -81,6 +88,14 @@ def import_to_run(
 
         summary_cache.store(out_path, doc)
     return run_id, results
+
+
+def _end(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child_succeeded(pid)  # reaps it
 
 
 def _writers_for(out_path: Path, results: list) -> list[SegmentWriter]:

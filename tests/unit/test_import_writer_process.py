@@ -160,3 +160,28 @@ def test_a_synchronous_writer_pickles_and_a_background_one_does_not(tmp_path: Pa
             pickle.dumps(live)
     finally:
         live.close()
+
+
+def test_of_several_split_files_the_first_split_child_writes_them_all(
+    trace: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writers_seen: dict[str, list[int]]
+) -> None:
+    """Two large files read one after the other (no worker processes), each split: only the first split's
+    child stays on to write; the second leaves after its half. Both ranks are written, as without a split."""
+    import collectors.kineto.parallel_import as par
+
+    monkeypatch.setattr(par, "PARALLEL_MIN_BYTES", 1 << 40)
+    monkeypatch.setattr(si, "SPLIT_MIN_BYTES", 1 << 40)
+    trace_import.import_to_run(trace, tmp_path / "plain")
+    _reaped(writers_seen["late"])
+    writers_seen["late"].clear()
+    monkeypatch.setattr(si, "SPLIT_MIN_BYTES", 0)
+    monkeypatch.setattr(ki, "_CHUNK_BYTES", 50_000)
+    splits: list[bool] = []
+    real_split = si.read_split
+    monkeypatch.setattr(
+        si, "read_split", lambda data, after=None: splits.append(1) or real_split(data, after)
+    )
+    trace_import.import_to_run(trace, tmp_path / "split")
+    assert len(splits) == 2 and len(writers_seen["split"]) == 1 and writers_seen["late"] == []
+    _reaped(writers_seen["split"])
+    assert imported(tmp_path / "split") == imported(tmp_path / "plain")
