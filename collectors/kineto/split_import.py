@@ -6,6 +6,9 @@ and one file gives the per-file workers (`parallel_import`) nothing to share. Th
 file is inflated, so it reads the same bytes without a copy; what it sends back is its columns and name table,
 a tenth of the JSON. Any trouble in the child (a cut that is not between two events, an event of an unusual
 shape, memory) and the caller reads the trace in one process, which reports what is wrong with it.
+
+Once its half is sent the child is idle while this process merges and finishes the columns: a caller may give
+it more work (`AfterHalf`; `gpuwatch import` has it write the run's segments).
 """
 
 from __future__ import annotations
