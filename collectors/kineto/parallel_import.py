@@ -181,9 +181,8 @@ class _Worker:
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.proc.wait()
-        for stream in (worker.proc.stdout,):
-            if stream is not None:
-                stream.close()
+        if worker.proc.stdout is not None:
+            worker.proc.stdout.close()
         if worker in live:
             live.remove(worker)
         return None

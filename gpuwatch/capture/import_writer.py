@@ -52,6 +52,15 @@ def child_succeeded(pid: int) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
+def end_child(pid: int) -> None:
+    """Kill a writer child of ours that is no longer wanted, and reap it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child_succeeded(pid)
+
+
 def _flush_std() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -129,11 +138,7 @@ class SplitWriter:
         self._close("_read_fd")
         self._close("_write_fd")
         if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            child_succeeded(self.pid)
+            end_child(self.pid)
             self.pid = None
 
     def _close(self, name: str) -> None:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import threading
 import time
 from pathlib import Path
 
-from gpuwatch.capture.import_writer import SPLIT_WRITER_MAX_SPANS, SplitWriter, child_succeeded, fork_writer
+from gpuwatch.capture.import_writer import (
+    SPLIT_WRITER_MAX_SPANS,
+    SplitWriter,
+    child_succeeded,
+    end_child,
+    fork_writer,
+)
 from gpuwatch.errors import UsageError
 from gpuwatch.store.run_dir import RUN_FILE, run_for_process
 from gpuwatch.store.segment_writer import SegmentWriter
@@ -72,7 +77,7 @@ def import_to_run(
     except BaseException:  # Ctrl-C: no writer child left behind (a thread finishes its write)
         split_writer.cancel()
         if child is not None:
-            _end(child)
+            end_child(child)
         raise
     if thread is not None:
         thread.join()
@@ -88,14 +93,6 @@ def import_to_run(
 
         summary_cache.store(out_path, doc)
     return run_id, results
-
-
-def _end(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    child_succeeded(pid)  # reaps it
 
 
 def _writers_for(out_path: Path, results: list) -> list[SegmentWriter]:
