@@ -25,7 +25,8 @@ with steps of about 3 ms on a quiet 2-core VM.
             only (see TraceMLPeer). Skipped, with a line saying so, when traceml_ai is not importable.
 
 `--modes` picks modes (bare always runs). Each step is timed by the script itself with time.perf_counter;
-the first steps of every block are warm-up and dropped. The headline is the median over rounds of each
+the first steps of every block are warm-up and dropped (5, or 70 in the small loop: the steps a watch
+observes whole whatever they cost, `LOOP_WARMUP`). The headline is the median over rounds of each
 round's ratio of medians to bare; it also prints the overall median step time per mode, the 10th percentile,
 and the process CPU time per step (all threads: gpuwatch's sampler and writer threads and TraceML's runtime
 threads included), which other processes on a shared machine disturb much less than wall time.
@@ -45,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -54,6 +56,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gpuwatch  # noqa: E402
 
 WARMUP_STEPS = 5
+"""Steps dropped at the start of every block of every mode (`--warmup`; the small loop drops 70, see
+LOOP_WARMUP)."""
+LOOP_WARMUP = {"mlp": WARMUP_STEPS, "small": 70}
+"""The small loop drops the steps in which a watch observes every step whatever it costs (the first 64,
+`gpuwatch.capture.step_pacing.FULL_STEPS`: module discovery, warm-up detection, a short run observed whole),
+so its blocks of 300 steps (a second) measure the steady state a long job runs in; every mode drops them."""
 
 
 LOOP_DEFAULTS = {"mlp": (64, 1024), "small": (64, 64)}
@@ -62,7 +70,7 @@ LOOP_STEPS = {"mlp": 30, "small": 300}
 
 
 def build(
-    loop_name: str, batch: int, width: int, steps: int
+    loop_name: str, batch: int, width: int, steps: int, warmup: int
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, DataLoader]:
     torch.manual_seed(0)
     if loop_name == "small":
@@ -83,13 +91,13 @@ def build(
         classes = 10
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = TensorDataset(
-        torch.randn(batch * (steps + WARMUP_STEPS), width),
-        torch.randint(0, classes, (batch * (steps + WARMUP_STEPS),)),
+        torch.randn(batch * (steps + warmup), width),
+        torch.randint(0, classes, (batch * (steps + warmup),)),
     )
     return model, opt, DataLoader(data, batch_size=batch, shuffle=True)
 
 
-def loop(model, opt, loader, on_step, step_scope=contextlib.nullcontext) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
+def loop(model, opt, loader, on_step, warmup, step_scope=contextlib.nullcontext) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
     """Per-step wall times (s) after warm-up, and process CPU seconds per step over those steps.
 
     `step_scope()` is entered around each step's forward..zero_grad (TraceML's `trace_step(model)`); the
@@ -109,15 +117,17 @@ def loop(model, opt, loader, on_step, step_scope=contextlib.nullcontext) -> tupl
         now = time.perf_counter()
         times.append(now - t_prev)
         t_prev = now
-        if len(times) == WARMUP_STEPS:
+        if len(times) == warmup:
             cpu0 = time.process_time()
-    measured = times[WARMUP_STEPS:]
+    measured = times[warmup:]
     return measured, (time.process_time() - cpu0) / max(len(measured), 1)
 
 
 BACKGROUND_CPU_S: list[float] = []
 """CPU seconds used by gpuwatch's own threads (sampler, writer, /proc, NVML), one entry per watch block."""
 WATCH_WALL_S: list[float] = []
+OBSERVED: list[tuple[int, int]] = []
+"""(steps observed, steps) per watch block (capture/step_pacing.py)."""
 
 
 def thread_cpu_s(native_ids: list[int]) -> float:
@@ -261,54 +271,64 @@ def traceml_peer(tmp: Path) -> TraceMLPeer | str:
 def run_mode(
     mode: str, args: argparse.Namespace, tmp: Path, block: int, peer: TraceMLPeer | None = None
 ) -> tuple[list[float], float]:
-    model, opt, loader = build(args.loop, args.batch, args.width, args.steps)
+    model, opt, loader = build(args.loop, args.batch, args.width, args.steps, args.warmup)
     if mode == "bare":
-        return loop(model, opt, loader, lambda: None)
+        return loop(model, opt, loader, lambda: None, args.warmup)
     if mode == "watch":
         t0 = time.perf_counter()
         with gpuwatch.watch(tmp / f"run-{block}") as gw:
-            result = loop(model, opt, loader, gw.step)
+            result = loop(model, opt, loader, gw.step, args.warmup)
             BACKGROUND_CPU_S.append(thread_cpu_s(gpuwatch_threads(gw)))
             WATCH_WALL_S.append(time.perf_counter() - t0)
+            OBSERVED.append((gw._observed_steps, gw.step_index))
             return result
     if mode == "traceml":
         assert peer is not None
         with peer.block(block, model) as step_scope:
-            return loop(model, opt, loader, lambda: None, step_scope)
+            return loop(model, opt, loader, lambda: None, args.warmup, step_scope)
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        return loop(model, opt, loader, prof.step)
+        return loop(model, opt, loader, prof.step, args.warmup)
 
 
-def training_thread_cost_us(rounds: int = 5, steps: int = 300) -> float:
+def training_thread_cost_us(rounds: int = 5, steps: int = 300, warm: int = 600, **options: Any) -> float:
     """gpuwatch's own work on the training thread per step, in µs: a tiny loop (well under a millisecond
     per step) with the hooks on and the samplers off, against the same loop bare, in training-thread CPU
-    time (`time.thread_time`), which preemption by other processes does not inflate."""
-    data = TensorDataset(torch.randn(4 * steps, 16), torch.randn(4 * steps, 16))
+    time (`time.thread_time`), which preemption by other processes does not inflate. Inside the watch,
+    `warm` untimed steps come first, so the figure is the steady state of its step pacing (the first steps
+    of a watch are all observed); `options` go to `gpuwatch.watch` (`observe_every_step=True`: the cost of
+    an observed step)."""
+    data = TensorDataset(torch.randn(4 * (steps + warm), 16), torch.randn(4 * (steps + warm), 16))
     model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 16))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     cost: dict[str, list[float]] = {"bare": [], "watch": []}
+
+    def run(it: Any, n: int, step: Any) -> None:
+        for _ in range(n):
+            x, y = next(it)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+            step()
+
     with tempfile.TemporaryDirectory(prefix="gpuwatch-overhead-") as tmp_name:
         for r in range(rounds):
             for mode in ("bare", "watch") if r % 2 == 0 else ("watch", "bare"):
                 watcher = (
-                    gpuwatch.watch(Path(tmp_name) / f"tiny-{r}", sample_hz=0, system_samplers=False)
+                    gpuwatch.watch(
+                        Path(tmp_name) / f"tiny-{r}", sample_hz=0, system_samplers=False, **options
+                    )
                     if mode == "watch"
                     else None
                 )
                 gw = watcher.start() if watcher is not None else None
+                step = gw.step if gw is not None else (lambda: None)
                 it = iter(DataLoader(data, batch_size=4))
-                for _ in range(WARMUP_STEPS):
-                    x, y = next(it)
+                run(it, warm, step)
                 c0 = time.thread_time()
-                for x, y in it:
-                    torch.nn.functional.mse_loss(model(x), y).backward()
-                    opt.step()
-                    opt.zero_grad()
-                    if gw is not None:
-                        gw.step()
-                cost[mode].append((time.thread_time() - c0) / (steps - WARMUP_STEPS))
+                run(it, steps, step)
+                cost[mode].append((time.thread_time() - c0) / steps)
                 if watcher is not None:
                     watcher.close()
     return (statistics.median(cost["watch"]) - statistics.median(cost["bare"])) * 1e6
@@ -331,6 +351,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="default: 64 (mlp), 64 (small)")
     p.add_argument("--width", type=int, default=None, help="default: 1024 (mlp), 64 (small)")
     p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps dropped at the start of every block, in every mode (default: 5 (mlp), 70 (small))",
+    )
+    p.add_argument(
         "--modes",
         default=",".join(MODES),
         help=f"comma-separated, from {','.join(MODES)}; bare is always run (default: all)",
@@ -340,6 +366,7 @@ def parse_args() -> argparse.Namespace:
     args.batch = args.batch or batch
     args.width = args.width or width
     args.steps = args.steps or LOOP_STEPS[args.loop]
+    args.warmup = LOOP_WARMUP[args.loop] if args.warmup is None else args.warmup
     asked = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = sorted(set(asked) - set(MODES))
     if unknown:
@@ -407,14 +434,20 @@ def main() -> None:
         )
     if "watch" in modes:
         hook_us = training_thread_cost_us()
+        observed_us = training_thread_cost_us(observe_every_step=True)
         background_pct = 100.0 * sum(BACKGROUND_CPU_S) / max(sum(WATCH_WALL_S), 1e-9)
         print()
         print("where watch's cost comes from:")
         print(
-            f"  training thread: {hook_us:.1f} µs per step (hooks + gw.step(), tiny-loop thread CPU time) "
-            f"= {100 * hook_us / (median['bare'] * 1e6):.3f}% of the bare median step"
+            f"  training thread: {hook_us:.1f} µs per step (hooks + gw.step(), tiny-loop thread CPU time, the "
+            f"steady state of step pacing) = {100 * hook_us / (median['bare'] * 1e6):.3f}% of the bare "
+            f"median step; {observed_us:.1f} µs per observed step (observe_every_step=True)"
         )
         print(f"  gpuwatch threads (stack sampler, writer, /proc, NVML): {background_pct:.2f}% of one core")
+        seen, total = sum(o for o, _ in OBSERVED), sum(n for _, n in OBSERVED)
+        print(
+            f"  steps observed: {seen} of {total} ({100 * seen / max(total, 1):.1f}%; the first block of each run is)"
+        )
     cpu_median = {m: statistics.median(v) for m, v in cpu.items()}
     print(
         "process CPU time per step (median of blocks): "

@@ -148,7 +148,9 @@ def _timed(
     is_load: bool = False,
 ) -> Any:
     def checkpoint_call(*args: Any, **kwargs: Any) -> Any:
-        ctx = hc.ACTIVE
+        # writes are timed in every step, observed or not (`hc.WATCHING`); loads only in observed steps,
+        # where the DataLoader hook says whether the load reads a sample
+        ctx = hc.ACTIVE if is_load else hc.WATCHING
         if ctx is None or _skip(ctx, is_load):
             return original(*args, **kwargs)
 
@@ -169,7 +171,7 @@ def _timed_async_save(original: Any) -> Any:
     label = "dcp.async_save (blocking)"
 
     def async_save(*args: Any, **kwargs: Any) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.WATCHING
         if ctx is None or _skip(ctx, False):
             return original(*args, **kwargs)
 
@@ -209,7 +211,7 @@ def _follow_async_result(ctx: HookContext, result: Any, t_return: int, attrs: di
 
 def _background_done(ctx: HookContext, t_return: int, attrs: dict[str, Any]) -> None:
     try:
-        if hc.ACTIVE is not ctx:
+        if hc.WATCHING is not ctx:
             return
         ctx.emit_span(
             t_return,
@@ -228,7 +230,7 @@ def _time_result(fut: concurrent.futures.Future[Any], label: str) -> None:
     original = fut.result
 
     def result(timeout: float | None = None) -> Any:
-        ctx = hc.ACTIVE
+        ctx = hc.WATCHING
         if ctx is None or fut.done():
             return original(timeout)
 

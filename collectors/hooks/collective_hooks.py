@@ -121,7 +121,12 @@ class CollectiveHooks(Collector):
 
             def collective(*args: Any, **kwargs: Any) -> Any:
                 ctx = hc.current()
-                if ctx is None or ctx.flag(_FLAG):
+                if ctx is None:
+                    watching = hc.WATCHING
+                    if watching is not None and not watching.observing and not watching.flag(_FLAG):
+                        return hooks._unobserved(watching, spec, original, args, kwargs)
+                    return original(*args, **kwargs)
+                if ctx.flag(_FLAG):
                     return original(*args, **kwargs)
 
                 def before() -> Any:
@@ -144,6 +149,30 @@ class CollectiveHooks(Collector):
             return collective
 
         return make
+
+    def _unobserved(
+        self, ctx: HookContext, spec: _ArgSpec, original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """A collective in a step the watch does not observe: no span, but its group's count goes on (so the
+        n-th collective is the n-th on every rank, whichever steps each observed) and the calls inside it
+        (an object collective's torch.save) still know they belong to it."""
+        try:
+            group = spec.arg(args, kwargs, "group")
+            if group is not None and self._c10d._rank_not_in_group(group):
+                return original(*args, **kwargs)
+            ctx.set_flag(_FLAG, True)
+        except Exception as exc:
+            ctx.hook_error("collective", exc)
+            return original(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            try:
+                ctx.set_flag(_FLAG, False)
+                if spec.name not in POINT_TO_POINT:
+                    self._group_seq(group)
+            except Exception as exc:
+                ctx.hook_error("collective", exc)
 
     def _finish(
         self,

@@ -32,7 +32,12 @@ LOADER_CLOCK_MIN_NS = 1_000_000
 only when the previous one took this long: a loader handing over in-memory tensors in microseconds has no
 waits to tell its work from, and 4 us is 0.1% of a 3 ms step."""
 ACTIVE: HookContext | None = None
-"""The context of the running watch in this process, or None: every hook checks this first."""
+"""The context of the running watch in this process while it observes the current step, or None: every hook
+checks this first. A watch that thins its steps (`gpuwatch.capture.step_pacing`) sets it to None for the
+steps it does not observe, so its hooks cost one global read there."""
+WATCHING: HookContext | None = None
+"""The context of the running watch, observed step or not: what the hooks that stay on in every step read
+(checkpoint writes: rare, long, and often periodic, so a sample of steps would miss or double them)."""
 
 MAX_PENDING_GAPS = 8192
 """Closed gaps kept for the stack sampler; older ones fall off (their time stays unattributed)."""
@@ -79,6 +84,12 @@ class HookContext:
         self.closed_gaps: collections.deque[tuple[int, int, int, str, str, bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
         )
+        self.observing = True
+        """False during a step the watch does not observe (`observe`): regions still count their depth, but
+        no gap is handed to the stack sampler (it does not sample then either)."""
+        self.on_observe: Callable[[], None] | None = None
+        """Called on the training thread as observation resumes after steps without it (`observe`): the
+        stack sampler sleeps through those steps."""
         self._tls = threading.local()
         self._noted: set[str] = set()
         # gap probes (see collectors.hooks.stack_sampler): gaps opening after one of these keys get traced
@@ -110,7 +121,7 @@ class HookContext:
         """Open a hooked region called `key`; returns its start (ns). Pair with `end`/`abandon`."""
         t = time.perf_counter_ns() + self._offset_ns
         if threading.get_ident() == self.train_ident:
-            if self.depth == self.base_depth:
+            if self.depth == self.base_depth and self.observing:
                 if self.probing:
                     self._stop_probe()
                 gap = (self.gap_serial, self.gap_start_ns, t, self.gap_key, key, self.base_depth > 0)
@@ -248,7 +259,12 @@ class HookContext:
         if self.depth == self.base_depth:
             self.gap_start_ns = t
             self.gap_key = key
-            if self.probe_keys and key in self.probe_keys and self.on_probe_start is not None:
+            if (
+                self.probe_keys
+                and self.observing
+                and key in self.probe_keys
+                and self.on_probe_start is not None
+            ):
                 self.probe_keys.discard(key)
                 self.probing = self.on_probe_start(key)
 
@@ -351,19 +367,39 @@ def unwrap(fn: Any) -> Any:
 
 def _disable_in_child() -> None:
     # A forked DataLoader worker inherits the patched functions but not the writer thread: go quiet.
-    global ACTIVE
+    global ACTIVE, WATCHING
     ACTIVE = None
+    WATCHING = None
 
 
 os.register_at_fork(after_in_child=_disable_in_child)
 
 
 def activate(ctx: HookContext | None) -> None:
-    global ACTIVE, _compiling
+    """Publish the context of a starting watch (observing), or None as it closes."""
+    global ACTIVE, WATCHING, _compiling
     ACTIVE = ctx
+    WATCHING = ctx
+    if ctx is not None:
+        ctx.observing = True
     torch = sys.modules.get("torch")
     compiler = getattr(torch, "compiler", None)
     _compiling = getattr(compiler, "is_compiling", _never)
+
+
+def observe(ctx: HookContext, on: bool) -> None:
+    """Observe the coming step or not (called at a step boundary by the watch that published `ctx`)."""
+    global ACTIVE
+    if WATCHING is not ctx:
+        return
+    was = ctx.observing
+    if on and not was:
+        ctx.gap_serial += 1  # a sample the sampler took meanwhile belongs to no gap: it is dropped
+    ctx.observing = on
+    ACTIVE = ctx if on else None
+    wake = ctx.on_observe
+    if on and not was and wake is not None:
+        wake()
 
 
 def _never() -> bool:

@@ -72,6 +72,11 @@ class ProfilerWindow(Collector):
         self._threads: list[threading.Thread] = []
         self.imported_spans = 0
 
+    @property
+    def recording(self) -> bool:
+        """True while torch.profiler records (the watch observes those steps whole)."""
+        return self._prof is not None
+
     def start(self, sink: RecordSink) -> None:
         if self.first == 0:
             self._begin()

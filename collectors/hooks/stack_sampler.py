@@ -26,6 +26,7 @@ two waits goes unseen, but not uncounted (`HIDDEN_WORK_MAX_CPU`).
 from __future__ import annotations
 
 import collections
+import random
 import sys
 import threading
 import time
@@ -87,6 +88,8 @@ BACKOFF_MAX = 4
 by a learned signature), the tick interval doubles up to this many times `1 / hz`; a sample, or a gap whose
 signature is not learned yet, brings it back to `1 / hz`. Each tick costs a thread wake-up and a GIL
 hand-off with the training thread whether it samples or not."""
+IDLE_WAIT_S = 1.0
+"""Longest sleep through steps the watch does not observe (it is woken as one is observed again)."""
 DATA_LOADING = Category.DATA_LOADING.value
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
 _INFERRED = {"inferred": True}
@@ -179,6 +182,8 @@ class StackSampler(Collector):
             ctx.on_probe_stop = self._probe_stop
         if loader_hz > 0:
             ctx.on_loader_enter = self._loader_entered
+        self._idle = False
+        ctx.on_observe = self._observed
 
     def start(self, sink: RecordSink) -> None:
         if self._thread is not None:
@@ -192,6 +197,7 @@ class StackSampler(Collector):
         self._stop.set()
         self._wake.set()
         self.ctx.on_loader_enter = None
+        self.ctx.on_observe = None
         self.ctx.on_probe_start = None
         if self.ctx.probing and threading.get_ident() == self.ctx.train_ident:
             self.ctx._stop_probe()
@@ -211,6 +217,10 @@ class StackSampler(Collector):
         next_t = time.monotonic()
         backoff = 1
         while not self._stop.is_set():
+            if not ctx.observing:
+                self._sit_out()
+                next_t = time.monotonic()
+                continue
             sampled = True
             try:
                 sampled = self.tick(late=time.monotonic() - next_t > LATE_NS / 1e9)
@@ -228,6 +238,26 @@ class StackSampler(Collector):
                 next_t = min(self._woken_at, time.monotonic())
                 backoff = 1
             self._sleeping_slow = False
+
+    def _sit_out(self) -> None:
+        """The steps the watch does not observe: turn the gaps of the last observed one into spans, then
+        sleep until a step is observed again (`_observed`), and resume at a random point of the tick
+        interval, so the first sample falls anywhere in the observed steps, not always in their first gap."""
+        try:
+            self._drain(final=False)
+        except Exception as exc:
+            self._tick_failed(exc)
+        self._idle = True
+        if not self.ctx.observing:  # the training thread sets `observing`, then reads `_idle`: no lost wake
+            self._wake.wait(IDLE_WAIT_S)
+        self._idle = False
+        self._wake.clear()
+        self._stop.wait(random.random() * self.interval_s)
+
+    def _observed(self) -> None:
+        # training thread, at a step boundary where observation resumes: one test, and an Event.set
+        if self._idle:
+            self._wake.set()
 
     def _loader_entered(self) -> None:
         # training thread: two tests, and for a slow loader an Event.set once per slow wait
@@ -247,7 +277,7 @@ class StackSampler(Collector):
         self.ticks += 1
         base = ctx.base_depth
         sampled = False
-        if ctx.depth == base and not ctx.probing:
+        if ctx.depth == base and ctx.observing and not ctx.probing:
             serial = ctx.gap_serial
             frame = sys._current_frames().get(ctx.train_ident)
             if frame is not None and ctx.depth == base and serial == ctx.gap_serial:

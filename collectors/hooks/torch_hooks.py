@@ -62,6 +62,9 @@ class TorchHooks(Collector):
         self._global_handles: list[Any] = []
         self._hooked: weakref.WeakSet[Any] = weakref.WeakSet()
         self._instance_handles: list[Any] = []
+        self._module_handles: dict[int, list[Any]] = {}
+        """id(module) -> its two forward hooks (removed while the watch does not observe: `pause`)."""
+        self._paused = False
         self._found: list[Any] = []  # top-level modules seen by the current discovery
         self._fwd_stack: list[tuple[Any, int, Any]] = []  # (module, start_ns or -1 when nested, device token)
         self._opt_stack: list[tuple[Any, int, Any]] = []
@@ -78,6 +81,12 @@ class TorchHooks(Collector):
         """True between a `start` that found torch imported and `stop`: a watch started before the job
         imported torch asks this at step boundaries, and starts the hooks once torch is there."""
         return self._started
+
+    @property
+    def discovering(self) -> bool:
+        """True while global module hooks look for top-level modules: the watch observes those steps (a
+        step it did not observe would find none). Under torch.compile they stay for good and are not that."""
+        return bool(self._global_handles) and not self.dynamo_mode
 
     def start(self, sink: RecordSink) -> None:
         torch = sys.modules.get("torch")
@@ -103,12 +112,14 @@ class TorchHooks(Collector):
             return
         self._started = False
         self._stop_discovery()
-        for handle in self._instance_handles:
+        for handle in [*self._instance_handles, *(h for pair in self._module_handles.values() for h in pair)]:
             try:
                 handle.remove()
             except Exception:
                 pass
         self._instance_handles.clear()
+        self._module_handles.clear()
+        self._paused = False
         self._patcher.restore()
         if self.timer is not None:
             try:
@@ -180,9 +191,41 @@ class TorchHooks(Collector):
             if module in self._hooked:
                 continue
             self._hooked.add(module)
-            self._instance_handles.append(module.register_forward_pre_hook(self._instance_pre))
-            self._instance_handles.append(module.register_forward_hook(self._instance_post, always_call=True))
+            if not self._paused:
+                self._hook_module(module)
         self._found.clear()
+
+    def _hook_module(self, module: Any) -> None:
+        self._module_handles[id(module)] = [
+            module.register_forward_pre_hook(self._instance_pre),
+            module.register_forward_hook(self._instance_post, always_call=True),
+        ]
+
+    def pause(self) -> None:
+        """The watch stops observing (training thread, at a step boundary): take the forward hooks off the
+        top-level modules, whose calls then take PyTorch's hook-free path again (a module with hooks costs
+        ~5 us more per call, 0.15% of a 3 ms step). The other hooks stay and return at once."""
+        if self._paused or not self._started:
+            return
+        self._paused = True
+        handles, self._module_handles = self._module_handles, {}
+        for pair in handles.values():
+            for handle in pair:
+                try:
+                    handle.remove()
+                except Exception:
+                    pass
+
+    def resume(self) -> None:
+        """The watch observes again: the top-level modules found so far get their forward hooks back."""
+        if not self._paused:
+            return
+        self._paused = False
+        for module in list(self._hooked):
+            try:
+                self._hook_module(module)
+            except Exception as exc:
+                self.ctx.hook_error("forward_resume", exc)
 
     def _name(self, module: Any) -> str:
         name = self._names.get(module)

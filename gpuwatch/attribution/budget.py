@@ -25,6 +25,7 @@ category by those rules, and segments are summed per step. Everything is numpy: 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -201,7 +202,10 @@ def pick_training_tid(
     return int(tids[np.argmax(busy)])
 
 
-def _steps(cols: SpanColumns, tid: int, kinds: ValueCodes) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+def _steps(
+    cols: SpanColumns, tid: int, kinds: ValueCodes
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]:
+    """`(ids, starts, ends, from_markers, observed)` of the training thread's steps, in time order."""
     mask = kinds.eq(SpanKind.STEP.value) & (cols.tid == tid)
     if mask.any():
         order = np.argsort(cols.start_ns[mask], kind="stable")
@@ -211,11 +215,57 @@ def _steps(cols: SpanColumns, tid: int, kinds: ValueCodes) -> tuple[np.ndarray, 
         # a step ends where the next one begins (markers can overlap by a few microseconds)
         ends = np.minimum(ends, np.append(starts[1:], ends[-1:]))
         ids = np.where(ids >= 0, ids, np.arange(ids.size))
-        return ids, starts, ends, True
+        return ids, starts, ends, True, _observed(cols.attrs[mask][order])
     if len(cols) == 0:
         z = np.zeros(0, dtype=np.int64)
-        return z, z, z, False
-    return np.array([0]), cols.start_ns.min(keepdims=True), cols.end_ns.max(keepdims=True), False
+        return z, z, z, False, np.zeros(0, dtype=bool)
+    one = np.array([0])
+    return (
+        one,
+        cols.start_ns.min(keepdims=True),
+        cols.end_ns.max(keepdims=True),
+        False,
+        np.ones(1, dtype=bool),
+    )
+
+
+def _observed(step_attrs: np.ndarray) -> np.ndarray:
+    """Per step span, False where its attrs say `"observed": false` (a watch that thinned its steps,
+    capture/step_pacing.py), else True. One pass over the steps' attrs, parsing only those that name it."""
+    out = np.ones(step_attrs.size, dtype=bool)
+    for i, text in enumerate(step_attrs.tolist()):
+        if text is not None and "observed" in text:
+            try:
+                out[i] = json.loads(text).get("observed") is not False
+            except (ValueError, AttributeError):
+                pass
+    return out
+
+
+def _extrapolate(step_cat: np.ndarray, other_ns: np.ndarray, observed: np.ndarray) -> None:
+    """Give the steps the watch did not observe the observed steps' split, in place.
+
+    In such a step only checkpoint writes were timed (capture/step_pacing.py); the rest of its wall time is
+    split among the categories in the proportions the observed steps give them, checkpoint_io left out
+    of those proportions (it was measured in every step). Each row still sums to its step's wall time; the
+    rounding remainder goes to the largest category. `other_ns` (sync through other threads) scales alike.
+    """
+    if observed.all() or not observed.any():
+        return
+    ckpt = CAT_INDEX[Category.CHECKPOINT_IO.value]
+    seen = step_cat[observed].sum(axis=0).astype(np.float64)
+    seen[ckpt] = 0.0
+    total = float(seen.sum())
+    if total <= 0.0:
+        return
+    mix = seen / total
+    rows = np.flatnonzero(~observed)
+    rest = step_cat[rows].sum(axis=1) - step_cat[rows, ckpt]
+    split = np.floor(rest[:, None] * mix[None, :]).astype(np.int64)
+    split[:, int(np.argmax(mix))] += rest - split.sum(axis=1)
+    split[:, ckpt] = step_cat[rows, ckpt]
+    step_cat[rows] = split
+    other_ns[rows] = np.rint(rest * (float(other_ns[observed].sum()) / total)).astype(np.int64)
 
 
 def compute_rank_budget(
@@ -231,7 +281,7 @@ def compute_rank_budget(
     """
     kinds, cats = span_kinds(cols), span_categories(cols)
     tid = pick_training_tid(cols, kinds, cats)
-    step_ids, step_s, step_e, from_markers = _steps(cols, tid, kinds)
+    step_ids, step_s, step_e, from_markers, observed = _steps(cols, tid, kinds)
     is_device = kinds.isin(DEVICE_KINDS) & (cols.stream >= 0)
     mode = "device" if is_device.any() else "host"
 
@@ -302,6 +352,11 @@ def compute_rank_budget(
         other_ns = np.rint(np.bincount(seg_step[other], weights=lengths[other], minlength=n_steps)).astype(
             np.int64
         )
+        if not observed.all():
+            _extrapolate(step_cat, other_ns, observed)
+            # the timeline shows what was seen: an unobserved step's unexplained time is no category
+            unseen = in_step & ~observed[np.maximum(seg_step, 0)]
+            seg_cat = np.where(unseen & (seg_cat == CAT_INDEX[Category.UNATTRIBUTED.value]), -1, seg_cat)
 
     n_warm, reference = warmup_steps(step_e - step_s, from_markers=from_markers)
     warmup = None

@@ -128,6 +128,9 @@ class RunWatcher(Watcher):
                 ctx.hook_error("run_steps", exc)
         super().close(status)
 
+    def _steps_from_calls(self) -> bool:
+        return self.steps_source in (GW_STEP, OPTIMIZER)  # torch calls the optimizer hook in every step
+
     # ---- 1. the script's own gpuwatch.watch() ----------------------------------------------------------
     def adopt(self, user: Watcher) -> None:
         """Make the script's own watch `user` a handle on this one: its `step()` marks the steps from now on,

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gpuwatch.capture.step_pacing import StepPacer
 from gpuwatch.capture.watch_config import WatchConfig
 from gpuwatch.records import SpanKind
 
@@ -65,6 +66,7 @@ def watch(
     system_interval_s: float = _DEFAULTS.system_interval_s,
     hooks: bool = _DEFAULTS.hooks,
     stack_sampler: bool = _DEFAULTS.stack_sampler,
+    observe_every_step: bool = _DEFAULTS.observe_every_step,
     system_samplers: bool = _DEFAULTS.system_samplers,
     flush_interval_s: float = _DEFAULTS.flush_interval_s,
     max_queue: int = _DEFAULTS.max_queue,
@@ -78,7 +80,7 @@ def watch(
     Args:
         run_dir: run directory (created or joined). Default: `$GPUWATCH_RUN_DIR`, else
             `gpuwatch-runs/<torchrun run id or start time>`.
-        profile_steps, sample_hz, system_interval_s, hooks, stack_sampler, system_samplers,
+        profile_steps, sample_hz, system_interval_s, hooks, stack_sampler, observe_every_step, system_samplers,
         flush_interval_s, max_queue, rank, world_size, metrics_port, metrics_host: the fields of
             `WatchConfig` (each says its unit and what its default means).
 
@@ -91,6 +93,7 @@ def watch(
         system_interval_s=system_interval_s,
         hooks=hooks,
         stack_sampler=stack_sampler,
+        observe_every_step=observe_every_step,
         system_samplers=system_samplers,
         flush_interval_s=flush_interval_s,
         max_queue=max_queue,
@@ -135,6 +138,10 @@ class Watcher:
         self._profiler: ProfilerWindow | None = None
         self._step_index = 0
         self._step_start_ns = 0
+        self._step_serial = 0
+        self._observed_steps = 0
+        self._boundary_steps: frozenset[int] = frozenset()
+        self._pacer = StepPacer(enabled=not self.config.observe_every_step)
         self._stage: str | None = None
         self._pid = os.getpid()
         self._closing = False
@@ -211,23 +218,36 @@ class Watcher:
             return
         try:
             index = self._step_index
-            name = f"step {index}"
             if stage is not None:
                 self._stage = str(stage)
+            was_observed = ctx.observing
+            attrs = _step_attrs(self._stage, tags) if tags or self._stage is not None else None
+            if was_observed:
+                self._observed_steps += 1
+            else:
+                attrs = _UNOBSERVED if attrs is None else {**attrs, "observed": False}
             ctx.emit_span(
                 self._step_start_ns,
                 t,
                 SpanKind.STEP.value,
-                name,
+                f"step {index}",
                 None,
                 tid=ctx.train_tid,
                 step=index,
-                attrs=_step_attrs(self._stage, tags),
+                attrs=attrs,
             )
+            step_ns = t - self._step_start_ns
             self._step_start_ns = t
             self._step_index = index + 1
             ctx.step = index + 1
-            self._on_boundary(index)
+            regions = ctx.gap_serial - self._step_serial
+            observe = self._pacer.next_observed(index, step_ns, regions, was_observed)
+            if observe or was_observed or index in self._boundary_steps or self._profiler is not None:
+                self._on_boundary(index)  # between two unobserved steps only what a step number starts
+            observe = observe or self._must_observe()
+            if observe != was_observed:
+                self._set_observing(ctx, observe)
+            self._step_serial = ctx.gap_serial
         except Exception as exc:
             ctx.hook_error("step", exc)
         finally:
@@ -256,6 +276,7 @@ class Watcher:
             if self.ctx is not None:
                 self.ctx.train_clock.close()  # its /proc file (a watch per notebook cell leaks none)
             if self.writer is not None:
+                self._note_pacing()
                 self.writer.set_meta(**self._final_meta())
                 self.writer.close(status)
             if self.metrics is not None:
@@ -300,14 +321,17 @@ class Watcher:
         self._install_signals(ctx)
         # the first step starts when the job gets control back, not while gpuwatch was starting up
         self._step_start_ns = ctx.restart_gap("start")
+        self._step_serial = ctx.gap_serial
 
     def _start_collectors(self, ctx: HookContext) -> None:
         config = self.config
         if config.hooks:
             from collectors.hooks.checkpoint_hooks import CheckpointHooks
             from collectors.hooks.collective_hooks import CollectiveHooks
-            from collectors.hooks.torch_hooks import TorchHooks
+            from collectors.hooks.torch_hooks import DISCOVERY_STEPS, TorchHooks
 
+            # a step whose end starts module discovery for the next runs its boundary in full, observed or not
+            self._boundary_steps = frozenset(d - 1 for d in DISCOVERY_STEPS if d > 0)
             self._torch_hooks = TorchHooks(ctx)
             self._start(ctx, self._torch_hooks)
             self._collectives = CollectiveHooks(ctx, timer=self._torch_hooks.timer)
@@ -367,8 +391,48 @@ class Watcher:
         if self._profiler is not None:
             self._profiler.on_boundary(finished + 1)
 
+    def _set_observing(self, ctx: HookContext, observe: bool) -> None:
+        from collectors.hooks.hook_context import observe as set_observing
+
+        hooks = self._torch_hooks
+        if hooks is not None:
+            if observe:
+                hooks.resume()
+            else:
+                hooks.pause()
+        set_observing(ctx, observe)
+
+    def _must_observe(self) -> bool:
+        """Steps observed whatever their cost: while the torch hooks look for top-level modules, and inside a
+        torch.profiler window."""
+        hooks = self._torch_hooks
+        if hooks is not None and hooks.discovering:
+            return True
+        profiler = self._profiler
+        return (profiler is not None and profiler.recording) or not self._steps_from_calls()
+
+    def _steps_from_calls(self) -> bool:
+        """Are steps cut by calls that come whether a step is observed or not (`gw.step()`)? A watch that
+        finds steps from its hooks' regions must observe them all."""
+        return True
+
+    def _note_pacing(self) -> None:
+        seen, steps = self._observed_steps, self._step_index
+        if seen < steps:
+            self.writer.note(
+                "step_pacing",
+                f"observed {seen} of {steps} steps (steps of {self._pacer.step_ns / 1e6:.1f} ms: one block of "
+                f"{1 << self._pacer.block_shift} steps in {1 << self._pacer.shift} at the end); the others' "
+                "time is split as the observed steps split theirs (gpuwatch.watch(observe_every_step=True) "
+                "observes all)",
+            )
+
     def _final_meta(self) -> dict[str, Any]:
-        meta: dict[str, Any] = {"steps": self._step_index}
+        meta: dict[str, Any] = {
+            "steps": self._step_index,
+            "observed_steps": self._observed_steps,
+            "observe_one_in": 1 << self._pacer.shift,
+        }
         torch_hooks = self._torch_hooks
         if torch_hooks is not None:
             meta["ddp_seen"] = torch_hooks.ddp_seen
@@ -444,6 +508,10 @@ class Watcher:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
+_UNOBSERVED = {"observed": False}
+"""The attrs of a step the watch did not observe (`gpuwatch.capture.step_pacing`); one shared dict, read-only."""
+
+
 def _step_attrs(stage: str | None, tags: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """The step span's attrs: `{"stage": str, "tags": {key: str}}`, each part only when given."""
     attrs: dict[str, Any] = {}

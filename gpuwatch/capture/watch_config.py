@@ -24,6 +24,10 @@ class WatchConfig:
     """Seconds between two ticks of the NVML and /proc samplers."""
     hooks: bool = True
     """Install the torch (DataLoader, forward, backward, optimizer, copies), collective and checkpoint hooks."""
+    observe_every_step: bool = False
+    """Observe every step. False (default): where observing costs more than 0.2% of a step (steps of a few
+    milliseconds), observe one step in 2**k and split the others' time as the observed ones split theirs
+    (`gpuwatch/capture/step_pacing.py`); steps of tens of milliseconds and more are all observed anyway."""
     stack_sampler: bool = True
     """Sample the training thread's stack where no hook covers it (at `sample_hz`)."""
     system_samplers: bool = True
