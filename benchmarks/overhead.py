@@ -334,6 +334,80 @@ def training_thread_cost_us(rounds: int = 5, steps: int = 300, warm: int = 600, 
     return (statistics.median(cost["watch"]) - statistics.median(cost["bare"])) * 1e6
 
 
+class _NeverObserve:
+    """A step pacer that observes no step (the state a thinned watch spends most steps in)."""
+
+    shift, block_shift, step_ns, enabled = 6, 10, 0, True
+
+    def next_observed(self, *_: Any) -> bool:
+        return False
+
+
+def unobserved_step_cost_us(reps: int = 41, calls: int = 2000) -> dict[str, float]:
+    """What a watch costs the training thread in a step it does not observe, part by part, in µs.
+
+    Each hooked entry point a plain loop calls once a step is gpuwatch's own wrapper around torch's function;
+    here each wrapper is made around a function that does nothing and called `calls` times, against that
+    function alone, alternated `reps` times; a part's cost is the difference of the two minima (the least
+    disturbed repetition: other tenants of a VM only add time). Parts: the DataLoader `__next__` wrapper, the
+    backward wrapper, the two global optimizer hooks, and `gw.step()` itself. The forward hooks are off in
+    such a step (`TorchHooks.pause`)."""
+    from collectors.hooks import hook_context as hc
+    from collectors.hooks import torch_hooks as th
+
+    def nothing(*_: Any, **__: Any) -> None:
+        return None
+
+    model = torch.nn.Linear(8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(2, 8)
+    costs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="gpuwatch-overhead-") as tmp_name:
+        watcher = gpuwatch.watch(Path(tmp_name) / "parts", sample_hz=0, system_samplers=False)
+        gw = watcher.start()
+        for _ in range(3):  # discovery, then a pacer that observes nothing
+            model(x).sum().backward()
+            opt.step()
+            gw.step()
+        gw._pacer = _NeverObserve()  # type: ignore[assignment]
+        gw.step()
+        assert hc.ACTIVE is None and hc.WATCHING is not None
+        hooks = gw._torch_hooks
+        assert hooks is not None
+        loader_next = th._loader_region(
+            "DataLoader.__next__", th._end_next, flag=hc.IN_DATA_LOADING, split=True
+        )(nothing)
+        backward = hooks._wrap_backward(nothing)
+        it = object()
+
+        def optimizer_hooks() -> None:  # what torch calls around every optimizer step
+            hooks._opt_pre(opt, (), {})
+            hooks._opt_post(opt, (), {})
+
+        parts: dict[str, tuple[Any, Any]] = {
+            "DataLoader.__next__": (lambda: loader_next(it), lambda: nothing(it)),
+            "backward": (backward, nothing),
+            "optimizer hooks": (optimizer_hooks, nothing),
+            "gw.step()": (gw.step, nothing),
+        }
+        best: dict[tuple[str, bool], float] = {}
+        try:
+            for r in range(reps):
+                for name, (wrapped, alone) in parts.items():
+                    for on in (True, False) if r % 2 else (False, True):
+                        fn = wrapped if on else alone
+                        t0 = time.perf_counter_ns()
+                        for _ in range(calls):
+                            fn()
+                        per = (time.perf_counter_ns() - t0) / calls / 1e3
+                        best[(name, on)] = min(best.get((name, on), per), per)
+        finally:
+            watcher.close()
+        for name in parts:
+            costs[name] = best[(name, True)] - best[(name, False)]
+    return costs
+
+
 MODES = ("bare", "watch", "profiler", "traceml")
 
 
@@ -444,6 +518,13 @@ def main() -> None:
             f"median step; {observed_us:.1f} µs per observed step (observe_every_step=True)"
         )
         print(f"  gpuwatch threads (stack sampler, writer, /proc, NVML): {background_pct:.2f}% of one core")
+        parts = unobserved_step_cost_us()
+        print(
+            f"  training thread, a step the watch does not observe: {sum(parts.values()):.2f} µs "
+            f"= {100 * sum(parts.values()) / (median['bare'] * 1e6):.3f}% of the bare median step ("
+            + ", ".join(f"{k} {v:.2f}" for k, v in parts.items())
+            + "; each the difference of the least disturbed of 41 alternated repetitions, wrapper and bare)"
+        )
         seen, total = sum(o for o, _ in OBSERVED), sum(n for _, n in OBSERVED)
         print(
             f"  steps observed: {seen} of {total} ({100 * seen / max(total, 1):.1f}%; the first block of each run is)"
