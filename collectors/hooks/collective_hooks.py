@@ -123,7 +123,12 @@ class CollectiveHooks(Collector):
                 ctx = hc.current()
                 if ctx is None:
                     watching = hc.WATCHING
-                    if watching is not None and not watching.observing and not watching.flag(_FLAG):
+                    if (
+                        watching is not None
+                        and not watching.observing
+                        and not hc.tracing()
+                        and not watching.flag(_FLAG)
+                    ):
                         return hooks._unobserved(watching, spec, original, args, kwargs)
                     return original(*args, **kwargs)
                 if ctx.flag(_FLAG):

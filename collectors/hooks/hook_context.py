@@ -413,6 +413,11 @@ _MODULES = sys.modules
 _DYNAMO = "torch._dynamo"
 
 
+def tracing() -> bool:
+    """Is torch.compile tracing the caller? (Only asked of torch once its tracer is loaded.)"""
+    return _DYNAMO in _MODULES and _compiling()
+
+
 def current() -> HookContext | None:
     """The active context, or None when not watching or while torch.compile traces the caller: a hook
     traced into a graph would break it (timing calls cannot be compiled), so hooks step aside there.

@@ -269,9 +269,9 @@ class Watcher:
                 except Exception as exc:
                     if self.ctx is not None:
                         self.ctx.hook_error(f"stop:{collector.name}", exc)
-            from collectors.hooks.hook_context import ACTIVE, activate
+            from collectors.hooks.hook_context import WATCHING, activate
 
-            if ACTIVE is self.ctx:
+            if WATCHING is self.ctx:  # ACTIVE is None where the last step was not observed
                 activate(None)
             if self.ctx is not None:
                 self.ctx.train_clock.close()  # its /proc file (a watch per notebook cell leaks none)
@@ -445,14 +445,14 @@ class Watcher:
         return meta
 
     def _teardown_quietly(self) -> None:
-        from collectors.hooks.hook_context import ACTIVE, activate
+        from collectors.hooks.hook_context import WATCHING, activate
 
         for collector in reversed(self._collectors):
             try:
                 collector.stop()
             except Exception:
                 pass
-        if self.ctx is not None and ACTIVE is self.ctx:
+        if self.ctx is not None and WATCHING is self.ctx:
             activate(None)
         if self.ctx is not None:
             self.ctx.train_clock.close()

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import gpuwatch
+from collectors.hooks import hook_context as hc
 from gpuwatch.attribution.analysis import analyze_run
 from gpuwatch.attribution.summary import summarize
 
@@ -43,6 +44,9 @@ def loop(run_dir: Path, **options: object) -> tuple[dict[str, float], dict]:
                 spent["checkpoint_io"] += time.perf_counter() - t2
             gw.step()
         wall = time.perf_counter() - t_start
+        observing_at_end = gw.ctx.observing
+    # whether or not the last step was observed, nothing of the watch is left published
+    assert hc.ACTIVE is None and hc.WATCHING is None, observing_at_end
     truth = {k: 100 * v / wall for k, v in spent.items()}
     return truth, summarize(analyze_run(run_dir)).to_json()
 
