@@ -135,8 +135,8 @@ class CollectiveHooks(Collector):
                     return original(*args, **kwargs)
 
                 def before() -> Any:
-                    group = spec.arg(args, kwargs, "group")
-                    if group is not None and hooks._c10d._rank_not_in_group(group):
+                    group = hooks._group_taking_part(spec, args, kwargs)
+                    if group is UNHOOKED:
                         return UNHOOKED  # this rank takes no part: nothing to time
                     return group, hooks.timer.start() if hooks.timer is not None else None
 
@@ -155,6 +155,13 @@ class CollectiveHooks(Collector):
 
         return make
 
+    def _group_taking_part(self, spec: _ArgSpec, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The call's process group (None: the default one), or `UNHOOKED` when this rank is not in it."""
+        group = spec.arg(args, kwargs, "group")
+        if group is not None and self._c10d._rank_not_in_group(group):
+            return UNHOOKED
+        return group
+
     def _unobserved(
         self, ctx: HookContext, spec: _ArgSpec, original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -162,8 +169,8 @@ class CollectiveHooks(Collector):
         n-th collective is the n-th on every rank, whichever steps each observed) and the calls inside it
         (an object collective's torch.save) still know they belong to it."""
         try:
-            group = spec.arg(args, kwargs, "group")
-            if group is not None and self._c10d._rank_not_in_group(group):
+            group = self._group_taking_part(spec, args, kwargs)
+            if group is UNHOOKED:
                 return original(*args, **kwargs)
             ctx.set_flag(_FLAG, True)
         except Exception as exc:

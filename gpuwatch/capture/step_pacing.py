@@ -46,7 +46,7 @@ REPACE_EVERY = 64
 """Steps between two choices of k and b (a step time that drifts does not flip them every step); a choice
 takes effect at the next block boundary."""
 MAX_SHIFT = 6
-"""At the thinnest, one step in 64 is observed: fewer, and work that happens in some steps only is seen too
+"""At the thinnest, one block in 64 is observed: fewer, and work that happens in some steps only is seen too
 seldom."""
 _PHI_32 = 0x9E3779B9
 """2**32 divided by the golden ratio, rounded to odd."""
