@@ -242,18 +242,21 @@ def _observed(step_attrs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _extrapolate(step_cat: np.ndarray, other_ns: np.ndarray, observed: np.ndarray) -> None:
+def _extrapolate(step_cat: np.ndarray, other_ns: np.ndarray, observed: np.ndarray, n_warm: int) -> None:
     """Give the steps the watch did not observe the observed steps' split, in place.
 
     In such a step only checkpoint writes were timed (capture/step_pacing.py); the rest of its wall time is
-    split among the categories in the proportions the observed steps give them, checkpoint_io left out
-    of those proportions (it was measured in every step). Each row still sums to its step's wall time; the
-    rounding remainder goes to the largest category. `other_ns` (sync through other threads) scales alike.
+    split among the categories in the proportions the observed steps after the `n_warm` warm-up steps give
+    them (a slow first step is no sample of the steps that follow), checkpoint_io left out of those
+    proportions (it was measured in every step). Each row still sums to its step's wall time; the rounding
+    remainder goes to the largest category. `other_ns` (sync through other threads) scales alike.
     """
-    if observed.all() or not observed.any():
+    sample = observed.copy()
+    sample[:n_warm] = False
+    if observed.all() or not sample.any():
         return
     ckpt = CAT_INDEX[Category.CHECKPOINT_IO.value]
-    seen = step_cat[observed].sum(axis=0).astype(np.float64)
+    seen = step_cat[sample].sum(axis=0).astype(np.float64)
     seen[ckpt] = 0.0
     total = float(seen.sum())
     if total <= 0.0:
@@ -265,7 +268,7 @@ def _extrapolate(step_cat: np.ndarray, other_ns: np.ndarray, observed: np.ndarra
     split[:, int(np.argmax(mix))] += rest - split.sum(axis=1)
     split[:, ckpt] = step_cat[rows, ckpt]
     step_cat[rows] = split
-    other_ns[rows] = np.rint(rest * (float(other_ns[observed].sum()) / total)).astype(np.int64)
+    other_ns[rows] = np.rint(rest * (float(other_ns[sample].sum()) / total)).astype(np.int64)
 
 
 def compute_rank_budget(
@@ -342,6 +345,7 @@ def compute_rank_budget(
     seg_cat = np.where(in_step, seg_cat, -1)
     lengths = np.diff(points)
     n_steps = step_s.size
+    n_warm, reference = warmup_steps(step_e - step_s, from_markers=from_markers)
     step_cat = np.zeros((n_steps, len(CATEGORIES)), dtype=np.int64)
     other_ns = np.zeros(n_steps, dtype=np.int64)
     if n_steps and left.size:
@@ -353,12 +357,11 @@ def compute_rank_budget(
             np.int64
         )
         if not observed.all():
-            _extrapolate(step_cat, other_ns, observed)
+            _extrapolate(step_cat, other_ns, observed, n_warm)
             # the timeline shows what was seen: an unobserved step's unexplained time is no category
             unseen = in_step & ~observed[np.maximum(seg_step, 0)]
             seg_cat = np.where(unseen & (seg_cat == CAT_INDEX[Category.UNATTRIBUTED.value]), -1, seg_cat)
 
-    n_warm, reference = warmup_steps(step_e - step_s, from_markers=from_markers)
     warmup = None
     if n_warm:
         in_warm = in_step & (seg_step < n_warm)

@@ -82,13 +82,16 @@ STEP_NS = 1_000_000
 TID = 7
 
 
-def planted(observed: list[bool], ckpt_every: int) -> tuple[SpanColumns, np.ndarray]:
+def planted(observed: list[bool], ckpt_every: int, warm_ns: int = 0) -> tuple[SpanColumns, np.ndarray]:
     """Steps of 1 ms. Observed steps: compute 0-600 us, data_loading 600-900 us, nothing 900-1000 us; a
     checkpoint write takes the first 300 us of every `ckpt_every`-th step (before compute, which shifts).
     Unobserved steps carry only their step span and their checkpoint write, as a thinned watch writes them.
-    Returns the columns and the expected (steps, 8) budget."""
+    `warm_ns`: a warm-up step of that long before them, observed, with nothing but its step span (all of it
+    unattributed). Returns the columns and the expected (steps, 8) budget of the 1 ms steps."""
     rows: list[tuple[str, str | None, int, int, str | None]] = []  # kind, category, start, end, attrs
     expected = np.zeros((len(observed), len(CATEGORIES)), dtype=np.int64)
+    if warm_ns:
+        rows.append(("step", None, -warm_ns, 0, None))
     for i, seen in enumerate(observed):
         t0 = i * STEP_NS
         rows.append(("step", None, t0, t0 + STEP_NS, None if seen else json.dumps({"observed": False})))
@@ -117,7 +120,7 @@ def planted(observed: list[bool], ckpt_every: int) -> tuple[SpanColumns, np.ndar
         name=np.array([f"{r[0]} {r[1]}" for r in rows], dtype=object),
         start_ns=np.array([r[2] for r in rows], dtype=np.int64),
         end_ns=np.array([r[3] for r in rows], dtype=np.int64),
-        step=np.array([r[2] // STEP_NS if r[0] == "step" else -1 for r in rows], dtype=np.int64),
+        step=np.array([r[2] // STEP_NS + 1 if r[0] == "step" else -1 for r in rows], dtype=np.int64),
         bytes=np.full(n, -1, dtype=np.int64),
         correlation=np.full(n, -1, dtype=np.int64),
         seq=np.full(n, -1, dtype=np.int64),
@@ -149,4 +152,17 @@ def test_a_run_observed_whole_is_untouched_by_the_split() -> None:
     cols, expected = planted([True] * 40, ckpt_every=3)
     np.testing.assert_array_equal(
         compute_rank_budget(0, cols, include_warmup=True).step_category_ns, expected
+    )
+
+
+def test_a_warm_up_step_is_no_sample_of_the_steps_after_it() -> None:
+    """A slow first step (all unattributed here) is left out of the budget as warm-up; the split given to
+    unobserved steps comes from the observed steps after it, as if it were not there."""
+    observed = [True] * 8 + [i % 4 == 0 for i in range(8, 200)]
+    with_warm, expected = planted(observed, ckpt_every=5, warm_ns=40 * STEP_NS)
+    budget = compute_rank_budget(0, with_warm)
+    assert budget.warmup is not None and budget.warmup.step_ids.size == 1
+    without, _ = planted(observed, ckpt_every=5)
+    np.testing.assert_array_equal(
+        budget.step_category_ns, compute_rank_budget(0, without, include_warmup=True).step_category_ns
     )
