@@ -31,6 +31,10 @@ LOADER_CLOCK_MIN_NS = 1_000_000
 """A split DataLoader region reads the training thread's work clock as it opens and closes (two reads, ~4 us)
 only when the previous one took this long: a loader handing over in-memory tensors in microseconds has no
 waits to tell its work from, and 4 us is 0.1% of a 3 ms step."""
+INSIDE = " (inside)"
+"""Added to a DataLoader region's key for the gap inside it: the gap after it, opened as it closes, has the
+region's own key, and a probe asked for one must not be spent on the other (it was, in a race with the
+sampler's drain: the probe traced the few microseconds after the loader, and the next was 20 steps later)."""
 ACTIVE: HookContext | None = None
 """The context of the running watch in this process while it observes the current step, or None: every hook
 checks this first. A watch that thins its steps (`gpuwatch.capture.step_pacing`) sets it to None for the
@@ -136,16 +140,19 @@ class HookContext:
         """Inside a just-opened DataLoader region on the training thread: its inside becomes a gap (the
         Dataset's reads and transforms, for the sampler). Returns the base depth to give `leave_loader`."""
         outer = self.base_depth
-        self.gap_start_ns = time.perf_counter_ns() + self._offset_ns
-        self.gap_key = key
-        self.base_depth = self.depth
         wake = self.on_loader_enter
+        if wake is not None and self.last_loader_ns >= LOADER_CLOCK_MIN_NS:
+            # read before the region opens to the sampler: the read releases the GIL, and a tick that took
+            # it then would sample this hook, not the loader
+            self._loader_cpu_start_ns = self.train_clock.ns()
+        inside = key + INSIDE
+        self.gap_start_ns = time.perf_counter_ns() + self._offset_ns
+        self.gap_key = inside
+        self.base_depth = self.depth
         if wake is not None:
-            if self.last_loader_ns >= LOADER_CLOCK_MIN_NS:
-                self._loader_cpu_start_ns = self.train_clock.ns()
-            if self.probe_keys and key in self.probe_keys and self.on_probe_start is not None:
-                self.probe_keys.discard(key)  # its work was never sampled: trace this region's calls
-                self.probing = self.on_probe_start(key)
+            if self.probe_keys and inside in self.probe_keys and self.on_probe_start is not None:
+                self.probe_keys.discard(inside)  # its work was never sampled: trace this region's calls
+                self.probing = self.on_probe_start(inside)
             wake()
         return outer
 
@@ -244,7 +251,8 @@ class HookContext:
         started): its region count and gaps start afresh."""
         self.train_ident = threading.get_ident()
         self.train_tid = threading.get_native_id()
-        old, self.train_clock = self.train_clock, ThreadWorkClock(self.train_tid, self.train_ident)
+        old = self.train_clock
+        self.train_clock = ThreadWorkClock(self.train_tid, self.train_ident, wait_cost=old.wait_cost)
         old.close()
         self.depth = 0
         self.base_depth = 0

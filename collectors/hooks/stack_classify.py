@@ -31,6 +31,8 @@ OWN_DIRS = tuple(
 """gpuwatch's own code: a stack inside it is gpuwatch's overhead, named as such."""
 _STDLIB_WAITS = ("threading.py", "queue.py", "selectors.py")
 HOST_OVERHEAD = Category.HOST_OVERHEAD.value
+OWN_LABEL = "gpuwatch (own overhead)"
+"""The label of a stack in gpuwatch's own code (its hooks, its clocks) that no rule matched."""
 
 # key: (in_loader, id of each code object, innermost first) -> (category, label, the code objects). The
 # value holds the code objects so that their ids cannot be reused by other code while the entry lives.
@@ -69,7 +71,7 @@ def classify_codes(codes: list[Any]) -> tuple[str, str]:
     if rule is not None:
         return rule.category.value, rule.label or rule.category.value
     if any(filename.startswith(OWN_DIRS) for filename, _ in frames):
-        return HOST_OVERHEAD, "gpuwatch (own overhead)"
+        return HOST_OVERHEAD, OWN_LABEL
     for filename, function in frames:  # unmatched: name the innermost frame of the job's own code
         base = os.path.basename(filename)
         if base not in _STDLIB_WAITS:

@@ -8,9 +8,11 @@ numpy augmentation falls between sleeps) is `tests/integration/test_watch_ground
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from collectors.hooks.hook_context import HookContext
+from collectors.hooks.stack_classify import OWN_LABEL
 from collectors.hooks.stack_sampler import StackSampler
 from gpuwatch.records import Span
 
@@ -145,3 +147,52 @@ def test_held_gaps_of_a_thin_signature_go_as_it_says_when_sampling_ends() -> Non
     assert sink.spans == []
     sampler.stop()  # never started: stop drains what is held
     assert [(s.start_ns, s.end_ns, s.category) for s in sink.spans] == [(10 * MS, 14 * MS, "compute")]
+
+
+def test_a_probe_asked_for_inside_a_loader_traces_the_next_loader_not_the_gap_after_one() -> None:
+    """The sampler drains a region while the training thread is already in the next one: the probe it asks
+    for must wait for the next region's inside, not go to the gap that opens as the current region closes
+    (that gap has the loader's own key). Real `HookContext` regions, the probe start recorded."""
+    sampler, _ = _sampler()
+    ctx = sampler.ctx
+    started: list[str] = []
+    ctx.on_probe_start = lambda key: started.append(key) or False
+    key = "DataLoader.__next__"
+
+    def one_region(ask: bool) -> None:
+        t0 = ctx.begin(key)
+        outer = ctx.enter_loader(key)
+        if ask:  # the drain of the previous region's inside, landing now
+            inside = next(gap[3] for gap in ctx.closed_gaps if gap[5])  # the previous region's inside
+            samples = [(5 * MS, DATA, "read", False, 100_000), (15 * MS, DATA, "read", False, 1_300_000)]
+            sampler._gap(
+                0, 20 * MS, (inside, key + " end"), samples, inside_loader=True, cpu_ns=(0, 1_500_000)
+            )
+        ctx.leave_loader(outer, key)
+        ctx.end(t0, "phase", key, DATA, key=key)
+        ctx.end(ctx.begin("forward"), "phase", "forward", "compute", key="forward")
+
+    one_region(False)
+    one_region(True)
+    assert started == []  # not the gap after the loader, nor the forward
+    one_region(False)
+    assert started == [key + " (inside)"]
+
+
+def test_a_sample_of_gpuwatchs_own_code_inside_a_loader_is_dropped() -> None:
+    """Inside a DataLoader region a tick can catch the training thread in the loader hook itself (a clock
+    read hands the GIL over). Such samples are not the loader's work: counted, five of them outvoted the
+    augmentation and sent it to host_overhead. The tick runs on this thread, whose innermost frame is this
+    test calling into gpuwatch: it reads as gpuwatch's own code unless a rule matches."""
+    sampler, _ = _sampler()
+    ctx = sampler.ctx
+    ctx.train_ident = threading.get_ident()
+    t0 = ctx.begin("DataLoader.__next__")
+    outer = ctx.enter_loader("DataLoader.__next__")
+    sampler.classify = lambda frame, in_loader=False: ("host_overhead", OWN_LABEL)  # type: ignore[method-assign]
+    assert sampler.tick() is True  # a stack was read...
+    assert sampler._samples.get(ctx.gap_serial) is None  # ...and dropped
+    ctx.leave_loader(outer, "DataLoader.__next__")
+    ctx.end(t0, "phase", "DataLoader.__next__", DATA)
+    assert sampler.tick() is True  # outside a loader, gpuwatch's own code is its own overhead, kept
+    assert [s[1:3] for s in sampler._samples[ctx.gap_serial]] == [("host_overhead", OWN_LABEL)]
