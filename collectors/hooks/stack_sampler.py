@@ -170,6 +170,7 @@ class StackSampler(Collector):
         self._woken_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._cost_thread: threading.Thread | None = None
         self._samples: dict[
             int, list[tuple[int, str, str, bool, int]]
         ] = {}  # serial -> (t_ns, category, label, late, training thread's work clock ns or -1)
@@ -205,12 +206,15 @@ class StackSampler(Collector):
         self._thread.start()
         if self.ctx.on_loader_enter is not None:  # loader regions are split by the work clock
             name = "gpuwatch-wait-cost"
-            threading.Thread(target=self._measure_wait_cost, name=name, daemon=True).start()
+            self._cost_thread = threading.Thread(target=self._measure_wait_cost, name=name, daemon=True)
+            self._cost_thread.start()
 
     def _measure_wait_cost(self) -> None:
-        """On a thread of its own: its 30 ms of sleeps must not keep the sampler from the first steps."""
+        """On a thread of its own: its 45 ms of sleeps must not keep the sampler from the first steps."""
         try:
-            self.ctx.train_clock.take_off(measure_wait_cost())
+            cost = measure_wait_cost(self._stop)
+            if not self._stop.is_set():
+                self.ctx.train_clock.take_off(cost)
         except Exception as exc:
             self._tick_failed(exc)
 
@@ -224,9 +228,10 @@ class StackSampler(Collector):
         if self.ctx.probing and threading.get_ident() == self.ctx.train_ident:
             self.ctx._stop_probe()
         self.ctx.on_probe_stop = None
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
+        for thread in (self._thread, self._cost_thread):  # the cost's thread ends within one probe (3 ms)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5.0)
+        self._thread = self._cost_thread = None
         try:
             self._drain(final=True)
         except Exception as exc:

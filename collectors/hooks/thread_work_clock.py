@@ -124,15 +124,18 @@ MAX_SHARE_OF_WALL = 0.05
 """A fitted share above this is noise (a preempted probe), not the host's accounting."""
 
 
-def measure_wait_cost() -> WaitCost:
+def measure_wait_cost(stop: threading.Event | None = None) -> WaitCost:
     """What a wait costs the thread that waits, on this host: for each of two sleep lengths (alternated),
     the median over `WAIT_PROBES` sleeps of the calling thread's own work clock across one, per timeslice,
     and the line through both. Takes about 45 ms of the caller's wall time and 2 ms of its CPU (call it on a
-    thread of gpuwatch's own, never the training thread); `NO_WAIT_COST` where the host keeps no schedstat."""
+    thread of gpuwatch's own, never the training thread); `NO_WAIT_COST` where the host keeps no schedstat, or
+    where `stop` is set before it is done."""
     clock = ThreadWorkClock(threading.get_native_id(), threading.get_ident())
     costs: tuple[list[float], list[float]] = ([], [])
     try:
         for _ in range(WAIT_PROBES):
+            if stop is not None and stop.is_set():
+                return NO_WAIT_COST
             for seconds, got in zip(WAIT_PROBE_S, costs):
                 worked = time.thread_time_ns()
                 while time.thread_time_ns() - worked < WAIT_PROBE_WORK_NS:
