@@ -13,7 +13,7 @@ from typing import Any
 
 from collectors.hooks.hook_context import HookContext
 from collectors.hooks.stack_classify import OWN_LABEL
-from collectors.hooks.stack_sampler import StackSampler
+from collectors.hooks.stack_sampler import StackSampler, _Signature
 from gpuwatch.records import Span
 
 MS = 1_000_000
@@ -196,3 +196,20 @@ def test_a_sample_of_gpuwatchs_own_code_inside_a_loader_is_dropped() -> None:
     ctx.end(t0, "phase", "DataLoader.__next__", DATA)
     assert sampler.tick() is True  # outside a loader, gpuwatch's own code is its own overhead, kept
     assert [s[1:3] for s in sampler._samples[ctx.gap_serial]] == [("host_overhead", OWN_LABEL)]
+
+
+def test_an_unsampled_fast_loader_region_is_split_in_the_shares_its_samples_saw() -> None:
+    """A loader too fast for the work clock (no readings): an unsampled region gets each category in the
+    share its earlier samples saw (not all of it to the category seen most), the work at the region's end."""
+    sampler, sink = _sampler()
+    sig = ("DataLoader.__next__ (inside)", "DataLoader.__next__ end")
+    learned = sampler._signatures[sig] = _Signature()
+    learned.add(DATA, "DataLoader wait", 6)
+    learned.add(PREP, "collate", 3)
+    learned.add("host_overhead", "sampler.py:__iter__", 1)
+    sampler._gap(0, 10 * MS, sig, None, inside_loader=True)
+    assert _emitted(sink) == [(7 * MS, 10 * MS, PREP, None), (6 * MS, 7 * MS, "host_overhead", None)]
+    sink.spans.clear()
+    sampler._pending.append((20 * MS, 30 * MS, sig, True))  # a held one goes the same way
+    sampler._retry_pending(final=True)
+    assert _emitted(sink) == [(27 * MS, 30 * MS, PREP, None), (26 * MS, 27 * MS, "host_overhead", None)]
