@@ -113,7 +113,11 @@ class HookContext:
         """Gap serial of a split DataLoader region -> the training thread's work clock (`train_clock`, ns) as
         it opened and as it closed, for the sampler to tell the work there from the waits (it pops each one
         it reads)."""
+        self.loader_slices: dict[int, tuple[int, int]] = {}
+        """Gap serial of a split DataLoader region -> the training thread's timeslices begun as it opened and
+        as it closed (`ThreadWorkClock.read`), where schedstat has them."""
         self._loader_cpu_start_ns = -1
+        self._loader_slices_start = -1
 
     # ---- clock -----------------------------------------------------------------------------------
     def now_ns(self) -> int:
@@ -144,7 +148,7 @@ class HookContext:
         if wake is not None and self.last_loader_ns >= LOADER_CLOCK_MIN_NS:
             # read before the region opens to the sampler: the read releases the GIL, and a tick that took
             # it then would sample this hook, not the loader
-            self._loader_cpu_start_ns = self.train_clock.ns()
+            self._loader_cpu_start_ns, self._loader_slices_start = self.train_clock.read()
         inside = key + INSIDE
         self.gap_start_ns = time.perf_counter_ns() + self._offset_ns
         self.gap_key = inside
@@ -164,9 +168,11 @@ class HookContext:
             self._stop_probe()
         t = time.perf_counter_ns() + self._offset_ns
         if self._loader_cpu_start_ns >= 0:
-            worked = self.train_clock.ns()
+            worked, slices = self.train_clock.read()
             if worked >= 0:
                 self.loader_cpu_ns[self.gap_serial] = (self._loader_cpu_start_ns, worked)
+            if slices >= 0 and self._loader_slices_start >= 0:
+                self.loader_slices[self.gap_serial] = (self._loader_slices_start, slices)
             self._loader_cpu_start_ns = -1
         self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end", True))
         self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped
@@ -251,8 +257,7 @@ class HookContext:
         started): its region count and gaps start afresh."""
         self.train_ident = threading.get_ident()
         self.train_tid = threading.get_native_id()
-        old = self.train_clock
-        self.train_clock = ThreadWorkClock(self.train_tid, self.train_ident, wait_cost=old.wait_cost)
+        old, self.train_clock = self.train_clock, ThreadWorkClock(self.train_tid, self.train_ident)
         old.close()
         self.depth = 0
         self.base_depth = 0

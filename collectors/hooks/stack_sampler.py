@@ -36,7 +36,7 @@ from typing import Any
 from collectors.base import Collector, RecordSink
 from collectors.hooks.hook_context import HookContext
 from collectors.hooks.stack_classify import OWN_LABEL, classify_frame
-from collectors.hooks.thread_work_clock import measure_wait_cost
+from collectors.hooks.thread_work_clock import measure_wait_cost_ns
 from gpuwatch.records import Category, SpanKind
 
 MIN_GAP_NS = 2_000
@@ -92,6 +92,7 @@ hand-off with the training thread whether it samples or not."""
 IDLE_WAIT_S = 1.0
 """Longest sleep through steps the watch does not observe (it is woken as one is observed again)."""
 DATA_LOADING = Category.DATA_LOADING.value
+_NO_CLOCK = (-1, -1)
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
 _INFERRED = {"inferred": True}
 """The attrs of every inferred span (one shared dict, read-only: one fewer allocation per gap)."""
@@ -171,9 +172,12 @@ class StackSampler(Collector):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._cost_thread: threading.Thread | None = None
-        self._samples: dict[
-            int, list[tuple[int, str, str, bool, int]]
-        ] = {}  # serial -> (t_ns, category, label, late, training thread's work clock ns or -1)
+        self.wait_cost_ns = 0
+        """What one wait costs the training thread's work clock on this host (`measure_wait_cost_ns`), taken
+        off per timeslice where the loader's samples saw it waiting (`HIDDEN_WORK_MAX_CPU`)."""
+        self._samples: dict[int, list[tuple[int, str, str, bool, int, int]]] = {}
+        """serial -> (t_ns, category, label, late, the training thread's work clock ns, its timeslices; -1 for
+        what was not read)"""
         self._signatures: dict[tuple[str, str], _Signature] = {}
         self._pending: collections.deque[tuple[int, int, tuple[str, str], bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
@@ -210,11 +214,11 @@ class StackSampler(Collector):
             self._cost_thread.start()
 
     def _measure_wait_cost(self) -> None:
-        """On a thread of its own: its 45 ms of sleeps must not keep the sampler from the first steps."""
+        """On a thread of its own: its 30 ms of sleeps must not keep the sampler from the first steps."""
         try:
-            cost = measure_wait_cost(self._stop)
+            cost = measure_wait_cost_ns(self._stop)
             if not self._stop.is_set():
-                self.ctx.train_clock.take_off(cost)
+                self.wait_cost_ns = cost
         except Exception as exc:
             self._tick_failed(exc)
 
@@ -309,24 +313,31 @@ class StackSampler(Collector):
             frame = sys._current_frames().get(ctx.train_ident)
             if frame is not None and ctx.depth == base and serial == ctx.gap_serial:
                 t = ctx.now_ns()
-                cpu = ctx.train_clock.ns() if base > 0 else -1
+                cpu, slices = ctx.train_clock.read() if base > 0 else _NO_CLOCK
                 category, label = self.classify(frame, in_loader=base > 0)
                 del frame
                 self.samples += 1
                 if _kept(base, label):
-                    self._add(serial, t, category, label, late, cpu)
+                    self._add(serial, t, category, label, late, cpu, slices)
                 sampled = True
         self._drain(final=False)
         return sampled
 
     def _add(
-        self, serial: int, t: int, category: str, label: str, late: bool = False, cpu_ns: int = -1
+        self,
+        serial: int,
+        t: int,
+        category: str,
+        label: str,
+        late: bool = False,
+        cpu_ns: int = -1,
+        slices: int = -1,
     ) -> None:
         samples = self._samples.get(serial)
         if samples is None:
             samples = self._samples[serial] = []
         if len(samples) < MAX_SAMPLES_PER_GAP:
-            samples.append((t, category, label, late, cpu_ns))
+            samples.append((t, category, label, late, cpu_ns, slices))
 
     @staticmethod
     def classify(frame: object, *, in_loader: bool = False) -> tuple[str, str]:
@@ -375,7 +386,10 @@ class StackSampler(Collector):
                 break
             samples = self._samples.pop(serial, None)
             cpu = ctx.loader_cpu_ns.pop(serial, None) if inside else None
-            self._gap(start, end, (key_before, key_after), samples, inside_loader=inside, cpu_ns=cpu)
+            slices = ctx.loader_slices.pop(serial, None) if inside else None
+            self._gap(
+                start, end, (key_before, key_after), samples, inside_loader=inside, cpu_ns=cpu, slices=slices
+            )
         if len(self._samples) > 64:  # samples of gaps that fell off the context's deque
             current = ctx.gap_serial
             for serial in [s for s in self._samples if s < current - 64]:
@@ -384,6 +398,7 @@ class StackSampler(Collector):
             current = ctx.gap_serial
             for serial in [s for s in list(ctx.loader_cpu_ns) if s < current - 64]:
                 ctx.loader_cpu_ns.pop(serial, None)
+                ctx.loader_slices.pop(serial, None)
         if self._learned or final:
             self._learned = False
             self._retry_pending(final)
@@ -393,14 +408,15 @@ class StackSampler(Collector):
         start: int,
         end: int,
         signature: tuple[str, str],
-        samples: list[tuple[int, str, str, bool, int]] | None,
+        samples: list[tuple[int, str, str, bool, int, int]] | None,
         *,
         inside_loader: bool = False,
         cpu_ns: tuple[int, int] | None = None,
+        slices: tuple[int, int] | None = None,
     ) -> None:
         """Spans tiling one closed gap from its samples (or its signature). Inside a DataLoader region the
         loader's own span already says data_loading: only other categories are emitted there; `cpu_ns`: the
-        training thread's work clock as that region opened and closed."""
+        training thread's work clock as that region opened and closed; `slices`: its timeslices then."""
         skip = DATA_LOADING if inside_loader else None
         if end - start < MIN_GAP_NS:
             return
@@ -413,7 +429,7 @@ class StackSampler(Collector):
                     self._unexplained = True
                     self._want_probe(signature[0])
             elif cpu_ns is not None:
-                self._loader_gap_by_cpu(start, end, cpu_ns, [], sig, signature[0])
+                self._loader_gap_by_cpu(start, end, cpu_ns, [], sig, signature[0], slices)
             elif inside_loader:
                 self._loader_gap_by_shares(start, end, sig)
             else:
@@ -430,15 +446,15 @@ class StackSampler(Collector):
             )
         if sig.samples < THIN_SAMPLES <= sig.samples + len(samples) or not sig.counts:
             self._learned = True  # first learned, or trusted with long gaps from now on: held gaps may go
-        if cpu_ns is not None and all(cpu >= 0 for *_, cpu in samples):
-            for _t, category, label, _late, _cpu in samples:
+        if cpu_ns is not None and all(sample[4] >= 0 for sample in samples):
+            for _t, category, label, _late, _cpu, _slices in samples:
                 sig.add(category, label, 1)
-            self._loader_gap_by_cpu(start, end, cpu_ns, samples, sig, signature[0])
+            self._loader_gap_by_cpu(start, end, cpu_ns, samples, sig, signature[0], slices)
             return
         # runs of equal category; a change splits at the midpoint between the two samples, or where a late
         # sample found the thread waiting (LATE_NS)
         runs: list[list[Any]] = []  # [category, label, first_t, last_t, count, starts_at_first]
-        for t, category, label, late, _cpu in samples:
+        for t, category, label, late, _cpu, _slices in samples:
             if runs and runs[-1][0] == category:
                 runs[-1][3] = t
                 runs[-1][4] += 1
@@ -461,9 +477,10 @@ class StackSampler(Collector):
         start: int,
         end: int,
         cpu_ns: tuple[int, int],
-        samples: list[tuple[int, str, str, bool, int]],
+        samples: list[tuple[int, str, str, bool, int, int]],
         sig: _Signature,
         loader_key: str,
+        slices: tuple[int, int] | None = None,
     ) -> None:
         """A DataLoader region's work from its samples and the training thread's work clock, read as the region
         opened and closed and with each sample.
@@ -479,8 +496,16 @@ class StackSampler(Collector):
         """
         work = [(n, c) for c, n in sig.counts.items() if c != DATA_LOADING]
         usual = max(work)[1] if work else None
-        edge_start = (start, "", "", False, cpu_ns[0])  # category "": the region's ends are not samples
-        edge_end = (end, "", "", False, cpu_ns[1])
+        first, last = slices or _NO_CLOCK
+        edge_start = (
+            start,
+            "",
+            "",
+            False,
+            cpu_ns[0],
+            first,
+        )  # category "": the region's ends are not samples
+        edge_end = (end, "", "", False, cpu_ns[1], last)
         prev = edge_start
         for cur in [*samples, edge_end]:
             wall = cur[0] - prev[0]
@@ -494,7 +519,11 @@ class StackSampler(Collector):
             elif not samples and sig.dominant()[0] != DATA_LOADING:  # unsampled: what it did when sampled
                 category, label = sig.dominant()
                 self._emit(end - cpu, end, category, label, 0, inferred=True)
-            elif HIDDEN_WORK_MIN_NS <= cpu < HIDDEN_WORK_MAX_CPU * wall:
+            elif (
+                HIDDEN_WORK_MIN_NS
+                <= (cpu := self._less_waits(cpu, prev[5], cur[5]))
+                < HIDDEN_WORK_MAX_CPU * wall
+            ):
                 if usual is None:
                     self._want_probe(loader_key)
                 else:
@@ -502,6 +531,14 @@ class StackSampler(Collector):
                         cur[0] - cpu, cur[0], usual, sig.labels[usual], 0, inferred=True, attrs=_HIDDEN
                     )
             prev = cur
+
+    def _less_waits(self, cpu: int, slices_before: int, slices_after: int) -> int:
+        """The work between two readings where neither sample saw the loader work, less what its waits cost:
+        `wait_cost_ns` per timeslice begun in between. Only there: where a sample saw the loader working, its
+        timeslices are as often the GIL handed to and fro, or a preemption, as waits of its own."""
+        if slices_before < 0 or slices_after < slices_before:
+            return cpu
+        return max(cpu - (slices_after - slices_before) * self.wait_cost_ns, 0)
 
     def _want_probe(self, key: str) -> None:
         step = self.ctx.step

@@ -45,7 +45,7 @@ def _emitted(sink: _Spans) -> list[tuple[int, int, str, str | None]]:
 
 def _teach(sampler: StackSampler, signature: tuple[str, str]) -> None:
     """One earlier region of this loader in which a sample saw the augmentation."""
-    samples = [(10 * MS, PREP, "decode/augment (by name)", False, 1 * MS)]
+    samples = [(10 * MS, PREP, "decode/augment (by name)", False, 1 * MS, -1)]
     sampler._gap(0, 20 * MS, signature, samples, inside_loader=True, cpu_ns=(0, 2 * MS))
 
 
@@ -55,7 +55,10 @@ def test_work_between_two_waiting_samples_is_the_loaders_usual_work() -> None:
     _teach(sampler, sig)
     sink.spans.clear()
     # 0-30 ms: samples at 5 and 15 ms saw the read; the thread used 1.2 ms of CPU between them
-    samples = [(5 * MS, DATA, "DataLoader.__next__", False, 100_000), (15 * MS, DATA, "x", False, 1_300_000)]
+    samples = [
+        (5 * MS, DATA, "DataLoader.__next__", False, 100_000, -1),
+        (15 * MS, DATA, "x", False, 1_300_000, -1),
+    ]
     sampler._gap(0, 30 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 1_500_000))
     spans = _emitted(sink)
     # start -> first sample: 0.1 ms of CPU; first -> second: 1.2 ms; last -> end (collate): 0.2 ms
@@ -70,9 +73,9 @@ def test_a_sample_that_saw_the_work_takes_the_cpu_time_on_its_side() -> None:
     sampler, sink = _sampler()
     sig = ("a", "b")
     samples = [
-        (5 * MS, DATA, "read", False, 0),
-        (10 * MS, PREP, "decode/augment (by name)", False, 2 * MS),  # the 2 ms before it: its work
-        (15 * MS, DATA, "read", False, 3 * MS),  # the 1 ms after the augmenting sample: its work too
+        (5 * MS, DATA, "read", False, 0, -1),
+        (10 * MS, PREP, "decode/augment (by name)", False, 2 * MS, -1),  # the 2 ms before it: its work
+        (15 * MS, DATA, "read", False, 3 * MS, -1),  # the 1 ms after the augmenting sample: its work too
     ]
     sampler._gap(0, 20 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 3 * MS))
     assert _emitted(sink) == [(8 * MS, 10 * MS, PREP, None), (10 * MS, 11 * MS, PREP, None)]
@@ -84,14 +87,14 @@ def test_a_busy_thread_between_waiting_samples_keeps_its_loading() -> None:
     sig = ("forward end", "DataLoader.__next__")
     _teach(sampler, sig)
     sink.spans.clear()
-    samples = [(5 * MS, DATA, "read", False, 4 * MS), (15 * MS, DATA, "read", False, 12 * MS)]
+    samples = [(5 * MS, DATA, "read", False, 4 * MS, -1), (15 * MS, DATA, "read", False, 12 * MS, -1)]
     sampler._gap(0, 20 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 13 * MS))
     assert [s for s in _emitted(sink) if s[0] >= 5 * MS and s[1] <= 15 * MS] == []
 
 
 def test_a_loader_never_seen_working_stays_loading_and_its_next_region_is_probed() -> None:
     sampler, sink = _sampler()
-    samples = [(5 * MS, DATA, "read", False, 100_000), (15 * MS, DATA, "read", False, 1_300_000)]
+    samples = [(5 * MS, DATA, "read", False, 100_000, -1), (15 * MS, DATA, "read", False, 1_300_000, -1)]
     sampler._gap(0, 20 * MS, ("DataLoader.__next__", "b"), samples, inside_loader=True, cpu_ns=(0, 1_500_000))
     assert sink.spans == []
     # the thread worked between the waits, and nothing named that work: the next region gets its calls traced
@@ -100,7 +103,7 @@ def test_a_loader_never_seen_working_stays_loading_and_its_next_region_is_probed
 
 def test_a_loader_that_only_waits_is_not_probed() -> None:
     sampler, sink = _sampler()
-    samples = [(5 * MS, DATA, "read", False, 0), (15 * MS, DATA, "read", False, 10_000)]
+    samples = [(5 * MS, DATA, "read", False, 0, -1), (15 * MS, DATA, "read", False, 10_000, -1)]
     sampler._gap(0, 20 * MS, ("DataLoader.__next__", "b"), samples, inside_loader=True, cpu_ns=(0, 12_000))
     assert sink.spans == [] and not sampler.ctx.probe_keys
 
@@ -120,7 +123,7 @@ def test_a_long_gap_is_not_given_to_a_signature_of_one_edge_sample() -> None:
     host_overhead, they go there. Short gaps, and gaps when the sampler stops, go as the signature says."""
     sampler, sink = _sampler()
     sig = ("backward", "step")
-    edge = [(100_000, "compute", "torch.autograd", False, -1)]
+    edge = [(100_000, "compute", "torch.autograd", False, -1, -1)]
     sampler._gap(0, 4 * MS, sig, edge, inside_loader=False)
     assert [s[2] for s in _emitted(sink)] == ["compute"]  # what its one sample saw: all this gap can say
     sink.spans.clear()
@@ -131,7 +134,9 @@ def test_a_long_gap_is_not_given_to_a_signature_of_one_edge_sample() -> None:
     ]
     assert "backward" in sampler.ctx.probe_keys
     sink.spans.clear()
-    probe = [(30 * MS + k * 250_000, "host_overhead", "loop.py:bookkeeping", False, -1) for k in range(16)]
+    probe = [
+        (30 * MS + k * 250_000, "host_overhead", "loop.py:bookkeeping", False, -1, -1) for k in range(16)
+    ]
     sampler._gap(30 * MS, 34 * MS, sig, probe, inside_loader=False)  # the probed gap
     sampler._drain(final=False)
     spans = sorted((s.start_ns, s.end_ns, s.category) for s in sink.spans)
@@ -141,7 +146,7 @@ def test_a_long_gap_is_not_given_to_a_signature_of_one_edge_sample() -> None:
 def test_held_gaps_of_a_thin_signature_go_as_it_says_when_sampling_ends() -> None:
     sampler, sink = _sampler()
     sig = ("backward", "step")
-    sampler._gap(0, 4 * MS, sig, [(100_000, "compute", "torch.autograd", False, -1)], inside_loader=False)
+    sampler._gap(0, 4 * MS, sig, [(100_000, "compute", "torch.autograd", False, -1, -1)], inside_loader=False)
     sink.spans.clear()
     sampler._gap(10 * MS, 14 * MS, sig, None, inside_loader=False)
     assert sink.spans == []
@@ -164,7 +169,10 @@ def test_a_probe_asked_for_inside_a_loader_traces_the_next_loader_not_the_gap_af
         outer = ctx.enter_loader(key)
         if ask:  # the drain of the previous region's inside, landing now
             inside = next(gap[3] for gap in ctx.closed_gaps if gap[5])  # the previous region's inside
-            samples = [(5 * MS, DATA, "read", False, 100_000), (15 * MS, DATA, "read", False, 1_300_000)]
+            samples = [
+                (5 * MS, DATA, "read", False, 100_000, -1),
+                (15 * MS, DATA, "read", False, 1_300_000, -1),
+            ]
             sampler._gap(
                 0, 20 * MS, (inside, key + " end"), samples, inside_loader=True, cpu_ns=(0, 1_500_000)
             )
