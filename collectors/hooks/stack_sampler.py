@@ -18,9 +18,10 @@ region; the sampler splits that region too (`HookContext.enter_loader`: its insi
 data_loading, decode/transform/collate become cpu_preprocessing spans nested in the loader's span (the
 engine counts them as preprocessing). It is woken as such a region opens and samples at `loader_hz` while
 inside one, reading the stack only down to the loader's own frame. There it also reads the training thread's
-work clock (`collectors.hooks.thread_work_clock`: time on a CPU or waiting for one, less what its waits
-themselves cost) with each sample: the samples land mostly where the thread waits (a read, a sleep), and the
-short decode or augmentation between two waits goes unseen, but not uncounted (`HIDDEN_WORK_MAX_CPU`).
+work clock (`collectors.hooks.thread_work_clock`: time on a CPU or waiting for one, and the timeslices it
+began) with each sample: the samples land mostly where the thread waits (a read, a sleep), and the short
+decode or augmentation between two waits goes unseen, but not uncounted (`HIDDEN_WORK_MAX_CPU`; less what
+the waits themselves cost, `StackSampler._less_waits`).
 """
 
 from __future__ import annotations
@@ -497,14 +498,8 @@ class StackSampler(Collector):
         work = [(n, c) for c, n in sig.counts.items() if c != DATA_LOADING]
         usual = max(work)[1] if work else None
         first, last = slices or _NO_CLOCK
-        edge_start = (
-            start,
-            "",
-            "",
-            False,
-            cpu_ns[0],
-            first,
-        )  # category "": the region's ends are not samples
+        # category "": the region's ends are not samples
+        edge_start = (start, "", "", False, cpu_ns[0], first)
         edge_end = (end, "", "", False, cpu_ns[1], last)
         prev = edge_start
         for cur in [*samples, edge_end]:
