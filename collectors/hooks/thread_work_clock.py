@@ -81,7 +81,7 @@ def _alive(ident: int) -> bool:
 
 
 WAIT_PROBES = 24
-"""Sleeps `measure_wait_cost` takes."""
+"""Sleeps `measure_wait_cost_ns` takes."""
 WAIT_PROBE_S = 0.001
 """Their length (see the module's docstring); with the work before each, about 30 ms in all."""
 WAIT_PROBE_WORK_NS = 50_000
