@@ -431,11 +431,8 @@ class StackSampler(Collector):
                     self._want_probe(signature[0])
             elif cpu_ns is not None:
                 self._loader_gap_by_cpu(start, end, cpu_ns, [], sig, signature[0], slices)
-            elif inside_loader:
-                self._loader_gap_by_shares(start, end, sig)
             else:
-                category, label = sig.dominant()
-                self._emit(start, end, category, label, 0, inferred=True)
+                self._by_signature(start, end, sig, inside_loader)
             return
         samples.sort()
         sig = self._signatures.get(signature)
@@ -566,12 +563,17 @@ class StackSampler(Collector):
         sig = self._signatures.get(signature)
         if sig is None or (sig.samples < THIN_SAMPLES and not final and end - start >= PROBE_MIN_GAP_NS):
             return False
+        self._by_signature(start, end, sig, inside_loader)
+        return True
+
+    def _by_signature(self, start: int, end: int, sig: _Signature, inside_loader: bool) -> None:
+        """An unsampled gap as its signature says: a DataLoader region by its shares, any other gap whole as
+        the category seen most."""
         if inside_loader:
             self._loader_gap_by_shares(start, end, sig)
         else:
             category, label = sig.dominant()
             self._emit(start, end, category, label, 0, inferred=True)
-        return True
 
     def _loader_gap_by_shares(self, start: int, end: int, sig: _Signature) -> None:
         """An unsampled DataLoader region read without the work clock (a fast loader): each category its
