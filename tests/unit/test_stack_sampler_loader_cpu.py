@@ -81,6 +81,24 @@ def test_a_sample_that_saw_the_work_takes_the_cpu_time_on_its_side() -> None:
     assert _emitted(sink) == [(8 * MS, 10 * MS, PREP, None), (10 * MS, 11 * MS, PREP, None)]
 
 
+def test_two_working_samples_without_a_timeslice_between_them_worked_all_along() -> None:
+    """Between two samples that saw the decode, the thread began no timeslice: it never waited, and the 1 ms
+    its clock fell short (the host took the core) is work too. Where it began one (a read between two
+    decodes), the clock says how much of the stretch was work."""
+    sampler, sink = _sampler()
+    samples = [
+        (5 * MS, PREP, "decode", False, 1 * MS, 40),
+        (10 * MS, PREP, "decode", False, 5 * MS, 40),  # 4 ms of clock in 5 ms, no timeslice: all 5 ms work
+        (15 * MS, PREP, "decode", False, 8 * MS, 41),  # 3 ms of clock, one timeslice: 3 ms work
+    ]
+    sampler._gap(4 * MS, 15 * MS, ("a", "b"), samples, inside_loader=True, cpu_ns=(0, 8 * MS))
+    assert _emitted(sink) == [
+        (4 * MS, 5 * MS, PREP, None),
+        (5 * MS, 10 * MS, PREP, None),
+        (12 * MS, 15 * MS, PREP, None),
+    ]
+
+
 def test_a_busy_thread_between_waiting_samples_keeps_its_loading() -> None:
     """On the CPU most of the time: the samples saw that work itself (the loader's own reading)."""
     sampler, sink = _sampler()

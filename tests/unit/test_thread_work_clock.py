@@ -82,5 +82,7 @@ def test_what_waits_cost_is_what_the_clock_reads_across_waits() -> None:
     clock.close()
     raw_work = w1 - w0
     work = raw_work - (s1 - s0) * cost
-    assert s1 - s0 >= 200  # a timeslice per wait at least
+    # a timeslice per wait, nearly: a sleep whose timer fires before the thread has switched out (its core
+    # taken by the host between the two) begins none (199 of 200 once in a CI run)
+    assert s1 - s0 >= 190
     assert abs(work - burned) < max(0.5 * (raw_work - burned), 0.05 * burned), (work, raw_work, burned, cost)
