@@ -110,6 +110,23 @@ def test_a_busy_thread_between_waiting_samples_keeps_its_loading() -> None:
     assert [s for s in _emitted(sink) if s[0] >= 5 * MS and s[1] <= 15 * MS] == []
 
 
+def test_a_thread_that_woke_between_two_waiting_samples_did_the_loaders_work_whatever_its_share() -> None:
+    """Both samples saw the read, and the thread worked 8.5 of the 10 ms between them. Where it began no
+    timeslice it never waited: that was its reading, and stays data_loading. Where it began one it woke from
+    the first read, worked, and was in the next read by the second sample: the 8.5 ms are the loader's decode
+    (a busy host gives the sampler a core when the training thread waits, so samples land in the reads)."""
+    sig = ("forward end", "DataLoader.__next__")
+    for woke, want in ((0, []), (1, [(6_500_000, 15 * MS, PREP, "thread_work_clock")])):
+        sampler, sink = _sampler()
+        _teach(sampler, sig)
+        sink.spans.clear()
+        samples = [(5 * MS, DATA, "read", False, 0, 7), (15 * MS, DATA, "read", False, 8_500_000, 7 + woke)]
+        sampler._gap(
+            5 * MS, 15 * MS, sig, samples, inside_loader=True, cpu_ns=(0, 8_500_000), slices=(7, 7 + woke)
+        )
+        assert _emitted(sink) == want, woke
+
+
 def test_a_loader_never_seen_working_stays_loading_and_its_next_region_is_probed() -> None:
     sampler, sink = _sampler()
     samples = [(5 * MS, DATA, "read", False, 100_000, -1), (15 * MS, DATA, "read", False, 1_300_000, -1)]
