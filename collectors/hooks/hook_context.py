@@ -108,7 +108,10 @@ class HookContext:
         """Set by a stack sampler that splits DataLoader regions (`enter_loader` calls it: sample now);
         None: DataLoader regions stay whole."""
         self.last_loader_ns = 0
-        """How long the inside of the last split DataLoader region took (ns)."""
+        """How long the insides of the last split DataLoader regions took (ns): the last one's, or half the
+        one's before it where that is longer. One short region (the `next` that ends an epoch with
+        StopIteration) does not take the work clock and the sampler's wake from the first region of the next
+        epoch; a loader that turned fast loses them within a few regions."""
         self.loader_cpu_ns: dict[int, tuple[int, int]] = {}
         """Gap serial of a split DataLoader region -> the training thread's work clock (`train_clock`, ns) as
         it opened and as it closed, for the sampler to tell the work there from the waits (it pops each one
@@ -177,7 +180,7 @@ class HookContext:
         self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end", True))
         self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped
         self.base_depth = outer
-        self.last_loader_ns = t - self.gap_start_ns
+        self.last_loader_ns = max(t - self.gap_start_ns, self.last_loader_ns >> 1)
 
     def end(
         self,

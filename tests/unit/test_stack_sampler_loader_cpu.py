@@ -9,9 +9,10 @@ numpy augmentation falls between sleeps) is `tests/integration/test_watch_ground
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
-from collectors.hooks.hook_context import HookContext
+from collectors.hooks.hook_context import LOADER_CLOCK_MIN_NS, HookContext
 from collectors.hooks.stack_classify import OWN_LABEL
 from collectors.hooks.stack_sampler import StackSampler, _Signature
 from gpuwatch.records import Span
@@ -256,3 +257,33 @@ def test_an_unsampled_fast_loader_region_is_split_in_the_shares_its_samples_saw(
     sampler._pending.append((20 * MS, 30 * MS, sig, True))  # a held one goes the same way
     sampler._retry_pending(final=True)
     assert _emitted(sink) == [(27 * MS, 30 * MS, PREP, None), (26 * MS, 27 * MS, "host_overhead", None)]
+
+
+def test_the_short_region_that_ends_an_epoch_leaves_the_next_region_its_work_clock() -> None:
+    """The `next` that ends an epoch (StopIteration at once) is a short region between two slow ones. The
+    work clock is taken only after a slow region: the first region of the next epoch must still take it (it
+    did not, and its decode went whole to one category: 6-12 ms a step off, once an epoch). Two short regions
+    in a row still halve the memory of the slow one."""
+    sampler, _ = _sampler()
+    ctx = sampler.ctx
+    key = "DataLoader.__next__"
+
+    def region(inside_s: float) -> bool:
+        t0 = ctx.begin(key)
+        outer = ctx.enter_loader(key)
+        serial = ctx.gap_serial  # the inside's gap
+        time.sleep(inside_s)
+        ctx.leave_loader(outer, key)
+        ctx.end(t0, "phase", key, DATA, key=key)
+        return serial in ctx.loader_cpu_ns
+
+    assert region(0.004) is False  # the first region: nothing known yet
+    remembered = ctx.last_loader_ns
+    assert remembered >= 4 * MS
+    for _ in range(16):  # 4 ms or more, then about half as much after each short region
+        if remembered < LOADER_CLOCK_MIN_NS:
+            break
+        assert region(0.0) is True
+        assert ctx.last_loader_ns >= remembered >> 1
+        remembered = ctx.last_loader_ns
+    assert region(0.0) is False
