@@ -112,13 +112,11 @@ class HookContext:
         one's before it where that is longer. One short region (the `next` that ends an epoch with
         StopIteration) does not take the work clock and the sampler's wake from the first region of the next
         epoch; a loader that turned fast loses them within a few regions."""
-        self.loader_cpu_ns: dict[int, tuple[int, int]] = {}
+        self.loader_clock: dict[int, tuple[tuple[int, int], tuple[int, int] | None]] = {}
         """Gap serial of a split DataLoader region -> the training thread's work clock (`train_clock`, ns) as
-        it opened and as it closed, for the sampler to tell the work there from the waits (it pops each one
-        it reads)."""
-        self.loader_slices: dict[int, tuple[int, int]] = {}
-        """Gap serial of a split DataLoader region -> the training thread's timeslices begun as it opened and
-        as it closed (`ThreadWorkClock.read`), where schedstat has them."""
+        it opened and as it closed, and its timeslices begun then (`ThreadWorkClock.read`; None where
+        schedstat has none), for the sampler to tell the work there from the waits (it pops each one it
+        reads)."""
         self._loader_cpu_start_ns = -1
         self._loader_slices_start = -1
 
@@ -173,9 +171,12 @@ class HookContext:
         if self._loader_cpu_start_ns >= 0:
             worked, slices = self.train_clock.read()
             if worked >= 0:
-                self.loader_cpu_ns[self.gap_serial] = (self._loader_cpu_start_ns, worked)
-            if slices >= 0 and self._loader_slices_start >= 0:
-                self.loader_slices[self.gap_serial] = (self._loader_slices_start, slices)
+                self.loader_clock[self.gap_serial] = (
+                    (self._loader_cpu_start_ns, worked),
+                    (self._loader_slices_start, slices)
+                    if slices >= 0 and self._loader_slices_start >= 0
+                    else None,
+                )
             self._loader_cpu_start_ns = -1
         self.closed_gaps.append((self.gap_serial, self.gap_start_ns, t, self.gap_key, key + " end", True))
         self.gap_serial += 1  # before the base depth moves: a sample taken meanwhile is dropped

@@ -98,6 +98,11 @@ IDLE_WAIT_S = 1.0
 """Longest sleep through steps the watch does not observe (it is woken as one is observed again)."""
 DATA_LOADING = Category.DATA_LOADING.value
 _NO_CLOCK = (-1, -1)
+_NO_LOADER_CLOCK: tuple[None, None] = (None, None)
+"""`HookContext.loader_clock` of a region that has none."""
+_Sample = tuple[int, str, str, bool, int, int]
+"""(t_ns, category, label, late, the training thread's work clock ns, its timeslices; -1 for what was not
+read)"""
 STACK_SAMPLE = SpanKind.STACK_SAMPLE.value
 _INFERRED = {"inferred": True}
 """The attrs of every inferred span (one shared dict, read-only: one fewer allocation per gap)."""
@@ -113,9 +118,7 @@ def _torch_profiler_on() -> bool:
         return True  # cannot tell: stay out of its way
 
 
-def _ran_through(
-    prev: tuple[int, str, str, bool, int, int], cur: tuple[int, str, str, bool, int, int]
-) -> bool:
+def _ran_through(prev: _Sample, cur: _Sample) -> bool:
     """Both samples saw the loader work and the thread began no timeslice in between: it never waited, so it
     worked all the time between them, whatever its work clock says. That clock misses time the host took the
     core (a VM's steal), and a run-queue wait still in progress as the later sample is read (a thread waiting
@@ -194,9 +197,8 @@ class StackSampler(Collector):
         self.wait_cost_ns = 0
         """What one wait costs the training thread's work clock on this host (`measure_wait_cost_ns`), taken
         off per timeslice where the loader's samples saw it waiting (`HIDDEN_WORK_MAX_CPU`)."""
-        self._samples: dict[int, list[tuple[int, str, str, bool, int, int]]] = {}
-        """serial -> (t_ns, category, label, late, the training thread's work clock ns, its timeslices; -1 for
-        what was not read)"""
+        self._samples: dict[int, list[_Sample]] = {}
+        """gap serial -> its samples"""
         self._signatures: dict[tuple[str, str], _Signature] = {}
         self._pending: collections.deque[tuple[int, int, tuple[str, str], bool]] = collections.deque(
             maxlen=MAX_PENDING_GAPS
@@ -404,8 +406,7 @@ class StackSampler(Collector):
             except IndexError:
                 break
             samples = self._samples.pop(serial, None)
-            cpu = ctx.loader_cpu_ns.pop(serial, None) if inside else None
-            slices = ctx.loader_slices.pop(serial, None) if inside else None
+            cpu, slices = ctx.loader_clock.pop(serial, _NO_LOADER_CLOCK) if inside else _NO_LOADER_CLOCK
             self._gap(
                 start, end, (key_before, key_after), samples, inside_loader=inside, cpu_ns=cpu, slices=slices
             )
@@ -413,11 +414,10 @@ class StackSampler(Collector):
             current = ctx.gap_serial
             for serial in [s for s in self._samples if s < current - 64]:
                 del self._samples[serial]
-        if len(ctx.loader_cpu_ns) > 64:
+        if len(ctx.loader_clock) > 64:
             current = ctx.gap_serial
-            for serial in [s for s in list(ctx.loader_cpu_ns) if s < current - 64]:
-                ctx.loader_cpu_ns.pop(serial, None)
-                ctx.loader_slices.pop(serial, None)
+            for serial in [s for s in list(ctx.loader_clock) if s < current - 64]:
+                ctx.loader_clock.pop(serial, None)
         if self._learned or final:
             self._learned = False
             self._retry_pending(final)
@@ -427,7 +427,7 @@ class StackSampler(Collector):
         start: int,
         end: int,
         signature: tuple[str, str],
-        samples: list[tuple[int, str, str, bool, int, int]] | None,
+        samples: list[_Sample] | None,
         *,
         inside_loader: bool = False,
         cpu_ns: tuple[int, int] | None = None,
@@ -493,7 +493,7 @@ class StackSampler(Collector):
         start: int,
         end: int,
         cpu_ns: tuple[int, int],
-        samples: list[tuple[int, str, str, bool, int, int]],
+        samples: list[_Sample],
         sig: _Signature,
         loader_key: str,
         slices: tuple[int, int] | None = None,
