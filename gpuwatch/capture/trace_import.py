@@ -15,25 +15,34 @@ from gpuwatch.capture.import_writer import (
     end_child,
     fork_writer,
 )
+from gpuwatch.capture.trace_preload import TracePreload
 from gpuwatch.errors import UsageError
 from gpuwatch.store.run_dir import RUN_FILE, run_for_process
 from gpuwatch.store.segment_writer import SegmentWriter
 
 
 def import_to_run(
-    paths: list[str], out: str | os.PathLike[str], *, progress=None, on_skip=None
+    paths: list[str],
+    out: str | os.PathLike[str],
+    *,
+    progress=None,
+    on_skip=None,
+    preload: TracePreload | None = None,
 ) -> tuple[str, list]:
     """Import traces under `paths` into the run directory `out`; returns (run_id, per-rank results).
 
     `progress(result)` is called per imported rank, `on_skip(path, reason)` per file found in a directory
-    that is not a trace. Raises UsageError when `out` already holds a run (imports never mix into one).
+    that is not a trace. `preload`: a `TracePreload.start(paths)` the caller began before importing this
+    module (`gpuwatch import` does), else one starts here. Raises UsageError when `out` already holds a run
+    (imports never mix into one).
     """
     out_path = Path(out)
     if (out_path / RUN_FILE).exists():
         raise UsageError(f"{out_path} already holds a run; choose a new --out directory")
     if out_path.exists() and not out_path.is_dir():
         raise UsageError(f"--out {out_path} exists and is not a directory")
-    preload = _Preload.start(paths)  # the file inflates on a thread while numpy and msgspec load here
+    if preload is None:
+        preload = TracePreload.start(paths)  # the file inflates on a thread while numpy and msgspec load
     split_writer = SplitWriter()  # a single large trace's split child stays on as the writer
     try:
         from collectors.kineto.kineto_import import import_traces
@@ -122,43 +131,6 @@ def _writers_for(out_path: Path, results: list) -> list[SegmentWriter]:
         writers.append(SegmentWriter(out_path, run, background=False))
         run_id = writers[0].run.run_id
     return writers
-
-
-class _Preload:
-    """One trace file named alone, read and inflated on a thread (the inflater releases the GIL) while this
-    thread imports the parser's modules: 0.05 s of a 0.7 s import of HTA's 216k-event trace. Anything that
-    goes wrong is left to the importer, which reads the file again and reports it."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.data: bytes | bytearray | None = None
-        self.thread: threading.Thread | None = None
-        if path is not None:
-            self.thread = threading.Thread(target=self._read, name="gpuwatch-import-read", daemon=True)
-            self.thread.start()
-
-    @classmethod
-    def start(cls, paths: list[str]) -> _Preload:
-        path = Path(paths[0]) if len(paths) == 1 else None
-        try:
-            return cls(path if path is not None and path.is_file() else None)
-        except RuntimeError:  # no thread to be had: the importer reads it
-            return cls(None)
-
-    def _read(self) -> None:
-        from collectors.kineto.trace_bytes import read_trace_bytes
-
-        try:
-            self.data = read_trace_bytes(self.path)  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - reported by the importer's own read
-            self.data = None
-
-    def result(self) -> dict[Path, bytes | bytearray]:
-        """{path: its JSON bytes}, or {} (joined: no thread of ours runs when the import forks)."""
-        if self.thread is not None:
-            self.thread.join()
-        data, self.data = self.data, None  # the importer's alone from here: freed once it is parsed
-        return {self.path: data} if self.path is not None and data is not None else {}
 
 
 def _summary_in_memory(out_path: Path, run_id: str, writers: list, results: list) -> dict | None:

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gpuwatch.capture.trace_preload import TracePreload
+
+    preload = TracePreload.start(args.paths)  # inflating while the importer's modules load, next line
     from gpuwatch.capture.trace_import import import_to_run
 
     def progress(res: Any) -> None:
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         if args.verbose:
             print(f"  {reason}", file=sys.stderr)
 
-    run_id, results = import_to_run(args.paths, args.out, progress=progress, on_skip=on_skip)
+    run_id, results = import_to_run(args.paths, args.out, progress=progress, on_skip=on_skip, preload=preload)
     print(
         f"run {run_id} written to {args.out} ({len(results)} rank(s)); next: gpuwatch summary {args.out}",
         file=sys.stderr,
