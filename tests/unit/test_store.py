@@ -111,6 +111,50 @@ def test_compaction_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     reader.close()
 
 
+def test_writer_file_is_rewritten_when_what_it_says_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush that only adds segments leaves writer.json alone; a note, a meta fact, a drop or the status
+    rewrite it at the next flush, and so does the refresh interval passing."""
+    from gpuwatch.store import segment_writer
+
+    writer = SegmentWriter(tmp_path / "run", make_run(), background=False, max_queue=3)
+    path = writer.folder / "writer.json"
+
+    def version() -> tuple[int, int]:
+        st = path.stat()
+        return st.st_ino, st.st_mtime_ns  # each rewrite is a new file renamed over the old one
+
+    before = version()
+    for k in range(3):
+        writer.emit_span(span(k))
+        writer.flush()
+    assert version() == before and len(list_segments(writer.folder, "spans")) == 3
+
+    writer.note("hook_error", "a hook failed")
+    writer.flush()
+    assert version() != before and json.loads(path.read_text())["notes"]["hook_error"]["count"] == 1
+    before = version()
+    writer.note("hook_error", "a hook failed")  # counted again: the count in the file must move
+    writer.flush()
+    assert json.loads(path.read_text())["notes"]["hook_error"]["count"] == 2
+    before = version()
+    writer.set_meta(batch=64)
+    writer.flush()
+    assert version() != before and json.loads(path.read_text())["meta"]["batch"] == 64
+    before = version()
+    for k in range(4):  # one more than the queue holds: a drop
+        writer.emit_span(span(k))
+    writer.flush()
+    assert version() != before and json.loads(path.read_text())["dropped_spans"] == 1
+    before = version()
+    monkeypatch.setattr(segment_writer, "WRITER_FILE_REFRESH_S", 0.0)
+    writer.flush()
+    assert version() != before
+    writer.close()
+    assert json.loads(path.read_text())["status"] == "ended"
+
+
 def test_reader_survives_compaction_under_its_feet(tmp_path: Path) -> None:
     """Readers list segments, then read; compaction may delete small ones in between (one rebuild)."""
     run_dir = tmp_path / "run"
