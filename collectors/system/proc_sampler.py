@@ -69,11 +69,75 @@ class ProcStat:
     rss_bytes: int
 
 
-def read_stat(path: str) -> ProcStat | None:
+class ProcFiles:
+    """/proc files kept open and read again with `pread` (one system call instead of open, read and close:
+    5 us against 22 us a file on this VM; a sampler tick of a process with a dozen threads reads thirty).
+
+    A kept descriptor names the process or thread it was opened for, never a later one given the same id:
+    once that one is gone, reading it fails (ESRCH), it is closed, and the next read opens the path anew.
+    At most `max_open` are kept; past that a file is opened for each read, as without this. `sweep`
+    closes those of threads and processes no longer listed."""
+
+    def __init__(self, max_open: int = 256) -> None:
+        self.max_open = max_open
+        self._fds: dict[str, int] = {}
+        self._read: set[str] = set()
+
+    def read(self, path: str) -> bytes | None:
+        """The file's content, or None when it (its process or thread) no longer exists. Raises OSError
+        where it exists but cannot be read."""
+        self._read.add(path)
+        fd = self._fds.get(path)
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except (FileNotFoundError, ProcessLookupError):
+                return None
+            if len(self._fds) >= self.max_open:
+                try:
+                    return os.pread(fd, _READ_BYTES, 0)
+                except ProcessLookupError:
+                    return None
+                finally:
+                    os.close(fd)
+            self._fds[path] = fd
+        try:
+            return os.pread(fd, _READ_BYTES, 0)
+        except OSError as exc:
+            self._close(path)
+            if isinstance(exc, (ProcessLookupError, FileNotFoundError)):
+                return None
+            raise
+
+    def sweep(self) -> None:
+        """Close the kept files not read since the last sweep (threads and processes no longer listed)."""
+        for path in [p for p in self._fds if p not in self._read]:
+            self._close(path)
+        self._read.clear()
+
+    def close(self) -> None:
+        for path in list(self._fds):
+            self._close(path)
+
+    def _close(self, path: str) -> None:
+        fd = self._fds.pop(path, None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_READ_BYTES = 1 << 16
+"""What one read of a /proc file takes: a stat or io file is a few hundred bytes."""
+
+
+def read_stat(path: str, files: ProcFiles | None = None) -> ProcStat | None:
     """Parse a /proc stat file.
 
     Args:
         path: `/proc/PID/stat` or `/proc/PID/task/TID/stat`.
+        files: read it through these kept-open files (a sampler's), else open it for this read.
 
     Returns:
         The parsed fields, or None when the process or thread no longer exists.
@@ -81,11 +145,16 @@ def read_stat(path: str) -> ProcStat | None:
     Raises:
         OSError: the file exists but cannot be read (e.g. /proc mounted with hidepid).
     """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+    if files is not None:
+        raw = files.read(path)
+        if raw is None:
+            return None
+    else:
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
     # The command name (field 2) may hold spaces and parentheses: split at the last ')'.
     head, _, tail = raw.rpartition(b")")
     if not tail:
@@ -102,8 +171,8 @@ def read_stat(path: str) -> ProcStat | None:
     )
 
 
-def read_io(pid: int) -> dict[str, int] | None:
-    """Read /proc/PID/io (rchar, wchar, read_bytes, write_bytes, ... as integers).
+def read_io(pid: int, files: ProcFiles | None = None) -> dict[str, int] | None:
+    """Read /proc/PID/io (rchar, wchar, read_bytes, write_bytes, ... as integers), through `files` if given.
 
     Returns:
         The counters, or None when the process is gone.
@@ -111,11 +180,18 @@ def read_io(pid: int) -> dict[str, int] | None:
     Raises:
         PermissionError: the caller may not read it (another user's process without ptrace rights).
     """
-    try:
-        with open(f"/proc/{pid}/io", "rb") as f:
-            lines = f.read().splitlines()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
+    path = f"/proc/{pid}/io"
+    if files is not None:
+        raw = files.read(path)
+        if raw is None:
+            return None
+        lines = raw.splitlines()
+    else:
+        try:
+            with open(path, "rb") as f:
+                lines = f.read().splitlines()
+        except (FileNotFoundError, ProcessLookupError):
+            return None
     out: dict[str, int] = {}
     for line in lines:
         key, _, value = line.partition(b":")
@@ -153,9 +229,10 @@ def descendants(root_pid: int, processes: dict[int, ProcStat]) -> list[ProcStat]
     return out
 
 
-def child_pids(pid: int) -> list[int]:
+def child_pids(pid: int, files: ProcFiles | None = None) -> list[int]:
     """The live children of `pid`, then theirs, from /proc/PID/task/*/children (one small read per thread of
-    the process), or from one scan of /proc where the kernel does not list children."""
+    the process, through `files` if given), or from one scan of /proc where the kernel does not list
+    children."""
     if not os.path.exists("/proc/thread-self/children"):  # no CONFIG_PROC_CHILDREN
         try:
             return [stat.pid for stat in descendants(pid, all_processes())]
@@ -165,7 +242,7 @@ def child_pids(pid: int) -> list[int]:
     seen = {pid}
     todo = [pid]
     while todo:
-        for kid in _children(todo.pop(0)):
+        for kid in _children(todo.pop(0), files):
             if kid not in seen:
                 seen.add(kid)
                 out.append(kid)
@@ -173,29 +250,33 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
-def _children(pid: int) -> list[int]:
+def _children(pid: int, files: ProcFiles | None = None) -> list[int]:
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return []
     out: list[int] = []
     for tid in tasks:
+        path = f"/proc/{pid}/task/{tid}/children"
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            if files is not None:
+                out += [int(x) for x in (files.read(path) or b"").split()]
+                continue
+            with open(path, "rb") as f:
                 out += [int(x) for x in f.read().split()]
         except (OSError, ValueError):
             continue  # the thread ended meanwhile
     return out
 
 
-def live_descendants(pid: int) -> list[ProcStat]:
+def live_descendants(pid: int, files: ProcFiles | None = None) -> list[ProcStat]:
     """The live descendants of `pid` (children first, then theirs), each stat read once: the target's own
     /proc children lists (`child_pids`), not a stat of every process on the host (1.7 ms a call with 64
-    processes here; a GPU node runs hundreds)."""
+    processes here; a GPU node runs hundreds). `files`: read through these kept-open files."""
     out: list[ProcStat] = []
-    for kid in child_pids(pid):
+    for kid in child_pids(pid, files):
         try:
-            stat = read_stat(f"/proc/{kid}/stat")
+            stat = read_stat(f"/proc/{kid}/stat", files)
         except OSError:  # unreadable (hidepid): not one we can sample
             continue
         if stat is not None and stat.state not in _GONE_STATES:
@@ -245,6 +326,7 @@ class ProcSampler(SamplerThread):
         self._prev_thread_ticks: dict[tuple[int, int], int] = {}
         self._prev_child_ticks: dict[tuple[int, int], int] = {}
         self._child_pids: frozenset[int] = frozenset()
+        self._files = ProcFiles()  # the target's, its threads' and its descendants' files, kept open
 
     @property
     def target_alive(self) -> bool:
@@ -260,7 +342,7 @@ class ProcSampler(SamplerThread):
             return
         now_s = time.monotonic()
         boot_ticks = int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLK_TCK)
-        stat = read_stat(f"/proc/{self.pid}/stat")
+        stat = read_stat(f"/proc/{self.pid}/stat", self._files)
         if stat is None or stat.state in _GONE_STATES or self._start_ticks not in (None, stat.start_ticks):
             self._target_gone()
             return
@@ -279,11 +361,18 @@ class ProcSampler(SamplerThread):
             self._sample_children(t_ns, dt_s)
         self._prev_mono_s = now_s
         self._prev_boot_ticks = boot_ticks
+        self._files.sweep()
+
+    def stop(self) -> None:
+        thread = self._thread
+        super().stop()
+        if thread is None or not thread.is_alive():  # one that outlived its join may still read its files
+            self._files.close()
 
     # ---- parts of one tick ---------------------------------------------------------------------
     def _sample_io(self, t_ns: int) -> None:
         try:
-            io = read_io(self.pid)
+            io = read_io(self.pid, self._files)
         except PermissionError:
             self._note_once(
                 "proc_io_unreadable",
@@ -308,7 +397,7 @@ class ProcSampler(SamplerThread):
             return
         current: dict[tuple[int, int], int] = {}
         for tid in tids:
-            stat = read_stat(f"/proc/{self.pid}/task/{tid}/stat")
+            stat = read_stat(f"/proc/{self.pid}/task/{tid}/stat", self._files)
             if stat is None:
                 continue  # the thread ended between listing and reading
             key = (stat.pid, stat.start_ticks)
@@ -322,7 +411,7 @@ class ProcSampler(SamplerThread):
         self._prev_thread_ticks = current
 
     def _sample_children(self, t_ns: int, dt_s: float | None) -> None:
-        kids = live_descendants(self.pid)
+        kids = live_descendants(self.pid, self._files)
         self._child_pids = frozenset(k.pid for k in kids)
         current: dict[tuple[int, int], int] = {}
         total_ticks = 0

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
@@ -318,3 +319,35 @@ def test_unreadable_io_is_none_and_noted_once() -> None:
     assert [n[0] for n in report["notes"]] == ["proc_io_unreadable"]
     cpu = [v for m, t, v in report["samples"] if m == "proc_cpu_pct"]
     assert len(cpu) == 1 and cpu[0] is not None and cpu[0] >= 0  # the rest still works
+
+
+def test_files_stay_open_between_ticks_and_close_with_their_thread_and_on_stop() -> None:
+    """The sampler re-reads its /proc files through kept descriptors: one per file between ticks, the file of
+    a thread that ended closed at the next tick, and all of them on stop."""
+
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    baseline = open_fds()
+    sink = ListSink()
+    sampler = ProcSampler(interval_s=1.0, anchor_unix_ns=time.time_ns(), children=False)
+    sampler.sink = sink
+    release = threading.Event()
+    extra = threading.Thread(target=release.wait, daemon=True)
+    extra.start()
+    try:
+        sampler.sample_once(1)
+        kept = open_fds() - baseline
+        threads = len(os.listdir("/proc/self/task"))
+        assert kept == threads + 2  # each thread's stat, and the process's stat and io
+        sampler.sample_once(2)
+        assert open_fds() - baseline == kept  # read again, not opened again
+        assert sink.one(2, "thread_cpu_pct", extra.native_id) is not None
+    finally:
+        release.set()
+        extra.join(timeout=10)
+    sampler.sample_once(3)
+    assert open_fds() - baseline == kept - 1
+    assert not sink.at(3, "thread_cpu_pct", extra.native_id)
+    sampler.stop()
+    assert open_fds() == baseline
