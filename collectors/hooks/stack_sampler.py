@@ -399,6 +399,7 @@ class StackSampler(Collector):
     def _drain(self, final: bool) -> None:
         ctx = self.ctx
         gaps = ctx.closed_gaps
+        signatures, emit, tid = self._signatures, ctx.emit_span, ctx.train_tid
         self._unexplained = False
         while gaps:
             try:
@@ -406,6 +407,13 @@ class StackSampler(Collector):
             except IndexError:
                 break
             samples = self._samples.pop(serial, None)
+            if not samples and not inside:  # most gaps of an observed step: unsampled, by their signature
+                sig = signatures.get((key_before, key_after))
+                if sig is not None and (sig.samples >= THIN_SAMPLES or end - start < PROBE_MIN_GAP_NS):
+                    if end - start >= MIN_GAP_NS:  # as `_gap` then `_by_signature` would, without 3 calls
+                        category, label = sig.dominant()
+                        emit(start, end, STACK_SAMPLE, label, category, tid=tid, attrs=_INFERRED)
+                    continue
             cpu, slices = ctx.loader_clock.pop(serial, _NO_LOADER_CLOCK) if inside else _NO_LOADER_CLOCK
             self._gap(
                 start, end, (key_before, key_after), samples, inside_loader=inside, cpu_ns=cpu, slices=slices
