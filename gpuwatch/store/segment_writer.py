@@ -39,6 +39,7 @@ from gpuwatch.store.run_dir import (
     segment_name,
     write_json_atomic,
 )
+from gpuwatch.store.run_files import write_bytes_atomic
 
 _SPAN_FIELDS = tuple(name for name, _ in SPAN_COLUMNS)
 _SAMPLE_FIELDS = tuple(name for name, _ in SAMPLE_COLUMNS)
@@ -219,13 +220,9 @@ class SegmentWriter:
             )
         self._seq += 1
         name = segment_name(table, self._seq, self._seq, "jsonl")
-        tmp = self.folder / f".{name}.tmp"
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, self.folder / name)
+            write_bytes_atomic(self.folder / name, data)
         except OSError as exc:
-            _unlink_quietly(tmp)
             if table == "spans":
                 self.dropped_spans += len(records)
             else:
