@@ -25,8 +25,8 @@ with steps of about 3 ms on a quiet 2-core VM.
             only (see TraceMLPeer). Skipped, with a line saying so, when traceml_ai is not importable.
 
 `--modes` picks modes (bare always runs). Each step is timed by the script itself with time.perf_counter;
-the first steps of every block are warm-up and dropped (5, or 70 in the small loop: the steps a watch
-observes whole whatever they cost, `LOOP_WARMUP`). The headline is the median over rounds of each
+the first 70 steps of every block are warm-up and dropped (the steps a watch observes whole whatever they
+cost, `LOOP_WARMUP`). The headline is the median over rounds of each
 round's ratio of medians to bare; it also prints the overall median step time per mode, the 10th percentile,
 and the process CPU time per step (all threads: gpuwatch's sampler and writer threads and TraceML's runtime
 threads included), which other processes on a shared machine disturb much less than wall time.
@@ -62,13 +62,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gpuwatch  # noqa: E402
 
-WARMUP_STEPS = 5
-"""Steps dropped at the start of every block of every mode (`--warmup`; the small loop drops 70, see
-LOOP_WARMUP)."""
-LOOP_WARMUP = {"mlp": WARMUP_STEPS, "small": 70}
-"""The small loop drops the steps in which a watch observes every step whatever it costs (the first 64,
-`gpuwatch.capture.step_pacing.FULL_STEPS`: module discovery, warm-up detection, a short run observed whole),
-so its blocks of 300 steps (a second) measure the steady state a long job runs in; every mode drops them."""
+LOOP_WARMUP = {"mlp": 70, "small": 70}
+"""Steps dropped at the start of every block of every mode (`--warmup`): the steps in which a watch observes
+every step whatever it costs (the first 64, `gpuwatch.capture.step_pacing.FULL_STEPS`: module discovery,
+warm-up detection, a short run observed whole), so the timed steps of a block measure the steady state a long
+job runs in. (The MLP loop dropped 5 until 2026-12-03, so its rounds timed only steps the watch observes
+whole.)"""
 
 
 LOOP_DEFAULTS = {"mlp": (64, 1024), "small": (64, 64)}
@@ -457,7 +456,7 @@ def parse_args() -> argparse.Namespace:
         "--warmup",
         type=int,
         default=None,
-        help="steps dropped at the start of every block, in every mode (default: 5 (mlp), 70 (small))",
+        help="steps dropped at the start of every block, in every mode (default: 70)",
     )
     p.add_argument(
         "--modes",
@@ -564,7 +563,7 @@ def main() -> None:
         threads_us = sum(steady["thread_us"].values())
         step_us = steady["step_s"] * 1e6
         print(
-            f"steady state, one watched run of {steady['steps']} steps after the first {LOOP_WARMUP[args.loop]}"
+            f"steady state, one watched run of {steady['steps']} steps after the first {args.warmup}"
             f" + 64 (median step {step_us / 1e3:.2f} ms; {100 * f:.1f}% of its steps observed, one block in "
             f"2**{steady['shift']}):"
         )
