@@ -396,34 +396,26 @@ def steady_state(args: argparse.Namespace, tmp: Path, steps: int) -> dict[str, A
 
     skip = FULL_STEPS + args.warmup
     model, opt, loader = build(args.loop, args.batch, args.width, steps, skip)
-    times: list[float] = []
     with gpuwatch.watch(tmp / "steady") as gw:
         threads = {type(c).__name__: c._thread for c in gw._collectors if getattr(c, "_thread", None)}
         threads["SegmentWriter"] = gw.writer._thread
         cpu0: dict[str, float] = {}
-        observed0 = 0
-        t_prev = time.perf_counter()
-        for n, (x, y) in enumerate(loader):
-            if n == skip:
-                cpu0 = {k: thread_cpu_s([t.native_id]) for k, t in threads.items() if t is not None}
-                observed0 = gw._observed_steps
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss.item()
+        observed0: list[int] = []
+
+        def on_step() -> None:  # the same loop as the rounds', with the readings taken as the warm-up ends
             gw.step()
-            now = time.perf_counter()
-            if n >= skip:
-                times.append(now - t_prev)
-            t_prev = now
+            if gw.step_index == skip:
+                cpu0.update({k: thread_cpu_s([t.native_id]) for k, t in threads.items() if t is not None})
+                observed0.append(gw._observed_steps)
+
+        times, _ = loop(model, opt, loader, on_step, skip)
         timed = len(times)
         thread_us = {
             k: (thread_cpu_s([t.native_id]) - cpu0[k]) / timed * 1e6
             for k, t in threads.items()
             if t is not None and k in cpu0
         }
-        observed = (gw._observed_steps - observed0) / timed
+        observed = (gw._observed_steps - observed0[0]) / timed
         shift = gw._pacer.shift
     return {"steps": timed, "observed": observed, "shift": shift, "thread_us": thread_us,
             "step_s": statistics.median(times)}  # fmt: skip
