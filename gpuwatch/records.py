@@ -249,3 +249,48 @@ class SpanColumns:
             value = getattr(self, name)
             columns[name] = None if value is None else value[rows]
         return SpanColumns(**columns)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its string columns as codes where it carries them (an import's columns go to a
+        writer process or back from a worker this way): `kind` and `category` rebuilt from `kind_code` and
+        `category_code`, `name` from the distinct names by `name_code`, `attrs` from its few set values.
+        Pickled whole, an object column costs a memo reference per span each way: HTA's 216k-event trace
+        (123k spans) pickled in 26.9 ms and loaded in 10.5 ms whole, against 14.3 and 5.7 ms this way."""
+        import numpy as np
+
+        columns: dict[str, Any] = {name: getattr(self, name) for name in SpanColumns.__dataclass_fields__}
+        if self.kind_code is not None:
+            columns["kind"] = None
+        if self.category_code is not None:
+            columns["category"] = None
+        names = None
+        code = self.name_code
+        if code is not None and code.size and 0 <= int(code.min()) and int(code.max()) < 2 * code.size + 1024:
+            names = np.full(int(code.max()) + 1, None, dtype=object)
+            names[code] = self.name
+            columns["name"] = None
+        attrs = None
+        if self.attrs.dtype == object:
+            at = np.flatnonzero(self.attrs != None)  # noqa: E711 - elementwise, not identity
+            attrs = (at, self.attrs[at])
+            columns["attrs"] = None
+        return (_span_columns_from_codes, (columns, names, attrs))
+
+
+def _span_columns_from_codes(columns: dict[str, Any], names: Any, attrs: Any) -> SpanColumns:
+    """`SpanColumns.__reduce__`'s columns back, their string columns rebuilt from the codes."""
+    import numpy as np
+
+    if columns["kind"] is None:
+        columns["kind"] = np.array(SPAN_KINDS, dtype=object)[columns["kind_code"]]
+    if columns["category"] is None:
+        values = np.empty(len(CATEGORY_OR_NONE), dtype=object)
+        values[:] = CATEGORY_OR_NONE
+        columns["category"] = values[columns["category_code"]]
+    if names is not None:
+        columns["name"] = names[columns["name_code"]]
+    if attrs is not None:
+        at, values = attrs
+        columns["attrs"] = np.full(columns["start_ns"].shape[0], None, dtype=object)
+        columns["attrs"][at] = values
+    return SpanColumns(**columns)

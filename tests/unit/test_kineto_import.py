@@ -668,3 +668,55 @@ def test_a_worker_that_dies_leaves_its_file_to_this_process(
     for a, b in zip(parallel, sequential, strict=True):
         assert a.rank == b.rank
         _same_columns(a.spans, b.spans)
+
+
+def _identical_columns(a: Any, b: Any) -> None:
+    from gpuwatch.records import SpanColumns
+
+    for name in SpanColumns.__dataclass_fields__:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            assert x is None and y is None, name
+            continue
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert x.tolist() == y.tolist(), name
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_TRACES))
+def test_imported_columns_pickle_back_equal_through_their_codes(name: str) -> None:
+    """An import's columns cross to the writer process and back from a parallel worker pickled: the string
+    columns go as codes (SpanColumns.__reduce__) and must come back equal, string for string, None for None."""
+    import dataclasses
+    import pickle
+
+    for path in trace_files(shared_trace_path(name)):
+        cols = import_trace(path).spans
+        packed = pickle.dumps(cols, protocol=5)
+        _identical_columns(pickle.loads(packed), cols)
+        # the same columns as a plain dict pickle their object arrays whole, a memo reference per span each
+        plain = {f: getattr(cols, f) for f in type(cols).__dataclass_fields__}
+        if len(cols) >= 1000:
+            assert len(packed) < len(pickle.dumps(plain, protocol=5)) - len(cols), path
+        # without codes, the object columns are pickled whole, and still come back equal
+        whole = dataclasses.replace(cols, name_code=None, kind_code=None, category_code=None)
+        _identical_columns(pickle.loads(pickle.dumps(whole, protocol=5)), whole)
+
+
+def test_columns_whose_codes_are_not_small_pickle_whole() -> None:
+    """A name code far beyond the number of spans (a hash, say) is not a table index: the names go whole."""
+    import pickle
+
+    from gpuwatch.records import SpanColumns
+
+    n = 4
+    ints = np.arange(n, dtype=np.int64)
+    names = np.array(["a", "b", None, "a"], dtype=object)
+    cols = SpanColumns(
+        rank=np.zeros(n, dtype=np.int32), pid=ints, tid=ints, stream=ints, device_index=np.zeros(n, np.int32),
+        kind=np.array(["cpu_op"] * n, dtype=object), category=np.full(n, None, dtype=object), name=names,
+        start_ns=ints, end_ns=ints + 1, step=ints, bytes=ints, correlation=ints, seq=ints,
+        attrs=np.array([None, '{"x": 1}', None, None], dtype=object),
+        name_code=np.array([7, 2**40, 9, 7], dtype=np.int64),
+    )  # fmt: skip
+    back = pickle.loads(pickle.dumps(cols, protocol=5))
+    _identical_columns(back, cols)
