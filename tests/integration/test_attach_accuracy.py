@@ -142,12 +142,16 @@ def test_slow_single_process_dataloader_splits_read_from_decode(tmp_path: Path) 
     want = truth_pct(truth, (w0, w1))
     items = truth_pct(truth, (w0, w1), ".items")  # per item: read, decode (+ augment)
     want["read"], want["decode"] = items["read"], items["decode"]
-    got = doc["summary"]["ranks"][0]["budget_pct"]
-    mapping = {"read": "data_loading", "decode": "cpu_preprocessing", "compute": "compute"}
-    _show("loader0", mapping, want, got)
-    assert want["read"] > 10 and want["decode"] > 5 and want["compute"] > 20, want
-    # what the loader does besides (collate, its own Python) is small: data = read + decode + that
+    # what the loader does besides (its sampler and fetch, the item's own lines, its truth record) is small:
+    # data = read + decode + that. Nothing names that work, so it stays the loader's, data_loading
+    # (stack_rules): the truth of data_loading is everything under next() but the decode. Compared with the
+    # read alone, attach came 1.2-2.2 points over in 3 runs here, and 5.96 once in CI (5 allowed).
     assert want["data"] - want["read"] - want["decode"] < 3, want
+    want["loader"] = want["data"] - want["decode"]
+    got = doc["summary"]["ranks"][0]["budget_pct"]
+    mapping = {"loader": "data_loading", "decode": "cpu_preprocessing", "compute": "compute"}
+    _show("loader0", {"read": "data_loading", **mapping}, want, got)
+    assert want["read"] > 10 and want["decode"] > 5 and want["compute"] > 20, want
     for phase, category in mapping.items():
         assert abs(got[category] - want[phase]) <= TOLERANCE_PP, (category, got, want)
     assert doc["attach"]["dataloader_workers"] is None  # no worker processes
