@@ -36,8 +36,8 @@ MAX_WORKERS = 8
 WORKER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
 """glibc's allocator in a worker keeps the memory a file's import freed for the next file's, instead of
 giving blocks of 128 KB and more back to the kernel and faulting fresh pages in again (about 6 us a page on
-this VM). A worker's peak is its largest file either way. Three 1M-event files in one process: 0.12-0.16 s of
-system time for each file after the first without it, 0.04-0.06 s with it."""
+this VM). A worker's peak is its largest file either way. Three 1M-event files in one process: 0.12-0.34 s of
+system time for each file after the first without it (4 runs), 0.05-0.06 s with it."""
 
 
 def worker_count(files: list[Path]) -> int:
