@@ -1,13 +1,13 @@
 """Several ranks' traces imported at once, one process per core.
 
-A million-event rank costs about 3 s of one core to import (inflate, decode, columns), and ranks are
+A million-event rank costs about 2 s of one core to import (inflate, decode, columns), and ranks are
 independent until the analysis, so a job's traces are imported side by side when there are several large
 ones, cores to spare and memory for them. Each worker is an interpreter of its own (not a fork: the
 importing process may already run threads) that imports one file after another and writes each
 `ImportedTrace` to its stdout, pickled (the string columns as codes: `SpanColumns.__reduce__`) with its numpy
 columns out of band: their bytes follow the pickle as they are, and this process reads them into buffers that
-become the arrays, instead of reading the pickle and then copying every column out of it. Plain child processes, not a multiprocessing pool, whose resource tracker would outlive
-the import in a long-lived caller.
+become the arrays, instead of reading the pickle and then copying every column out of it. Plain child
+processes, not a multiprocessing pool, whose resource tracker would outlive the import in a long-lived caller.
 """
 
 from __future__ import annotations
