@@ -115,7 +115,12 @@ def stop_at(
         time.sleep(after_s)
         sent_unix = time.time()
         os.kill(proc.pid, sig)
-        rest, _ = proc.communicate(timeout=30)
+        try:
+            rest, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the trainer outlived signal {sig} by 30 s; it stood here:\n{stacks(proc.pid)}"
+            ) from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -123,6 +128,20 @@ def stop_at(
         (int(ln.split()[1]), float(ln.split()[2])) for ln in rest.splitlines() if ln.startswith("step")
     ]
     return progress, sent_unix
+
+
+def stacks(pid: int) -> str:
+    """Every thread's stack in process `pid`, Python and native frames (py-spy, beside this interpreter): why
+    a trainer did not end when signalled, told in the failure itself (one CI run in ~30 saw a 30 s hang after
+    SIGTERM that no local run reproduced)."""
+    py_spy = Path(sys.executable).parent / "py-spy"
+    try:
+        dump = subprocess.run(
+            [str(py_spy), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"(py-spy dump failed: {exc!r})"
+    return dump.stdout + dump.stderr
 
 
 def recorded_steps(run_dir: Path) -> tuple[int, str, list[str]]:
