@@ -40,7 +40,8 @@ def _show(
         det = attach["step_detection"]
         print(
             f"{name}: sampled at {rate['achieved_hz']} Hz (asked {rate['asked_hz']}, last {rate['last_rate_hz']},"
-            f" {rate['saturated_runs']} of {rate['runs']} runs over budget); steps {det.get('median_step_ms')} ms,"
+            f" {rate['saturated_runs']} of {rate['runs']} runs over budget, py-spy {rate['cpu_pct_of_core']}% of a"
+            f" core); steps {det.get('median_step_ms')} ms,"
             f" {det.get('samples_per_step')} samples a step; uncertainty {attach['sampling']['share_uncertainty_pp']}"
         )
 
@@ -214,11 +215,9 @@ def test_saturated_workers_the_budget_holds_while_attach_yields(tmp_path: Path) 
     want["host"] = want.get("host", 0.0)
     got = {**got, "host": got["host_overhead"] + got["unattributed"]}
     _show("saturated", {"data": "data_loading", "compute": "compute", "host": "host"}, want, got, doc)
-    print(f"saturated: sampled at {main['achieved_hz']} Hz, py-spy {main['cpu_pct_of_core']}% of a core")
     assert want["data"] > 20, want
     # what attach says it can resolve at the rate it achieved (one standard error, points): finer than the check
     se = sampling["share_uncertainty_pp"]
-    print(f"saturated: reported uncertainty {se}")
     assert 0 < se["data_loading"] < TOLERANCE_PP / 2, se
     for phase, category in (("data", "data_loading"), ("compute", "compute"), ("host", "host")):
         assert abs(got[category] - want[phase]) <= TOLERANCE_PP, f"{category}: {got} against {want}"

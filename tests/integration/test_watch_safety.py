@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, cli_env, run_cli, run_program
 
+from gpuwatch.errors import AttachError
+
 PROGRAM = ROOT / "tests" / "support" / "planted_trainer.py"
 HEAVY = {"torch", "duckdb", "textual", "plotly"}
 
@@ -132,14 +134,15 @@ def stop_at(
 
 def stacks(pid: int) -> str:
     """Every thread's stack in process `pid`, Python and native frames (py-spy, beside this interpreter): why
-    a trainer did not end when signalled, told in the failure itself (one CI run in ~30 saw a 30 s hang after
+    a trainer did not end when signalled, told in the failure itself (one CI run saw a 30 s hang after
     SIGTERM that no local run reproduced)."""
-    py_spy = Path(sys.executable).parent / "py-spy"
+    from collectors.pyspy.pyspy_sampler import find_pyspy
+
     try:
         dump = subprocess.run(
-            [str(py_spy), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60
+            [find_pyspy(), "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60
         )
-    except (OSError, subprocess.SubprocessError) as exc:
+    except (OSError, subprocess.SubprocessError, AttachError) as exc:
         return f"(py-spy dump failed: {exc!r})"
     return dump.stdout + dump.stderr
 
